@@ -1,0 +1,182 @@
+"""`tuneops` command line: run the flow, run one step (a DVC stage), open the UI, predict.
+
+Every TuneopsError becomes one line on stderr and its documented exit code
+(see `tuneops.errors` and the README's exit-code table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tuneops import quiet
+from tuneops.errors import ConfigError, TuneopsError
+
+STAGES = (
+    "fetch-data",
+    "version-data",
+    "validate",
+    "prepare",
+    "train",
+    "evaluate",
+    "export",
+    "register",
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    quiet.apply()
+    try:
+        return int(args.handler(args) or 0)
+    except TuneopsError as exc:
+        print(f"tuneops: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("tuneops: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tuneops", description=__doc__)
+    parser.add_argument("--root", type=Path, default=Path("."), help="project root (default .)")
+    parser.add_argument(
+        "--params", type=Path, default=None, help="params file (default params.yaml)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a params.yaml key, e.g. --set train.epochs=2 (YAML value)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("run", help="run the Prefect training flow end to end").set_defaults(
+        handler=_run
+    )
+    stage = sub.add_parser("stage", help="run one step on its own (what dvc.yaml calls)")
+    stage.add_argument("name", choices=STAGES)
+    stage.set_defaults(handler=_stage)
+    sub.add_parser("fetch-data", help="write the bundled dataset to data/raw/").set_defaults(
+        handler=lambda a: _stage(argparse.Namespace(**vars(a), name="fetch-data"))
+    )
+
+    ui = sub.add_parser("ui", help="open the MLflow UI on the project's tracking store")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.set_defaults(handler=_ui)
+
+    predict = sub.add_parser("predict", help="classify texts with an exported ONNX bundle")
+    predict.add_argument("texts", nargs="+")
+    predict.add_argument("--bundle", type=Path, default=Path("models/export"))
+    predict.set_defaults(handler=_predict)
+    return parser
+
+
+def _overrides(pairs: list[str]) -> dict[str, Any]:
+    parsed: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. train.epochs=2")
+        parsed[key] = yaml.safe_load(value)
+    return parsed
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tuneops.flows.training import training_flow
+
+    summary = training_flow(
+        root=str(args.root),
+        params_file=str(args.params) if args.params else None,
+        overrides=_overrides(args.overrides),
+    )
+    print("\n" + summary.text())
+    return 0
+
+
+def _stage(args: argparse.Namespace) -> int:
+    from tuneops import steps
+
+    ctx = steps.load_context(args.root, args.params, _overrides(args.overrides))
+    actions: dict[str, Callable[[steps.Context], Any]] = {
+        "fetch-data": steps.step_fetch,
+        "version-data": steps.step_version_data,
+        "validate": steps.step_validate,
+        "prepare": steps.step_prepare,
+        "train": lambda c: steps.step_train(c)[0],
+        "evaluate": steps.step_evaluate,
+        "export": steps.step_export,
+        "register": steps.step_register,
+    }
+    result = actions[args.name](ctx)
+    print(f"{args.name}: {_describe(result)}")
+    return 0
+
+
+def _describe(result: Any) -> str:
+    from dataclasses import asdict, is_dataclass
+
+    if is_dataclass(result) and not isinstance(result, type):
+        shown = {
+            k: v
+            for k, v in asdict(result).items()
+            if k not in ("checks", "per_class", "conflict_examples")
+        }
+        return json.dumps(shown, default=str)
+    return str(result)
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from tuneops import steps
+
+    ctx = steps.load_context(args.root, args.params, _overrides(args.overrides))
+    print(f"MLflow UI on http://{args.host}:{args.port} (store {ctx.tracking_uri}); Ctrl-C stops")
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        ctx.tracking_uri,
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+    ]
+    return subprocess.call(command, cwd=ctx.paths.root)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from tuneops.runtime import BundleError, OnnxClassifier
+
+    try:
+        classifier = OnnxClassifier(args.bundle)
+    except BundleError as exc:
+        raise ConfigError(str(exc)) from exc
+    for text, prediction in zip(args.texts, classifier.predict(args.texts), strict=True):
+        print(
+            json.dumps(
+                {
+                    "text": text,
+                    "label": prediction.label,
+                    "score": round(prediction.score, 4),
+                    "probabilities": {k: round(v, 4) for k, v in prediction.probabilities.items()},
+                }
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

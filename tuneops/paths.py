@@ -1,0 +1,83 @@
+"""Where every step reads and writes, relative to one project root."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Paths:
+    """The project layout of DESIGN.md, rooted at `root`."""
+
+    root: Path
+
+    @property
+    def params(self) -> Path:
+        return self.root / "params.yaml"
+
+    @property
+    def data_raw(self) -> Path:
+        return self.root / "data" / "raw"
+
+    def raw_dataset(self, name: str) -> Path:
+        return self.data_raw / name
+
+    @property
+    def data_prepared(self) -> Path:
+        return self.root / "data" / "prepared"
+
+    @property
+    def data_cache(self) -> Path:
+        """HF `datasets` cache for tokenised splits (keyed by fingerprint, safe to delete)."""
+        return self.root / "data" / "cache"
+
+    @property
+    def candidate(self) -> Path:
+        return self.root / "models" / "candidate"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "models" / "checkpoints"
+
+    @property
+    def export(self) -> Path:
+        return self.root / "models" / "export"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+
+@contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `target`; on success it replaces `target` whole.
+
+    On an exception the temporary folder is removed and `target` is left as it was,
+    so a crash never leaves half-written outputs where the next step would read them.
+    """
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def atomic_write_text(target: Path, text: str) -> None:
+    """Write `text` to `target` through a temporary file and an atomic rename."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(target)

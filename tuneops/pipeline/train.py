@@ -1,0 +1,214 @@
+"""train: fine-tune the base model with the Hugging Face Trainer on the prepared splits.
+
+Writes models/candidate/ (safetensors weights, tokenizer, labels.json,
+training_summary.json) atomically; checkpoints go to models/checkpoints/.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import load_dataset
+from sklearn.metrics import accuracy_score, f1_score
+from transformers import (
+    DataCollatorWithPadding,
+    EarlyStoppingCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
+
+from tuneops.config import ModelConfig, TrainConfig
+from tuneops.paths import atomic_dir
+from tuneops.pipeline.modeling import (
+    load_classifier,
+    load_tokenizer,
+    pick_device,
+    resolve_model_path,
+)
+from tuneops.tracking import NullTracker, Tracker
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    base_model: str
+    device: str
+    precision: str
+    global_steps: int
+    epochs_run: float
+    train_runtime_s: float
+    train_tokens: int
+    tokens_per_s: float
+    trainable_params: int
+    total_params: int
+    best_validation: dict[str, float]
+
+
+def read_manifest(prepared_dir: Path) -> dict[str, Any]:
+    return json.loads((prepared_dir / "manifest.json").read_text(encoding="utf-8"))
+
+
+def train(
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    prepared_dir: Path,
+    candidate_dir: Path,
+    checkpoints_dir: Path,
+    cache_dir: Path,
+    tracker: Tracker | None = None,
+    extra_summary: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Fine-tune on train, select on validation (early stopping, best checkpoint kept)."""
+    tracker = tracker or NullTracker()
+    set_seed(cfg.seed)
+    labels = tuple(read_manifest(prepared_dir)["labels"])
+    base_path = resolve_model_path(model_cfg.name_or_path)
+    tokenizer = load_tokenizer(base_path)
+    model = load_classifier(base_path, labels, model_cfg.num_hidden_layers)
+    splits = _tokenised_splits(prepared_dir, cache_dir, tokenizer, cfg.max_length)
+    device = pick_device()
+    precision = _precision(device)
+
+    shutil.rmtree(checkpoints_dir, ignore_errors=True)
+    trainer = Trainer(
+        model=model,
+        args=_training_arguments(cfg, checkpoints_dir, precision, device),
+        train_dataset=splits["train"],
+        eval_dataset=splits["validation"],
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=_validation_metrics,
+        callbacks=[EarlyStoppingCallback(cfg.early_stopping_patience), _TrackerCallback(tracker)],
+    )
+    started = time.perf_counter()
+    output = trainer.train()
+    runtime = time.perf_counter() - started
+    epochs_run = float(trainer.state.epoch or 0.0)
+    train_tokens = int(sum(splits["train"]["length"]) * epochs_run)
+    best = trainer.evaluate()  # the best checkpoint is loaded at the end of train()
+    result = TrainResult(
+        model_dir=candidate_dir,
+        base_model=model_cfg.name_or_path,
+        device=device,
+        precision=precision,
+        global_steps=int(output.global_step),
+        epochs_run=round(epochs_run, 4),
+        train_runtime_s=round(runtime, 2),
+        train_tokens=train_tokens,
+        tokens_per_s=round(train_tokens / runtime, 1) if runtime > 0 else 0.0,
+        trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        total_params=sum(p.numel() for p in model.parameters()),
+        best_validation={
+            k.removeprefix("eval_"): float(v) for k, v in best.items() if isinstance(v, int | float)
+        },
+    )
+    with atomic_dir(candidate_dir) as tmp:
+        trainer.save_model(str(tmp))  # safetensors is the default format
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / "labels.json").write_text(json.dumps(list(labels)) + "\n", encoding="utf-8")
+        summary = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(result).items()}
+        summary |= extra_summary or {}
+        (tmp / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return result
+
+
+def _precision(device: str) -> str:
+    if device != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def _training_arguments(
+    cfg: TrainConfig, output_dir: Path, precision: str, device: str
+) -> TrainingArguments:
+    greater = cfg.metric_for_best_model != "loss"
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.eval_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        weight_decay=cfg.weight_decay,
+        lr_scheduler_type=cfg.lr_scheduler,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=2,
+        load_best_model_at_end=True,
+        metric_for_best_model=cfg.metric_for_best_model,
+        greater_is_better=greater,
+        logging_strategy="steps",
+        logging_steps=cfg.logging_steps,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        length_column_name="length",
+        report_to="none",
+        disable_tqdm=True,
+        save_only_model=False,
+        dataloader_pin_memory=device == "cuda",
+    )
+
+
+def _tokenised_splits(prepared_dir: Path, cache_dir: Path, tokenizer: Any, max_length: int) -> Any:
+    """HF `datasets` over the parquet splits, tokenised once and cached by fingerprint."""
+    files = {s: str(prepared_dir / f"{s}.parquet") for s in ("train", "validation", "test")}
+    raw = load_dataset("parquet", data_files=files, cache_dir=str(cache_dir))
+
+    def tokenise(batch: dict[str, list[Any]]) -> dict[str, Any]:
+        encoded = tokenizer(batch["text"], truncation=True, max_length=max_length)
+        encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
+        encoded["labels"] = batch["label_id"]
+        return encoded
+
+    columns = raw["train"].column_names
+    return raw.map(
+        tokenise, batched=True, remove_columns=columns, desc=f"tokenise (max_length={max_length})"
+    )
+
+
+def _validation_metrics(prediction: Any) -> dict[str, float]:
+    logits, label_ids = prediction
+    predicted = np.argmax(logits, axis=-1)
+    return {
+        "accuracy": float(accuracy_score(label_ids, predicted)),
+        "macro_f1": float(f1_score(label_ids, predicted, average="macro")),
+    }
+
+
+class _TrackerCallback(TrainerCallback):
+    """Per-step training loss and per-epoch validation metrics to the tracker.
+
+    Written by hand instead of transformers' MLflowCallback: that one logs through the
+    global fluent API and logs every TrainingArguments field as a param, while we log
+    our own stable, flattened param names once.
+    """
+
+    def __init__(self, tracker: Tracker) -> None:
+        self.tracker = tracker
+
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
+        metrics: dict[str, float] = {}
+        for key, value in (logs or {}).items():
+            if not isinstance(value, int | float):
+                continue
+            if key.startswith("eval_"):
+                metrics[f"validation_{key.removeprefix('eval_')}"] = float(value)
+            elif key in ("loss", "learning_rate", "grad_norm", "epoch"):
+                metrics["train_loss" if key == "loss" else key] = float(value)
+        self.tracker.log_metrics(metrics, step=state.global_step)

@@ -1,0 +1,247 @@
+"""validate: a Great Expectations suite over the raw dataset, with a JSON and an HTML report.
+
+Each failed check names the expectation, the column and a few offending rows as
+"file:row", so a person can open the input and fix it.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import great_expectations as gx
+import pandas as pd
+from great_expectations.data_context.types.base import ProgressBarsConfig
+
+from tuneops.config import DataConfig, ValidateConfig
+from tuneops.errors import DataValidationError
+from tuneops.paths import atomic_write_text
+from tuneops.pipeline.io import raw_files, read_label_file, read_raw
+
+EXAMPLES_PER_CHECK = 5
+
+
+@dataclass
+class CheckResult:
+    name: str
+    column: str | None
+    success: bool
+    expected: str
+    observed: Any = None
+    unexpected_count: int = 0
+    examples: list[dict[str, Any]] = field(default_factory=list)
+
+    def line(self) -> str:
+        rows = ", ".join(f"{e['source']} ({e['value']!r})" for e in self.examples)
+        where = f" column {self.column!r}" if self.column else ""
+        found = (
+            f"; {self.unexpected_count} row(s) fail, e.g. {rows}"
+            if self.examples
+            else (f"; observed {self.observed}" if self.observed is not None else "")
+        )
+        return f"{self.name}{where}: expected {self.expected}{found}"
+
+
+@dataclass
+class ValidationResult:
+    success: bool
+    rows: int
+    files: list[str]
+    labels: tuple[str, ...]
+    label_source: str  # "params", "labels.json" or "inferred"
+    label_counts: dict[str, int]
+    checks: list[CheckResult]
+    report_json: Path
+    report_html: Path
+
+    @property
+    def failed(self) -> list[CheckResult]:
+        return [c for c in self.checks if not c.success]
+
+    def raise_for_failures(self) -> None:
+        if self.failed:
+            lines = "\n  ".join(c.line() for c in self.failed)
+            raise DataValidationError(
+                f"{len(self.failed)} validation check(s) failed on {', '.join(self.files)}"
+                f" (report: {self.report_json}):\n  {lines}"
+            )
+
+
+def validate(
+    data: DataConfig, cfg: ValidateConfig, dataset_dir: Path, reports_dir: Path
+) -> ValidationResult:
+    """Run the task's expectation suite on every batch of `dataset_dir`; write the reports."""
+    frame = read_raw(dataset_dir, data.text_column, data.label_column, data.max_rows)
+    frame["label"] = frame["label"].map(lambda v: v if pd.isna(v) else str(v))
+    labels, label_source = _label_set(data, dataset_dir, frame)
+    checks = _run_suite(frame, labels, cfg, reports_dir / "data_docs")
+    checks.append(_min_examples_check(frame, labels, cfg.min_examples_per_class))
+    counts = frame["label"].value_counts().reindex(list(labels), fill_value=0)
+    result = ValidationResult(
+        success=all(c.success for c in checks),
+        rows=len(frame),
+        files=[str(p) for p in raw_files(dataset_dir)],
+        labels=labels,
+        label_source=label_source,
+        label_counts={str(k): int(v) for k, v in counts.items()},
+        checks=checks,
+        report_json=reports_dir / "validation.json",
+        report_html=reports_dir / "validation.html",
+    )
+    _write_reports(result)
+    return result
+
+
+def _label_set(
+    data: DataConfig, dataset_dir: Path, frame: pd.DataFrame
+) -> tuple[tuple[str, ...], str]:
+    if data.labels:
+        return tuple(data.labels), "params"
+    frozen = read_label_file(dataset_dir)
+    if frozen:
+        return frozen, "labels.json"
+    return tuple(sorted(frame["label"].dropna().unique())), "inferred"
+
+
+def _suite(labels: tuple[str, ...], cfg: ValidateConfig) -> list[Any]:
+    ex = gx.expectations
+    return [
+        ex.ExpectColumnValuesToNotBeNull(column="text"),
+        ex.ExpectColumnValuesToNotBeNull(column="label"),
+        ex.ExpectColumnValuesToBeOfType(column="text", type_="str"),
+        ex.ExpectColumnValuesToNotMatchRegex(column="text", regex=r"^\s*$"),
+        ex.ExpectColumnValueLengthsToBeBetween(
+            column="text", min_value=cfg.min_text_chars, max_value=cfg.max_text_chars
+        ),
+        ex.ExpectColumnValuesToBeInSet(column="label", value_set=list(labels)),
+        ex.ExpectColumnDistinctValuesToContainSet(column="label", value_set=list(labels)),
+        ex.ExpectColumnProportionOfUniqueValuesToBeBetween(
+            column="text", min_value=1.0 - cfg.max_duplicate_rate
+        ),
+    ]
+
+
+def _run_suite(
+    frame: pd.DataFrame, labels: tuple[str, ...], cfg: ValidateConfig, docs_dir: Path
+) -> list[CheckResult]:
+    context = gx.get_context(mode="ephemeral")
+    context.enable_analytics(False)
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    context.add_data_docs_site(
+        site_name="tuneops",
+        site_config={
+            "class_name": "SiteBuilder",
+            "store_backend": {
+                "class_name": "TupleFilesystemStoreBackend",
+                "base_directory": str(docs_dir),
+            },
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        },
+    )
+    batch = (
+        context.data_sources.add_pandas("raw")
+        .add_dataframe_asset(name="raw_dataset")
+        .add_batch_definition_whole_dataframe("all_batches")
+    )
+    suite = context.suites.add(gx.ExpectationSuite(name="text_classification_raw"))
+    for expectation in _suite(labels, cfg):
+        suite.add_expectation(expectation)
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(data=batch, suite=suite, name="raw_dataset")
+    )
+    checkpoint = context.checkpoints.add(
+        gx.Checkpoint(
+            name="validate",
+            validation_definitions=[definition],
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["tuneops"])],
+            result_format={"result_format": "COMPLETE"},
+        )
+    )
+    # GX sees only text and label; "source" (file:row) is looked up by index afterwards.
+    outcome = checkpoint.run(batch_parameters={"dataframe": frame[["text", "label"]]})
+    return [_check_from_gx(r, frame) for run in outcome.run_results.values() for r in run.results]
+
+
+def _check_from_gx(result: Any, frame: pd.DataFrame) -> CheckResult:
+    config = result.expectation_config
+    kwargs = dict(config.kwargs)
+    column = kwargs.pop("column", None)
+    kwargs.pop("batch_id", None)
+    details = result.result or {}
+    indices = (details.get("unexpected_index_list") or [])[:EXAMPLES_PER_CHECK]
+    examples = [
+        {"source": frame.at[i, "source"], "value": _short(frame.at[i, column])}
+        for i in indices
+        if isinstance(i, int) and column is not None
+    ]
+    return CheckResult(
+        name=config.type,
+        column=column,
+        success=bool(result.success),
+        expected=", ".join(f"{k}={_short(v)}" for k, v in kwargs.items()) or "to hold",
+        observed=_jsonable(details.get("observed_value")),
+        unexpected_count=int(details.get("unexpected_count") or 0),
+        examples=examples,
+    )
+
+
+def _min_examples_check(frame: pd.DataFrame, labels: tuple[str, ...], minimum: int) -> CheckResult:
+    # Written by hand: GX 1.x has no pandas expectation for "every value occurs at least
+    # N times" (the distribution expectations compare shares, not counts).
+    counts = frame["label"].value_counts().reindex(list(labels), fill_value=0)
+    short = {str(k): int(v) for k, v in counts.items() if v < minimum}
+    return CheckResult(
+        name="expect_each_label_to_have_min_examples",
+        column="label",
+        success=not short,
+        expected=f"at least {minimum} rows per label",
+        observed={str(k): int(v) for k, v in counts.items()},
+        unexpected_count=len(short),
+        examples=[{"source": "label counts", "value": f"{k}: {v}"} for k, v in short.items()],
+    )
+
+
+def _short(value: Any, limit: int = 80) -> Any:
+    if isinstance(value, str) and len(value) > limit:
+        return value[:limit] + "…"
+    if isinstance(value, list) and len(value) > 10:
+        return [*value[:10], "…"]
+    return _jsonable(value)
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value)
+        return value
+    except TypeError:
+        return str(value)
+
+
+def _write_reports(result: ValidationResult) -> None:
+    payload = asdict(result)
+    payload["report_json"] = str(result.report_json)
+    payload["report_html"] = str(result.report_html)
+    atomic_write_text(result.report_json, json.dumps(payload, indent=2, default=str) + "\n")
+    rows = "\n".join(
+        f"<tr><td>{'pass' if c.success else '<b>FAIL</b>'}</td><td>{html.escape(c.name)}</td>"
+        f"<td>{html.escape(str(c.column))}</td><td>{html.escape(c.expected)}</td>"
+        f"<td>{html.escape(json.dumps(c.examples or c.observed, default=str))}</td></tr>"
+        for c in result.checks
+    )
+    verdict = "passed" if result.success else "FAILED"
+    atomic_write_text(
+        result.report_html,
+        (
+            f"<!doctype html><meta charset='utf-8'><title>tuneops validation</title>"
+            f"<h1>Validation {verdict}: {result.rows} rows</h1>"
+            f"<p>Files: {html.escape(', '.join(result.files))}</p>"
+            f"<p>Labels ({result.label_source}): {html.escape(str(result.label_counts))}</p>"
+            f"<table border=1 cellpadding=4><tr><th>result</th><th>expectation</th><th>column</th>"
+            f"<th>expected</th><th>examples / observed</th></tr>{rows}</table>"
+            "<p>Great Expectations Data Docs: "
+            "<a href='data_docs/index.html'>data_docs/index.html</a></p>"
+        ),
+    )

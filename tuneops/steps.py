@@ -1,0 +1,265 @@
+"""The edges around the pure steps: resolve settings, call the step, record what it did.
+
+Used by both the Prefect flow (`tuneops.flows`) and the DVC stages (`tuneops stage
+NAME`), so the two paths run the same code. The MLflow run is created by `train` and
+its id stored in models/candidate/training_summary.json; later steps log to that run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuneops.config import Params, load_params
+from tuneops.lineage import git_commit, library_versions
+from tuneops.paths import Paths
+from tuneops.pipeline.evaluate import EvaluationResult, evaluate
+from tuneops.pipeline.export import ExportResult, export
+from tuneops.pipeline.fetch_data import FetchResult, fetch_data
+from tuneops.pipeline.prepare import PrepareResult, prepare
+from tuneops.pipeline.registry import RegistrationResult, register
+from tuneops.pipeline.train import TrainResult, read_manifest, train
+from tuneops.pipeline.validate import ValidationResult, validate
+from tuneops.pipeline.version_data import DataVersion, read_dvc_md5, version_data
+from tuneops.tracking import MlflowTracker, check_tracking_server
+
+
+@dataclass(frozen=True)
+class Context:
+    params: Params
+    paths: Paths
+    tracking_uri: str
+
+
+def tracking_uri_for(params: Params, root: Path) -> str:
+    """MLFLOW_TRACKING_URI wins; a relative sqlite path is anchored at the project root."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.uri
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str((root / uri.removeprefix(prefix)).resolve())
+    return uri
+
+
+def load_context(
+    root: Path, params_file: Path | None = None, overrides: dict[str, Any] | None = None
+) -> Context:
+    root = root.resolve()
+    params = load_params(params_file or root / "params.yaml", overrides)
+    return Context(params, Paths(root), tracking_uri_for(params, root))
+
+
+def current_data_version(ctx: Context) -> str:
+    dvc_file = ctx.paths.data_raw.with_name("raw.dvc")
+    if dvc_file.exists():
+        return read_dvc_md5(dvc_file)
+    return version_data(ctx.paths.root, ctx.paths.data_raw, push=False).version
+
+
+def step_fetch(ctx: Context) -> FetchResult:
+    return fetch_data(ctx.params.data, ctx.paths.data_raw)
+
+
+def step_version_data(ctx: Context, push: bool = True) -> DataVersion:
+    return version_data(ctx.paths.root, ctx.paths.data_raw, push=push)
+
+
+def step_validate(ctx: Context) -> ValidationResult:
+    """Validate and raise DataValidationError (after writing the reports) on any failure."""
+    result = validate(
+        ctx.params.data,
+        ctx.params.validate_,
+        ctx.paths.raw_dataset(ctx.params.data.name),
+        ctx.paths.reports,
+    )
+    result.raise_for_failures()
+    return result
+
+
+def step_prepare(ctx: Context) -> PrepareResult:
+    """Prepare with the label set that validation fixed (reports/validation.json)."""
+    report = json.loads((ctx.paths.reports / "validation.json").read_text(encoding="utf-8"))
+    return prepare(
+        ctx.params.data,
+        ctx.params.prepare,
+        tuple(report["labels"]),
+        ctx.paths.raw_dataset(ctx.params.data.name),
+        ctx.paths.data_prepared,
+    )
+
+
+def lineage_tags(ctx: Context) -> dict[str, str]:
+    manifest = read_manifest(ctx.paths.data_prepared)
+    return {
+        "data.version": current_data_version(ctx),
+        "data.fingerprint": manifest["fingerprint"],
+        "data.name": ctx.params.data.name,
+        "git.commit": git_commit(ctx.paths.root),
+        "params.hash": ctx.params.params_hash(),
+        "task": ctx.params.task,
+        "base_model": ctx.params.model.name_or_path,
+        "strategy": "full",
+    }
+
+
+def step_train(ctx: Context) -> tuple[TrainResult, str]:
+    """Start the MLflow run, log params, tags and datasets, then fine-tune."""
+    check_tracking_server(ctx.tracking_uri)  # fail before compute, not after it
+    tags = lineage_tags(ctx) | {"seed": str(ctx.params.train.seed)}
+    tracker = MlflowTracker.start(
+        ctx.tracking_uri,
+        ctx.params.experiment_name,
+        (ctx.paths.root / ctx.params.tracking.artifact_location).resolve().as_uri(),
+        run_name=f"train-{tags['data.version'][:8]}-{tags['params.hash'][:8]}",
+        tags=tags,
+    )
+    with _run_scope(tracker, finish=False):
+        tracker.log_params(ctx.params.flat())
+        tracker.set_tags({f"lib.{k}": v for k, v in library_versions().items()})
+        _log_datasets(ctx, tracker)
+        result = train(
+            ctx.params.model,
+            ctx.params.train,
+            ctx.paths.data_prepared,
+            ctx.paths.candidate,
+            ctx.paths.checkpoints,
+            ctx.paths.data_cache,
+            tracker,
+            extra_summary={"mlflow_run_id": tracker.run_id} | tags,
+        )
+        tracker.set_tags({"device": result.device, "precision": result.precision})
+        tracker.log_metrics(
+            {
+                "train_runtime_s": result.train_runtime_s,
+                "train_tokens_per_s": result.tokens_per_s,
+                "trainable_params": result.trainable_params,
+                "total_params": result.total_params,
+            }
+            | {f"best_validation_{k}": v for k, v in result.best_validation.items()}
+        )
+    return result, tracker.run_id
+
+
+def step_evaluate(ctx: Context) -> EvaluationResult:
+    tracker = _candidate_run(ctx)
+    with _run_scope(tracker, finish=False):
+        result = evaluate(
+            ctx.params.evaluate,
+            ctx.params.model,
+            ctx.params.train.max_length,
+            ctx.params.train.seed,
+            ctx.paths.data_prepared,
+            ctx.paths.candidate,
+            ctx.paths.reports,
+        )
+        tracker.log_metrics(result.flat_metrics())
+        for path in (
+            result.metrics_path,
+            result.report_path,
+            result.confusion_matrix_path,
+            ctx.paths.reports / "validation.json",
+        ):
+            tracker.log_artifact(path, "reports")
+    return result
+
+
+def step_export(ctx: Context) -> ExportResult:
+    tracker = _candidate_run(ctx)
+    summary = _training_summary(ctx)
+    card = {
+        "mlflow_run_id": tracker.run_id,
+        "data_version": summary.get("data.version"),
+        "base_model": ctx.params.model.name_or_path,
+    }
+    with _run_scope(tracker, finish=False):
+        result = export(
+            ctx.params.export,
+            ctx.params.train.max_length,
+            ctx.paths.candidate,
+            ctx.paths.data_prepared,
+            ctx.paths.export,
+            card,
+        )
+        tracker.log_metrics(
+            {
+                "export.parity_max_abs_diff": result.parity_max_abs_diff,
+                "export.parity_label_agreement": result.parity_label_agreement,
+                "export.onnx_mb": result.onnx_bytes / 2**20,
+            }
+        )
+    return result
+
+
+def step_register(ctx: Context) -> RegistrationResult:
+    """Register the exported bundle; promote when test macro-F1 meets gate.min_macro_f1."""
+    tracker = _candidate_run(ctx)
+    metrics = json.loads((ctx.paths.reports / "metrics.json").read_text(encoding="utf-8"))
+    passed = metrics["test_macro_f1"] >= ctx.params.gate.min_macro_f1
+    summary = _training_summary(ctx)
+    tags = {k: str(summary[k]) for k in lineage_tags(ctx) if k in summary}
+    tags |= {
+        "mlflow_run_id": tracker.run_id,
+        "gate.verdict": "passed" if passed else "failed",
+        "gate.failed_checks": "" if passed else "min_macro_f1",
+        "test_macro_f1": f"{metrics['test_macro_f1']:.4f}",
+    }
+    with _run_scope(tracker, finish=True):
+        result = register(
+            ctx.params.registry.model_name,
+            ctx.paths.export,
+            tags,
+            passed,
+            tracker,
+            ctx.paths.reports / "registry.json",
+        )
+        tracker.set_tags(
+            {
+                "registered_model": result.model_name,
+                "registered_version": result.version,
+                "gate.verdict": tags["gate.verdict"],
+            }
+        )
+    return result
+
+
+def _training_summary(ctx: Context) -> dict[str, Any]:
+    path = ctx.paths.candidate / "training_summary.json"
+    return dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+def _candidate_run(ctx: Context) -> MlflowTracker:
+    return MlflowTracker(ctx.tracking_uri, str(_training_summary(ctx)["mlflow_run_id"]))
+
+
+@contextmanager
+def _run_scope(tracker: MlflowTracker, finish: bool) -> Iterator[None]:
+    """Mark the run FAILED if the step raises; FINISHED after the last step."""
+    try:
+        yield
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    if finish:
+        tracker.end("FINISHED")
+
+
+def _log_datasets(ctx: Context, tracker: MlflowTracker) -> None:
+    """The prepared splits as MLflow run inputs (name, digest, source, schema)."""
+    import mlflow
+    import pandas as pd
+    from mlflow.data.pandas_dataset import from_pandas
+
+    with tracker.active():
+        for split in ("train", "validation", "test"):
+            path = ctx.paths.data_prepared / f"{split}.parquet"
+            dataset = from_pandas(
+                pd.read_parquet(path, columns=["text", "label"]),
+                source=str(path),
+                name=f"{ctx.params.data.name}-{split}",
+                targets="label",
+            )
+            mlflow.log_input(dataset, context=split)

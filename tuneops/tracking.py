@@ -1,0 +1,158 @@
+"""The one module that talks to MLflow tracking; pipeline steps see only `Tracker`.
+
+Steps take a `Tracker` argument so that they run (and are tested) without a tracking
+server: `NullTracker` drops everything, `MlflowTracker` logs to one MLflow run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+from tuneops.errors import ExternalToolError
+
+# MLflow's limit on one param value is 6000 characters; longer ones are cut, not rejected.
+_MAX_PARAM_CHARS = 6000
+
+
+class Tracker(Protocol):
+    """What a step may record about itself."""
+
+    @property
+    def run_id(self) -> str | None: ...
+
+    def log_params(self, params: Mapping[str, Any]) -> None: ...
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None: ...
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
+
+
+class NullTracker:
+    """Records nothing: for tests and for running a step on its own."""
+
+    run_id: str | None = None
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        return None
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        return None
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        return None
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        return None
+
+
+class MlflowTracker:
+    """Logs to one MLflow run through an explicit `MlflowClient` (no global active run)."""
+
+    def __init__(self, tracking_uri: str, run_id: str) -> None:
+        from mlflow import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self._run_id = run_id
+
+    @property
+    def run_id(self) -> str:
+        return self._run_id
+
+    @classmethod
+    def start(
+        cls,
+        tracking_uri: str,
+        experiment: str,
+        artifact_location: str | None,
+        run_name: str,
+        tags: Mapping[str, Any],
+    ) -> MlflowTracker:
+        """Create the experiment if needed and start a new run in it."""
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        exp = client.get_experiment_by_name(experiment)
+        experiment_id = (
+            exp.experiment_id
+            if exp
+            else client.create_experiment(experiment, artifact_location=artifact_location)
+        )
+        run = client.create_run(
+            experiment_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()}
+        )
+        return cls(tracking_uri, run.info.run_id)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:_MAX_PARAM_CHARS]) for k, v in params.items()]
+        for start in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
+            self.client.log_batch(self._run_id, params=items[start : start + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [
+            Metric(k, float(v), now, step or 0)
+            for k, v in metrics.items()
+            if isinstance(v, int | float) and math.isfinite(v)
+        ]
+        if items:
+            self.client.log_batch(self._run_id, metrics=items)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self._run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        if path.is_dir():
+            self.client.log_artifacts(self._run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(self._run_id, str(path), artifact_path)
+
+    def end(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self._run_id, status=status)
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """Make this run MLflow's active run for APIs that need one (e.g. `log_model`)."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+        with mlflow.start_run(run_id=self._run_id, log_system_metrics=False):
+            yield
+        # Leaving `start_run` marks the run FINISHED; the steps decide when it really is.
+        self.client.update_run(self._run_id, status="RUNNING")
+
+
+def check_tracking_server(tracking_uri: str) -> None:
+    """Fail fast, before any compute, when the tracking store cannot be reached."""
+    from mlflow import MlflowClient
+
+    try:
+        MlflowClient(tracking_uri=tracking_uri).search_experiments(max_results=1)
+    except Exception as exc:  # MLflow raises many types (HTTP, SQL, URI): one message for all
+        raise ExternalToolError(
+            f"MLflow tracking store {redact_uri(tracking_uri)} is not reachable: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        ) from exc
+
+
+def redact_uri(uri: str) -> str:
+    """The URI with any user:password@ part replaced, for messages and logs."""
+    scheme, sep, rest = uri.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return uri
