@@ -94,7 +94,7 @@ def train(
     runtime = time.perf_counter() - started
     epochs_run = float(trainer.state.epoch or 0.0)
     train_tokens = int(sum(splits["train"]["length"]) * epochs_run)
-    best = trainer.evaluate()  # the best checkpoint is loaded at the end of train()
+    best = _best_evaluation(trainer.state.log_history, cfg.metric_for_best_model)
     result = TrainResult(
         model_dir=candidate_dir,
         base_model=model_cfg.name_or_path,
@@ -107,18 +107,33 @@ def train(
         tokens_per_s=round(train_tokens / runtime, 1) if runtime > 0 else 0.0,
         trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
         total_params=sum(p.numel() for p in model.parameters()),
-        best_validation={
-            k.removeprefix("eval_"): float(v) for k, v in best.items() if isinstance(v, int | float)
-        },
+        best_validation=best,
     )
     with atomic_dir(candidate_dir) as tmp:
-        trainer.save_model(str(tmp))  # safetensors is the default format
+        # Not trainer.save_model: it also writes training_args.bin, a pickle, and the
+        # candidate folder must hold nothing that is unpickled on load.
+        model.save_pretrained(str(tmp), safe_serialization=True)  # best checkpoint, loaded in place
         tokenizer.save_pretrained(str(tmp))
         (tmp / "labels.json").write_text(json.dumps(list(labels)) + "\n", encoding="utf-8")
         summary = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(result).items()}
         summary |= extra_summary or {}
         (tmp / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return result
+
+
+def _best_evaluation(history: list[dict[str, Any]], metric: str) -> dict[str, float]:
+    """The validation metrics of the epoch whose checkpoint was kept (read from the log,
+    not re-computed: re-evaluating would cost another pass over the validation split)."""
+    evaluations = [entry for entry in history if f"eval_{metric}" in entry]
+    if not evaluations:
+        return {}
+    pick = min if metric == "loss" else max
+    best = pick(evaluations, key=lambda entry: entry[f"eval_{metric}"])
+    return {
+        k.removeprefix("eval_"): float(v)
+        for k, v in best.items()
+        if k.startswith("eval_") or k == "epoch"
+    }
 
 
 def _precision(device: str) -> str:

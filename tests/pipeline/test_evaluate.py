@@ -1,0 +1,58 @@
+import json
+
+import pandas as pd
+import pytest
+
+from tests.pipeline.conftest import Trained
+from tuneops.pipeline.evaluate import evaluate
+
+
+@pytest.fixture(scope="module")
+def evaluation(trained: Trained):  # type: ignore[no-untyped-def]
+    p = trained.params
+    return evaluate(
+        p.evaluate,
+        p.model,
+        p.train.max_length,
+        p.train.seed,
+        trained.paths.data_prepared,
+        trained.paths.candidate,
+        trained.paths.reports,
+    )
+
+
+def test_metrics_file_has_model_and_baselines_on_the_same_test_rows(evaluation, trained) -> None:  # type: ignore[no-untyped-def]
+    metrics = json.loads((trained.paths.reports / "metrics.json").read_text())
+    test_rows = len(pd.read_parquet(trained.paths.data_prepared / "test.parquet"))
+    assert metrics["test_rows"] == test_rows
+    for block in (metrics, metrics["majority"], metrics["tfidf"], metrics["before_finetuning"]):
+        assert 0.0 <= block["test_macro_f1"] <= 1.0
+        assert 0.0 <= block["test_accuracy"] <= 1.0
+    assert metrics["before_finetuning"]["train_rows"] == 100
+
+
+def test_majority_baseline_scores_the_majority_share(evaluation, trained) -> None:  # type: ignore[no-untyped-def]
+    train = pd.read_parquet(trained.paths.data_prepared / "train.parquet")
+    test = pd.read_parquet(trained.paths.data_prepared / "test.parquet")
+    majority = train["label"].value_counts().idxmax()
+    expected = float((test["label"] == majority).mean())
+    assert evaluation.metrics["majority"]["test_accuracy"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_per_class_report_confusion_matrix_and_predictions_are_written(evaluation, trained) -> None:  # type: ignore[no-untyped-def]
+    assert set(evaluation.per_class) >= {"negative", "positive", "macro avg", "weighted avg"}
+    png = trained.paths.reports / "confusion_matrix.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    predictions = pd.read_parquet(trained.paths.reports / "test_predictions.parquet")
+    accuracy = float((predictions["predicted_id"] == predictions["label_id"]).mean())
+    assert accuracy == pytest.approx(evaluation.metrics["test_accuracy"], abs=1e-6)
+
+
+def test_flat_metric_names_match_dvc_and_mlflow(evaluation) -> None:  # type: ignore[no-untyped-def]
+    flat = evaluation.flat_metrics()
+    assert {
+        "test_macro_f1",
+        "tfidf.test_macro_f1",
+        "before_finetuning.test_macro_f1",
+        "majority.test_accuracy",
+    } <= set(flat)

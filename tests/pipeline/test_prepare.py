@@ -1,0 +1,96 @@
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tuneops.config import DataConfig, PrepareConfig
+from tuneops.errors import DataValidationError
+from tuneops.pipeline.prepare import normalise_text, prepare, split_of
+
+LABELS = ("negative", "positive")
+
+
+def write_rows(folder: Path, rows: list[tuple[str, str]], name: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows, columns=["text", "label"]).to_csv(folder / name, index=False)
+
+
+def make_rows(n: int, start: int = 0) -> list[tuple[str, str]]:
+    return [(f"text number {i}", LABELS[i % 2]) for i in range(start, start + n)]
+
+
+def splits_by_text(prepared: Path) -> dict[str, str]:
+    return {
+        text: split
+        for split in ("train", "validation", "test")
+        for text in pd.read_parquet(prepared / f"{split}.parquet")["text"]
+    }
+
+
+def test_normalise_text_applies_nfc_and_collapses_whitespace() -> None:
+    assert normalise_text("  Cafe\u0301 \t is\n\n  good ") == "Café is good"
+
+
+def test_split_is_a_pure_function_of_the_text() -> None:
+    assert split_of("same text", 0.1, 0.1) == split_of("same text", 0.1, 0.1)
+    shares = pd.Series([split_of(f"t{i}", 0.1, 0.1) for i in range(20000)]).value_counts(
+        normalize=True
+    )
+    assert shares["test"] == pytest.approx(0.1, abs=0.01)
+    assert shares["validation"] == pytest.approx(0.1, abs=0.01)
+
+
+def test_appending_rows_never_moves_an_existing_row_between_splits(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    write_rows(raw, make_rows(600), "batch-0000.csv")
+    prepare(DataConfig(), PrepareConfig(), LABELS, raw, tmp_path / "before")
+    write_rows(raw, make_rows(600, start=600), "batch-0001.csv")
+    prepare(DataConfig(), PrepareConfig(), LABELS, raw, tmp_path / "after")
+    before, after = splits_by_text(tmp_path / "before"), splits_by_text(tmp_path / "after")
+    assert len(after) == 1200
+    assert {text: after[text] for text in before} == before
+
+
+def test_duplicates_are_dropped_and_conflicting_labels_reported(tmp_path: Path) -> None:
+    rows = [*make_rows(200), ("text   number 3", "positive"), ("text number 4", "positive")]
+    write_rows(tmp_path / "raw", rows, "batch-0000.csv")
+    result = prepare(DataConfig(), PrepareConfig(), LABELS, tmp_path / "raw", tmp_path / "out")
+    # "text number 3" repeats (after whitespace normalisation) with its own label;
+    # "text number 4" (negative) reappears as positive, so both of its rows go.
+    assert result.dropped_duplicates == 1
+    assert result.dropped_conflicts == 1
+    assert result.conflict_examples == [
+        {
+            "text": "text number 4",
+            "labels": "negative,positive",
+            "sources": "batch-0000.csv:5,batch-0000.csv:202",
+        }
+    ]
+    assert sum(result.rows.values()) == 199
+
+
+def test_manifest_counts_and_fingerprint_ignore_row_order(tmp_path: Path) -> None:
+    rows = make_rows(400)
+    write_rows(tmp_path / "a", rows, "batch-0000.csv")
+    write_rows(tmp_path / "b", rows[::-1], "batch-0000.csv")
+    first = prepare(DataConfig(), PrepareConfig(), LABELS, tmp_path / "a", tmp_path / "pa")
+    second = prepare(DataConfig(), PrepareConfig(), LABELS, tmp_path / "b", tmp_path / "pb")
+    assert first.fingerprint == second.fingerprint
+    manifest = json.loads((tmp_path / "pa" / "manifest.json").read_text())
+    assert manifest["rows"] == first.rows and sum(first.rows.values()) == 400
+    for split, counts in manifest["label_counts"].items():
+        assert sum(counts.values()) == first.rows[split]
+    train = pd.read_parquet(tmp_path / "pa" / "train.parquet")
+    assert set(train["label_id"]) == {0, 1}
+    assert (train["label"].map({"negative": 0, "positive": 1}) == train["label_id"]).all()
+
+
+def test_a_label_missing_from_the_test_split_is_an_error(tmp_path: Path) -> None:
+    rows = [*make_rows(300), ("the only neutral text", "neutral")]
+    write_rows(tmp_path / "raw", rows, "batch-0000.csv")
+    with pytest.raises(DataValidationError, match=r"split has no rows of label\(s\) \['neutral'\]"):
+        prepare(
+            DataConfig(), PrepareConfig(), (*LABELS, "neutral"), tmp_path / "raw", tmp_path / "out"
+        )
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,56 @@
+"""dvc.yaml with the real `dvc` CLI in a fresh git repository: repro, no-op, partial rerun."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import run_tool, tiny_overrides, write_params
+
+pytestmark = pytest.mark.integration
+
+STAGES = ["validate", "prepare", "train", "evaluate", "export", "register"]
+
+
+def dvc(root: Path, *args: str) -> str:
+    return run_tool(root, sys.executable, "-m", "dvc", *args).stdout
+
+
+def ran(output: str) -> list[str]:
+    return re.findall(r"Running stage '([\w-]+)'", output)
+
+
+def test_repro_runs_all_then_nothing_then_only_what_a_param_touches(
+    dvc_project: Path, tiny_model_dir: Path
+) -> None:
+    root = dvc_project
+    write_params(root, tiny_overrides(tiny_model_dir))
+    run_tool(root, sys.executable, "-m", "tuneops.cli", "fetch-data")
+    run_tool(root, sys.executable, "-m", "tuneops.cli", "stage", "version-data")
+
+    assert ran(dvc(root, "repro")) == STAGES
+    assert ran(second := dvc(root, "repro")) == []
+    assert "up to date" in second
+
+    metrics = json.loads(dvc(root, "metrics", "show", "--json"))
+    shown = metrics[""]["data"]["reports/metrics.json"]["data"]
+    assert 0.0 <= shown["test_macro_f1"] <= 1.0
+    assert "tfidf" in shown and "before_finetuning" in shown
+
+    run_tool(root, "git", "add", "-A")
+    run_tool(root, "git", "commit", "-qm", "first model")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["train"]["learning_rate"] = 1.0e-3
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    diff = json.loads(dvc(root, "params", "diff", "--json"))["params.yaml"]
+    assert list(diff) == ["train.learning_rate"]
+    assert (diff["train.learning_rate"]["old"], diff["train.learning_rate"]["new"]) == (5e-4, 1e-3)
+    assert ran(dvc(root, "repro")) == ["train", "evaluate", "export", "register"]
+    registry = json.loads((root / "reports" / "registry.json").read_text())
+    assert registry["version"] == "2"
