@@ -15,7 +15,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from tests.conftest import SLICE_ROWS, make_dvc_project, run_tool, write_params
+from tests.conftest import make_dvc_project, run_tool, write_params
 from tuneops.errors import DataValidationError
 from tuneops.flows.training import RunSummary, training_flow
 from tuneops.pipeline.modeling import load_classifier, load_tokenizer, predict_logits
@@ -23,13 +23,16 @@ from tuneops.runtime import OnnxClassifier
 
 pytestmark = pytest.mark.integration
 
+# Enough rows and epochs for the 2-layer cut of the real model to clear the 0.5 floor
+# (measured: test macro-F1 0.57 on this slice; the majority class scores 0.32).
 REAL_SLICE = {
-    "data.max_rows": SLICE_ROWS,
+    "data.max_rows": 1000,
     "model.num_hidden_layers": 2,
-    "train.epochs": 2,
+    "train.epochs": 3,
+    "train.learning_rate": 2.0e-4,
     "train.max_length": 32,
     "train.batch_size": 16,
-    "evaluate.frozen_baseline_train_rows": 150,
+    "evaluate.frozen_baseline_train_rows": 300,
     "export.parity_examples": 64,
     "gate.min_macro_f1": 0.5,
 }
@@ -49,7 +52,7 @@ def test_flow_run_completes_and_returns_the_summary(flow_run: dict[str, Any]) ->
     summary: RunSummary = state.result()
     assert summary.model_version == "1"
     assert summary.aliases == ["challenger", "champion"]
-    assert sum(summary.rows.values()) == SLICE_ROWS
+    assert sum(summary.rows.values()) == REAL_SLICE["data.max_rows"]
     assert "tuneops ui" in summary.text()
 
 
@@ -80,7 +83,7 @@ def test_mlflow_run_has_params_step_metrics_and_dataset_inputs(flow_run: dict[st
     assert run.data.params["train.max_length"] == "32"
     assert run.data.params["model.num_hidden_layers"] == "2"
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) >= 2
-    assert len(client.get_metric_history(run.info.run_id, "validation_macro_f1")) == 2
+    assert len(client.get_metric_history(run.info.run_id, "validation_macro_f1")) == 3
     assert {
         "test_macro_f1",
         "tfidf.test_macro_f1",
@@ -114,7 +117,7 @@ def test_raw_data_is_pushed_to_the_dvc_remote(flow_run: dict[str, Any]) -> None:
     status = run_tool(
         flow_run["root"], sys.executable, "-m", "dvc", "status", "--cloud", "data/raw.dvc"
     )
-    assert "up to date" in status.stdout.lower()
+    assert "in sync" in status.stdout
 
 
 def test_invalid_data_stops_the_flow_before_training(tmp_path: Path, prefect_server: None) -> None:

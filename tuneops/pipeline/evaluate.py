@@ -28,6 +28,7 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from tuneops.config import EvaluateConfig, ModelConfig
 from tuneops.paths import atomic_write_text
@@ -168,7 +169,10 @@ def _frozen_encoder_baseline(
     x_test = predict_logits(
         model, tokenizer, test["text"].tolist(), max_length, cfg.batch_size, features=True
     )
-    head = LogisticRegression(max_iter=2000, random_state=seed).fit(x_train, sample["label_id"])
+    # Standardising first keeps it a linear head (the scaling folds into its weights) but
+    # lets the regulariser treat every feature alike; raw pooler features are near-saturated.
+    head = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
+    head.fit(x_train, sample["label_id"])
     scores = score(test["label_id"].to_numpy(), head.predict(x_test), n_labels)
     return scores | {"train_rows": len(sample)}
 
