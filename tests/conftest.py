@@ -10,13 +10,20 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
 
 from tuneops import quiet
+
+if TYPE_CHECKING:
+    from tuneops.config import Params
+    from tuneops.paths import Paths
+    from tuneops.pipeline.export import ExportResult
+    from tuneops.pipeline.train import TrainResult
 
 quiet.apply()
 
@@ -83,7 +90,12 @@ def tiny_overrides(model_dir: Path) -> dict[str, Any]:
         "train.logging_steps": 5,
         "evaluate.frozen_baseline_train_rows": 100,
         "export.parity_examples": 32,
-        "gate.min_macro_f1": 0.0,
+        # The tiny model is not judged: its gate reduces to export parity. Gate tests
+        # build their own GateConfig.
+        "gate.floors": {},
+        "gate.beat_baselines": False,
+        "gate.vs_champion": False,
+        "gate.per_class": False,
     }
 
 
@@ -145,3 +157,49 @@ def make_dvc_project(tmp_path: Path) -> Path:
 @pytest.fixture
 def dvc_project(tmp_path: Path) -> Path:
     return make_dvc_project(tmp_path)
+
+
+# A prepared slice of the real data and a tiny candidate trained on it, built once.
+@dataclass
+class Trained:
+    params: Params
+    paths: Paths
+    result: TrainResult
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Trained:
+    from tuneops.config import load_params
+    from tuneops.paths import Paths
+    from tuneops.pipeline.fetch_data import fetch_data
+    from tuneops.pipeline.prepare import prepare
+    from tuneops.pipeline.train import train
+
+    root = tmp_path_factory.mktemp("trained")
+    params = load_params(write_params(root, tiny_overrides(tiny_model_dir)))
+    paths = Paths(root)
+    fetched = fetch_data(params.data, paths.data_raw)
+    prepare(params.data, params.prepare, fetched.labels, fetched.dataset_dir, paths.data_prepared)
+    result = train(
+        params.model,
+        params.train,
+        paths.data_prepared,
+        paths.candidate,
+        paths.checkpoints,
+        paths.data_cache,
+    )
+    return Trained(params, paths, result)
+
+
+@pytest.fixture(scope="session")
+def exported(trained: Trained) -> ExportResult:
+    from tuneops.pipeline.export import export
+
+    p = trained.params
+    return export(
+        p.export,
+        p.train.max_length,
+        trained.paths.candidate,
+        trained.paths.data_prepared,
+        trained.paths.export,
+    )

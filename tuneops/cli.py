@@ -76,6 +76,19 @@ def _parser() -> argparse.ArgumentParser:
     ui.add_argument("--host", default="127.0.0.1")
     ui.set_defaults(handler=_ui)
 
+    promote = sub.add_parser("promote", help="move champion to a version (gated unless --force)")
+    promote.add_argument("version")
+    promote.add_argument("--reason", required=True)
+    promote.add_argument("--force", action="store_true", help="skip the gate (recorded)")
+    promote.set_defaults(handler=_promote)
+    rollback = sub.add_parser("rollback", help="swap champion and previous")
+    rollback.add_argument("--reason", required=True)
+    rollback.set_defaults(handler=_rollback)
+    compare = sub.add_parser("compare", help="two versions side by side")
+    compare.add_argument("a", nargs="?", default="champion", help="version or alias")
+    compare.add_argument("b", nargs="?", default="challenger", help="version or alias")
+    compare.set_defaults(handler=_compare)
+
     predict = sub.add_parser("predict", help="classify texts with an exported ONNX bundle")
     predict.add_argument("texts", nargs="+")
     predict.add_argument("--bundle", type=Path, default=Path("models/export"))
@@ -117,10 +130,68 @@ def _stage(args: argparse.Namespace) -> int:
         "train": lambda c: steps.step_train(c)[0],
         "evaluate": steps.step_evaluate,
         "export": steps.step_export,
-        "register": steps.step_register,
+        "register": _register,
     }
     result = actions[args.name](ctx)
     print(f"{args.name}: {_describe(result)}")
+    return 0
+
+
+def _register(ctx: Any) -> Any:
+    from tuneops import steps
+    from tuneops.errors import GateRejected
+
+    verdict, result = steps.step_register(ctx)
+    print(f"{result.model_name} v{result.version}: aliases {', '.join(result.aliases)}")
+    if not verdict.passed:
+        raise GateRejected(verdict.summary())
+    return verdict.summary()
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from tuneops import steps
+    from tuneops.promotion import promote
+
+    ctx = steps.load_context(args.root, args.params, _overrides(args.overrides))
+    e = ctx.params.export
+    verdict = promote(
+        ctx.params.gate,
+        ctx.tracking_uri,
+        ctx.params.registry.model_name,
+        args.version,
+        args.reason,
+        args.force,
+        ctx.paths.data_prepared,
+        ctx.paths.reports,
+        (e.parity_max_abs_diff, e.parity_min_label_agreement),
+    )
+    how = "forced, gate skipped" if verdict is None else verdict.summary()
+    print(f"{ctx.params.registry.model_name}: champion is now v{args.version} ({how})")
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from mlflow import MlflowClient
+
+    from tuneops import steps
+    from tuneops.pipeline.registry import registry_lock, rollback
+    from tuneops.promotion import audit_tags
+
+    ctx = steps.load_context(args.root, args.params, _overrides(args.overrides))
+    name = ctx.params.registry.model_name
+    client = MlflowClient(tracking_uri=ctx.tracking_uri, registry_uri=ctx.tracking_uri)
+    with registry_lock(client, name):
+        left, now = rollback(client, name, audit_tags("rollback", args.reason))
+    print(f"{name}: champion v{left} -> v{now}; v{left} is now previous")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from tuneops import steps
+    from tuneops.compare import compare
+
+    ctx = steps.load_context(args.root, args.params, _overrides(args.overrides))
+    print(compare(ctx.tracking_uri, ctx.params.registry.model_name, args.a, args.b))
     return 0
 
 

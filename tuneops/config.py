@@ -96,7 +96,33 @@ class RegistryConfig(_Section):
 
 
 class GateConfig(_Section):
-    min_macro_f1: float = Field(0.70, ge=0, le=1)
+    """Every check the gate runs; each one can be switched off and is always reported."""
+
+    # Absolute floors on test metrics (names as in reports/metrics.json); {} turns it off.
+    floors: dict[str, float] = Field(
+        default_factory=lambda: {"test_macro_f1": 0.70, "test_accuracy": 0.70}
+    )
+    # Fine-tuning paid off: macro-F1 beats these baselines by at least `baseline_margin`.
+    beat_baselines: bool = True
+    baselines: tuple[str, ...] = ("before_finetuning", "tfidf")
+    baseline_margin: float = Field(0.02, ge=0, le=1)
+    # No regression: paired bootstrap of (challenger - champion) macro-F1 on the same
+    # current test split; passes when the lower bound of the interval >= -tolerance.
+    vs_champion: bool = True
+    champion_tolerance: float = Field(0.01, ge=0, le=1)
+    bootstrap_resamples: int = Field(1000, ge=100)
+    bootstrap_confidence: float = Field(0.95, gt=0.5, lt=1)
+    bootstrap_seed: int = 0
+    # Per-class floors: catches an average bought by sacrificing a minority class.
+    per_class: bool = True
+    per_class_metric: Literal["recall", "f1-score"] = "recall"
+    per_class_floor: float = Field(0.50, ge=0, le=1)
+    # ONNX parity from the export step (label agreement and max |logit diff|).
+    export_parity: bool = True
+    # p95 single-example ONNX latency on this machine; off by default (machine-dependent).
+    latency: bool = False
+    latency_p95_ms: float = Field(50.0, gt=0)
+    latency_samples: int = Field(200, ge=10)
 
 
 class TrackingConfig(_Section):

@@ -21,11 +21,13 @@ from tuneops.paths import Paths
 from tuneops.pipeline.evaluate import EvaluationResult, evaluate
 from tuneops.pipeline.export import ExportResult, export
 from tuneops.pipeline.fetch_data import FetchResult, fetch_data
+from tuneops.pipeline.gate import GateVerdict, write_reports
 from tuneops.pipeline.prepare import PrepareResult, prepare
-from tuneops.pipeline.registry import RegistrationResult, register
+from tuneops.pipeline.registry import RegistrationResult
 from tuneops.pipeline.train import TrainResult, read_manifest, train
 from tuneops.pipeline.validate import ValidationResult, validate
 from tuneops.pipeline.version_data import DataVersion, read_dvc_md5, version_data
+from tuneops.promotion import gate_and_register
 from tuneops.tracking import MlflowTracker, check_tracking_server
 
 
@@ -194,36 +196,34 @@ def step_export(ctx: Context) -> ExportResult:
     return result
 
 
-def step_register(ctx: Context) -> RegistrationResult:
-    """Register the exported bundle; promote when test macro-F1 meets gate.min_macro_f1."""
+def step_register(ctx: Context) -> tuple[GateVerdict, RegistrationResult]:
+    """Gate the exported candidate against the champion, register it, promote on a pass.
+
+    Writes reports/gate.{json,md} and registry.json; raises nothing on a rejection (the
+    caller decides: the flow ends Failed, the CLI exits with GateRejected's code).
+    """
     tracker = _candidate_run(ctx)
-    metrics = json.loads((ctx.paths.reports / "metrics.json").read_text(encoding="utf-8"))
-    passed = metrics["test_macro_f1"] >= ctx.params.gate.min_macro_f1
     summary = _training_summary(ctx)
     tags = {k: str(summary[k]) for k in lineage_tags(ctx) if k in summary}
-    tags |= {
-        "mlflow_run_id": tracker.run_id,
-        "gate.verdict": "passed" if passed else "failed",
-        "gate.failed_checks": "" if passed else "min_macro_f1",
-        "test_macro_f1": f"{metrics['test_macro_f1']:.4f}",
-    }
+    tags |= {"mlflow_run_id": tracker.run_id}
+    export_cfg = ctx.params.export
     with _run_scope(tracker, finish=True):
-        result = register(
+        verdict, result = gate_and_register(
+            ctx.params.gate,
+            tracker,
             ctx.params.registry.model_name,
             ctx.paths.export,
+            ctx.paths.data_prepared,
+            ctx.paths.reports,
             tags,
-            passed,
-            tracker,
-            ctx.paths.reports / "registry.json",
+            (export_cfg.parity_max_abs_diff, export_cfg.parity_min_label_agreement),
         )
+        for path in write_reports(verdict, ctx.paths.reports):
+            tracker.log_artifact(path, "reports")
         tracker.set_tags(
-            {
-                "registered_model": result.model_name,
-                "registered_version": result.version,
-                "gate.verdict": tags["gate.verdict"],
-            }
+            {"registered_model": result.model_name, "registered_version": result.version}
         )
-    return result
+    return verdict, result
 
 
 def _training_summary(ctx: Context) -> dict[str, Any]:

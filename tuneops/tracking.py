@@ -76,14 +76,24 @@ class MlflowTracker:
     ) -> MlflowTracker:
         """Create the experiment if needed and start a new run in it."""
         from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
 
         client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         exp = client.get_experiment_by_name(experiment)
-        experiment_id = (
-            exp.experiment_id
-            if exp
-            else client.create_experiment(experiment, artifact_location=artifact_location)
-        )
+        if exp is not None:
+            experiment_id = exp.experiment_id
+        else:
+            try:
+                experiment_id = client.create_experiment(
+                    experiment, artifact_location=artifact_location
+                )
+            except MlflowException as exc:  # another flow created it a moment ago
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                existing = client.get_experiment_by_name(experiment)
+                if existing is None:
+                    raise
+                experiment_id = existing.experiment_id
         run = client.create_run(
             experiment_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()}
         )

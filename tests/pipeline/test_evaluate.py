@@ -3,7 +3,7 @@ import json
 import pandas as pd
 import pytest
 
-from tests.pipeline.conftest import Trained
+from tests.conftest import Trained
 from tuneops.pipeline.evaluate import evaluate
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.pipeline.conftest import Trained
+from tests.conftest import Trained
 from tuneops.config import ExportConfig
 from tuneops.errors import ExportParityError
 from tuneops.pipeline.export import ExportResult, export

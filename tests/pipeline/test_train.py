@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 from safetensors.numpy import load_file
 
-from tests.pipeline.conftest import Trained
+from tests.conftest import Trained
 from tuneops.pipeline.modeling import load_classifier, load_tokenizer, predict_logits
 
 

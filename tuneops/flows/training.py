@@ -1,4 +1,4 @@
-"""The training flow: fetch → version → validate → prepare → train → evaluate → export → register.
+"""The training flow: fetch → version → validate → prepare → train → evaluate → export → gate.
 
 Each step is a Prefect task over the same function the DVC stage runs. Only the DVC
 push is retried (a remote can fail transiently); every other step is deterministic,
@@ -14,9 +14,11 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed
 
 from tuneops import steps
-from tuneops.errors import DataValidationError
+from tuneops.errors import DataValidationError, GateRejected
+from tuneops.pipeline.gate import GateVerdict, to_markdown
 from tuneops.pipeline.validate import ValidationResult
 from tuneops.tracking import redact_uri
 
@@ -37,6 +39,7 @@ class RunSummary:
     parity_label_agreement: float
     mlflow_run_id: str
     tracking_uri: str
+    gate: str
 
     def text(self) -> str:
         m = self.metrics
@@ -55,6 +58,7 @@ class RunSummary:
             f"rows              train {self.rows['train']}, validation "
             f"{self.rows['validation']}, test {self.rows['test']}\n"
             f"test metrics        {'model':<28} {'accuracy':>8} {'macro-F1':>9}\n{table}\n"
+            f"gate              {self.gate}\n"
             f"registered        {self.model_name} version {self.model_version} "
             f"(aliases: {', '.join(self.aliases) or 'none'}; champion is "
             f"{self.champion_version or 'none'})\n"
@@ -130,17 +134,17 @@ def export_task(ctx: steps.Context) -> tuple[str, float, float]:
     return str(result.onnx_path), result.parity_max_abs_diff, result.parity_label_agreement
 
 
-@task(name="register", cache_policy=NO_CACHE)
-def register_task(ctx: steps.Context) -> steps.RegistrationResult:
-    result = steps.step_register(ctx)
+@task(name="gate-and-register", cache_policy=NO_CACHE)
+def register_task(ctx: steps.Context) -> tuple[GateVerdict, steps.RegistrationResult]:
+    verdict, result = steps.step_register(ctx)
     create_markdown_artifact(
-        key="registration",
-        markdown=(
-            f"**{result.model_name}** version {result.version}: aliases "
-            f"{', '.join(result.aliases)}; champion is {result.champion_version}"
-        ),
+        key="gate", markdown=to_markdown(verdict), description=verdict.summary()
     )
-    return result
+    get_run_logger().info(
+        f"{verdict.summary()}; {result.model_name} v{result.version} aliases "
+        f"{', '.join(result.aliases)}"
+    )
+    return verdict, result
 
 
 # No log_prints: Prefect's print patch breaks dill's stdout capture, which HF datasets
@@ -158,7 +162,12 @@ def training_flow(
     run_id = train_task(ctx)
     metrics = evaluate_task(ctx)
     onnx_path, max_diff, agreement = export_task(ctx)
-    registered = register_task(ctx)
+    verdict, registered = register_task(ctx)
+    if not verdict.passed:
+        # A rejection is an outcome, not a crash: a Failed state with the one-line
+        # verdict (no traceback); its result raises GateRejected for callers and the CLI.
+        message = verdict.summary()
+        return Failed(message=message, data=GateRejected(message))  # type: ignore[return-value]
     return RunSummary(
         data_version,
         rows,
@@ -172,6 +181,7 @@ def training_flow(
         agreement,
         run_id,
         ctx.tracking_uri,
+        verdict.summary(),
     )
 
 

@@ -8,6 +8,12 @@ gate passes; the version it leaves gets `previous`. Aliases are set last.
 from __future__ import annotations
 
 import json
+import os
+import random
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -15,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+from tuneops.errors import ConfigError, ExternalToolError
 from tuneops.paths import atomic_write_text
 from tuneops.tracking import MlflowTracker
 
@@ -55,19 +62,18 @@ def register(
     )
     version = str(created.version)
     client.set_registered_model_alias(model_name, CHALLENGER, version)
-    previous = _alias_version(client, model_name, CHAMPION)
     if promote:
-        if previous is not None and previous != version:
-            client.set_registered_model_alias(model_name, PREVIOUS, previous)
-        client.set_registered_model_alias(model_name, CHAMPION, version)
-    champion = version if promote else previous
+        previous = move_champion(client, model_name, version, {})
+        champion: str | None = version
+    else:
+        previous, champion = None, _alias_version(client, model_name, CHAMPION)
     aliases = sorted(client.get_model_version(model_name, version).aliases)
     result = RegistrationResult(
         model_name,
         version,
         aliases,
         champion,
-        previous if promote else None,
+        previous,
         promote,
         f"models:/{model_name}/{version}",
     )
@@ -112,3 +118,101 @@ def _log_bundle(export_dir: Path, tracker: MlflowTracker) -> Any:
             signature=infer_signature(example, output),
             input_example=example,
         )
+
+
+@contextmanager
+def registry_lock(
+    client: Any, model_name: str, timeout_s: float = 600.0, stale_after_s: float = 900.0
+) -> Iterator[None]:
+    """Mutual exclusion for alias changes of one model, across processes and machines.
+
+    Written by hand because MLflow's registry has no transactions: the lock is a
+    registered model named "<model>.promotion-lock", and creating a registered model is
+    atomic in every MLflow store (a unique key), so exactly one caller succeeds. A lock
+    older than `stale_after_s` (a crashed holder) is broken.
+    """
+    from mlflow.exceptions import MlflowException
+
+    lock_name = f"{model_name}.promotion-lock"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            client.create_registered_model(
+                lock_name,
+                tags={
+                    "acquired_at": str(time.time()),
+                    "holder": f"{socket.gethostname()}:{os.getpid()}",
+                },
+                description="tuneops promotion lock; held while a gate compares and moves aliases",
+            )
+            break
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            _break_if_stale(client, lock_name, stale_after_s)
+            if time.monotonic() > deadline:
+                raise ExternalToolError(
+                    f"registry lock {lock_name!r} still held after {timeout_s:.0f}s; if no "
+                    f"flow is running, delete that registered model"
+                ) from exc
+            time.sleep(0.2 + random.random() * 0.3)
+    try:
+        yield
+    finally:
+        client.delete_registered_model(lock_name)
+
+
+def _break_if_stale(client: Any, lock_name: str, stale_after_s: float) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        acquired = float(client.get_registered_model(lock_name).tags.get("acquired_at", "0"))
+        if time.time() - acquired > stale_after_s:
+            client.delete_registered_model(lock_name)
+    except MlflowException:
+        pass  # released (or broken by another waiter) in the meantime: just retry
+
+
+def champion_version(client: Any, model_name: str) -> str | None:
+    return _alias_version(client, model_name, CHAMPION)
+
+
+def load_bundle(tracking_uri: str, model_name: str, version: str) -> Any:
+    """The OnnxClassifier inside a registered version (downloaded by MLflow)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    model = mlflow.pyfunc.load_model(f"models:/{model_name}/{version}")
+    return model.unwrap_python_model().classifier
+
+
+def move_champion(client: Any, model_name: str, version: str, tags: dict[str, str]) -> str | None:
+    """champion -> `version`; the version it leaves gets `previous`. Returns that version.
+
+    `champion` is overwritten in one call, never deleted, so it is never missing.
+    """
+    previous = _alias_version(client, model_name, CHAMPION)
+    for key, value in tags.items():
+        client.set_model_version_tag(model_name, version, key, value)
+    if previous is not None and previous != version:
+        client.set_registered_model_alias(model_name, PREVIOUS, previous)
+    client.set_registered_model_alias(model_name, CHAMPION, version)
+    return previous
+
+
+def rollback(client: Any, model_name: str, tags: dict[str, str]) -> tuple[str, str]:
+    """Swap `champion` and `previous` (a second rollback undoes the first)."""
+    current = _alias_version(client, model_name, CHAMPION)
+    previous = _alias_version(client, model_name, PREVIOUS)
+    if current is None or previous is None:
+        raise ConfigError(
+            f"{model_name}: rollback needs both a champion and a previous version "
+            f"(champion={current}, previous={previous})"
+        )
+    for version in (current, previous):
+        for key, value in tags.items():
+            client.set_model_version_tag(model_name, version, key, value)
+    client.set_registered_model_alias(model_name, CHAMPION, previous)
+    client.set_registered_model_alias(model_name, PREVIOUS, current)
+    return current, previous

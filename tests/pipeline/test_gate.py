@@ -1,0 +1,188 @@
+"""The gate's checks, verdict and reports, on numbers chosen so each outcome is exact."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tuneops.config import GateConfig
+from tuneops.errors import ConfigError
+from tuneops.pipeline.gate import ChampionComparison, gate, paired_bootstrap, write_reports
+
+LABELS = ["negative", "positive"]
+PARITY_OK = {"max_abs_diff": 2e-6, "label_agreement": 1.0}
+
+
+def metrics(macro_f1: float, accuracy: float = 0.9, tfidf: float = 0.7) -> dict[str, Any]:
+    return {
+        "test_macro_f1": macro_f1,
+        "test_accuracy": accuracy,
+        "test_rows": 100,
+        "tfidf": {"test_macro_f1": tfidf},
+        "before_finetuning": {"test_macro_f1": 0.6},
+    }
+
+
+def per_class(negative: float = 0.9, positive: float = 0.9) -> dict[str, dict[str, float]]:
+    return {
+        "negative": {"recall": negative, "f1-score": negative},
+        "positive": {"recall": positive, "f1-score": positive},
+        "macro avg": {"recall": (negative + positive) / 2, "f1-score": 0.0},
+    }
+
+
+def comparison(ci_low: float, version: str = "3") -> ChampionComparison:
+    return ChampionComparison(
+        version, {"test_macro_f1": 0.85}, ci_low + 0.02, ci_low, 0.05, 0.95, 1000
+    )
+
+
+def run_gate(cfg: GateConfig | None = None, **overrides: Any) -> Any:
+    args: dict[str, Any] = {
+        "metrics": metrics(0.9),
+        "per_class": per_class(),
+        "labels": LABELS,
+        "parity": PARITY_OK,
+        "comparison": None,
+    }
+    return gate(cfg or GateConfig(), **(args | overrides))
+
+
+def check(verdict: Any, name: str) -> Any:
+    (found,) = [c for c in verdict.checks if c.name == name]
+    return found
+
+
+def test_a_good_first_model_passes_every_default_check_and_there_is_no_champion() -> None:
+    verdict = run_gate()
+    assert verdict.passed
+    assert [c.name for c in verdict.checks] == [
+        "floor:test_macro_f1",
+        "floor:test_accuracy",
+        "beats:before_finetuning",
+        "beats:tfidf",
+        "no_regression_vs_champion",
+        "per_class_recall",
+        "export_parity",
+    ]
+    assert check(verdict, "no_regression_vs_champion").detail == "no champion"
+    assert verdict.summary() == "gate passed: candidate, 7 checks"
+
+
+def test_floors_reject_a_metric_below_its_minimum_and_name_it() -> None:
+    verdict = run_gate(metrics=metrics(0.65, accuracy=0.72, tfidf=0.5))
+    assert not verdict.passed
+    assert verdict.failed_checks == ["floor:test_macro_f1"]
+    assert "floor:test_macro_f1: 0.6500 vs floor 0.7" in verdict.summary()
+
+
+def test_a_floor_on_an_unknown_metric_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"gate\.floors: unknown metric 'test_f1'"):
+        run_gate(GateConfig(floors={"test_f1": 0.5}))
+
+
+def test_fine_tuning_must_beat_each_baseline_by_the_margin() -> None:
+    # 0.80 beats TF-IDF's 0.79 but not by the 0.02 margin; the frozen baseline (0.6) is beaten.
+    verdict = run_gate(metrics=metrics(0.80, tfidf=0.79))
+    assert verdict.failed_checks == ["beats:tfidf"]
+    assert run_gate(metrics=metrics(0.815, tfidf=0.79)).passed
+    assert run_gate(GateConfig(beat_baselines=False), metrics=metrics(0.80, tfidf=0.79)).passed
+
+
+def test_regression_vs_champion_is_judged_on_the_interval_lower_bound() -> None:
+    rejected = run_gate(comparison=comparison(ci_low=-0.03))
+    assert rejected.failed_checks == ["no_regression_vs_champion"]
+    assert rejected.champion_version == "3"
+    assert "lower bound must be >= -0.01" in rejected.summary()
+    assert run_gate(comparison=comparison(ci_low=-0.005)).passed
+
+
+def test_a_champion_that_cannot_be_compared_fails_the_check_with_the_reason() -> None:
+    verdict = run_gate(not_comparable="labels differ", champion="2")
+    assert verdict.failed_checks == ["no_regression_vs_champion"]
+    assert verdict.champion_version == "2"
+    assert verdict.summary().endswith("no_regression_vs_champion: labels differ")
+
+
+def test_a_sacrificed_minority_class_is_caught_by_the_per_class_floor() -> None:
+    verdict = run_gate(per_class=per_class(negative=0.98, positive=0.4))
+    assert verdict.failed_checks == ["per_class_recall"]
+    assert check(verdict, "per_class_recall").detail == "below 0.5: {'positive': 0.4}"
+    f1_cfg = GateConfig(per_class_metric="f1-score", per_class_floor=0.3)
+    assert run_gate(f1_cfg, per_class=per_class(negative=0.98, positive=0.4)).passed
+
+
+def test_export_parity_fails_when_logits_drift_or_figures_are_missing() -> None:
+    drift = run_gate(parity={"max_abs_diff": 3e-3, "label_agreement": 1.0})
+    assert drift.failed_checks == ["export_parity"]
+    assert run_gate(parity=None).failed_checks == ["export_parity"]
+
+
+def test_latency_budget_is_off_by_default_and_checked_when_on() -> None:
+    assert "latency_p95_ms" not in [c.name for c in run_gate().checks]
+    on = GateConfig(latency=True, latency_p95_ms=20.0)
+    assert run_gate(on, latency_p95_ms=12.5).passed
+    slow = run_gate(on, latency_p95_ms=31.0)
+    assert slow.failed_checks == ["latency_p95_ms"]
+
+
+def test_every_check_can_be_switched_off() -> None:
+    cfg = GateConfig(
+        floors={},
+        beat_baselines=False,
+        vs_champion=False,
+        per_class=False,
+        export_parity=False,
+    )
+    verdict = run_gate(cfg, metrics=metrics(0.1), parity=None)
+    assert (verdict.passed, verdict.checks) == (True, [])
+
+
+def predictions(seed: int, n: int = 400, error_rate: float = 0.2) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    y_true = rng.integers(0, 2, size=n)
+    good = np.where(rng.random(n) < error_rate, 1 - y_true, y_true)
+    bad = np.where(rng.random(n) < 0.45, 1 - y_true, y_true)
+    return y_true, good, bad
+
+
+def test_paired_bootstrap_is_deterministic_for_a_seed() -> None:
+    y_true, good, bad = predictions(1)
+    first = paired_bootstrap(y_true, good, bad, 2, 1000, 0.95, seed=7)
+    assert paired_bootstrap(y_true, good, bad, 2, 1000, 0.95, seed=7) == first
+    other = paired_bootstrap(y_true, good, bad, 2, 1000, 0.95, seed=8)
+    assert other[0] == first[0] and other[1:] != first[1:]
+
+
+def test_paired_bootstrap_interval_brackets_the_observed_difference() -> None:
+    y_true, good, bad = predictions(2)
+    observed, low, high = paired_bootstrap(y_true, good, bad, 2, 500, 0.95, seed=0)
+    assert low < observed < high
+    assert low > 0  # 20% vs 45% errors on 400 rows: the better model is clearly better
+    worse = paired_bootstrap(y_true, bad, good, 2, 500, 0.95, seed=0)
+    assert worse[0] == pytest.approx(-observed) and worse[2] < 0
+    assert paired_bootstrap(y_true, good, good, 2, 200, 0.95, seed=0) == (0.0, 0.0, 0.0)
+
+
+def test_reports_hold_every_check_the_verdict_and_both_versions(tmp_path: Path) -> None:
+    verdict = run_gate(comparison=comparison(ci_low=-0.2), per_class=per_class(positive=0.3))
+    verdict.challenger_version = "4"
+    json_path, md_path = write_reports(verdict, tmp_path)
+    report = json.loads(json_path.read_text())
+    assert (report["passed"], report["challenger_version"], report["champion_version"]) == (
+        False,
+        "4",
+        "3",
+    )
+    assert report["failed_checks"] == ["no_regression_vs_champion", "per_class_recall"]
+    assert report["summary"].startswith("gate rejected challenger v4 vs champion v3: ")
+    assert len(report["checks"]) == 7
+    assert report["comparison"]["ci_low"] == -0.2
+    markdown = md_path.read_text()
+    assert markdown.startswith("## Gate: REJECTED")
+    assert "| **FAIL** | per_class_recall |" in markdown
+    assert "| pass | floor:test_macro_f1 | 0.9 | 0.7 |" in markdown

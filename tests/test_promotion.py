@@ -1,0 +1,147 @@
+"""Promotion under concurrency: two flows finishing at once against a real `mlflow server`.
+
+The registry lock must serialise them: the second is compared with the first one's
+result, and at no moment is there no champion (once there is one) or two.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from tests.conftest import REPO, Trained, tool_env
+from tuneops.pipeline.export import ExportResult
+
+pytestmark = pytest.mark.integration
+
+NAME = "race-model"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Iterator[str]:
+    """A real `mlflow server` on 127.0.0.1 with a SQLite backend, stopped after the test."""
+    port = _free_port()
+    log = (tmp_path / "mlflow-server.log").open("w")
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--default-artifact-root",
+            (tmp_path / "server-artifacts").as_uri(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+        ],
+        env=tool_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    server_log = (tmp_path / "mlflow-server.log").read_text()
+                    raise RuntimeError(f"mlflow server did not start:\n{server_log}") from None
+                time.sleep(0.5)
+        yield uri
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+        log.close()
+
+
+def _worker(uri: str, tmp_path: Path, name: str, trained: Trained, export_dir: Path) -> Any:
+    """A process that gates and registers `export_dir` once released by the start file."""
+    reports = tmp_path / "race" / name
+    reports.mkdir(parents=True)
+    # Only the champion comparison and export parity are switched on in the worker's
+    # gate, so these two reports are read but not judged.
+    (reports / "metrics.json").write_text(json.dumps({"test_macro_f1": 0.5}))
+    (reports / "classification_report.json").write_text("{}")
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.promotion_worker",
+            uri,
+            (tmp_path / "artifacts").as_uri(),
+            str(export_dir),
+            str(trained.paths.data_prepared),
+            str(reports),
+        ],
+        cwd=REPO,
+        env=tool_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_two_flows_finishing_at_once_leave_one_champion_compared_with_the_other(
+    mlflow_server: str, tmp_path: Path, trained: Trained, exported: ExportResult
+) -> None:
+    client = MlflowClient(mlflow_server)
+    workers = [_worker(mlflow_server, tmp_path, n, trained, exported.export_dir) for n in "ab"]
+    deadline = time.monotonic() + 180
+    while len(client.search_runs([_experiment_id(client)])) < 2:
+        assert all(w.poll() is None for w in workers), [w.communicate() for w in workers]
+        assert time.monotonic() < deadline, "workers did not start their runs"
+        time.sleep(0.2)
+    (tmp_path / "race" / "go").touch()
+
+    snapshots = []
+    while any(w.poll() is None for w in workers):
+        try:
+            snapshots.append(dict(client.get_registered_model(NAME).aliases))
+        except MlflowException:
+            snapshots.append({})  # not registered yet
+        time.sleep(0.05)
+    for worker in workers:
+        _, err = worker.communicate()
+        assert worker.returncode == 0, err[-3000:]
+
+    first_champion = next(i for i, s in enumerate(snapshots) if "champion" in s)
+    assert all("champion" in s for s in snapshots[first_champion:])
+    aliases = {k: str(v) for k, v in client.get_registered_model(NAME).aliases.items()}
+    assert aliases == {"champion": "2", "challenger": "2", "previous": "1"}
+    # Serialised: the second registration was gated against the first, not against "none".
+    compared = {v: client.get_model_version(NAME, v).tags["gate.champion_compared"] for v in "12"}
+    assert compared == {"1": "none", "2": "1"}
+    assert [m.name for m in client.search_registered_models()] == [NAME]  # lock released
+
+
+def _experiment_id(client: MlflowClient) -> str:
+    experiment = client.get_experiment_by_name("concurrency")
+    return experiment.experiment_id if experiment else "-1"

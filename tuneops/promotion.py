@@ -1,0 +1,276 @@
+"""Gate and registry together: re-score the champion, decide, register, move aliases.
+
+Everything that reads or moves `champion` runs under the registry lock, so the champion
+a challenger was compared with is the champion it replaces: two flows finishing at once
+are serialised, and the second one is compared with the first one's result.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import classification_report
+
+from tuneops.config import GateConfig
+from tuneops.pipeline.evaluate import score
+from tuneops.pipeline.gate import ChampionComparison, GateVerdict, gate, paired_bootstrap
+from tuneops.pipeline.registry import (
+    RegistrationResult,
+    champion_version,
+    load_bundle,
+    register,
+    registry_lock,
+)
+from tuneops.runtime import OnnxClassifier
+from tuneops.tracking import MlflowTracker
+
+
+@dataclass
+class TestSplit:
+    texts: list[str]
+    label_ids: np.ndarray
+    labels: list[str]
+
+    @classmethod
+    def read(cls, prepared_dir: Path, labels: list[str]) -> TestSplit:
+        test = pd.read_parquet(prepared_dir / "test.parquet")
+        return cls(test["text"].tolist(), test["label_id"].to_numpy(), labels)
+
+
+def rescore(classifier: OnnxClassifier, split: TestSplit) -> np.ndarray:
+    """Predicted label ids of a bundle on the split (its own label order mapped to ours)."""
+    predicted = classifier.logits(split.texts, batch_size=64).argmax(axis=1)
+    mapping = np.array([split.labels.index(label) for label in classifier.labels])
+    return mapping[predicted]
+
+
+def compare_with_champion(
+    cfg: GateConfig,
+    tracking_uri: str,
+    model_name: str,
+    version: str,
+    split: TestSplit,
+    challenger_pred: np.ndarray,
+) -> tuple[ChampionComparison | None, str | None]:
+    """The champion re-scored on `split` and the paired bootstrap; or (None, why not)."""
+    champion = load_bundle(tracking_uri, model_name, version)
+    if sorted(champion.labels) != sorted(split.labels):
+        return None, (
+            f"champion v{version} predicts labels {champion.labels}, the challenger "
+            f"{split.labels}: not comparable (promote by hand with --force)"
+        )
+    champion_pred = rescore(champion, split)
+    observed, low, high = paired_bootstrap(
+        split.label_ids,
+        challenger_pred,
+        champion_pred,
+        len(split.labels),
+        cfg.bootstrap_resamples,
+        cfg.bootstrap_confidence,
+        cfg.bootstrap_seed,
+    )
+    metrics = score(split.label_ids, champion_pred, len(split.labels))
+    return ChampionComparison(
+        version, metrics, observed, low, high, cfg.bootstrap_confidence, cfg.bootstrap_resamples
+    ), None
+
+
+def p95_latency_ms(classifier: OnnxClassifier, texts: list[str], samples: int) -> float:
+    """p95 of single-text predict latency (after 5 warm-up calls)."""
+    for text in texts[:5]:
+        classifier.logits([text])
+    timings = []
+    for text in (texts * (samples // max(len(texts), 1) + 1))[:samples]:
+        started = time.perf_counter()
+        classifier.logits([text])
+        timings.append((time.perf_counter() - started) * 1000)
+    return float(np.percentile(timings, 95))
+
+
+def gate_and_register(
+    cfg: GateConfig,
+    tracker: MlflowTracker,
+    model_name: str,
+    export_dir: Path,
+    prepared_dir: Path,
+    reports_dir: Path,
+    tags: dict[str, str],
+    parity_limits: tuple[float, float],
+) -> tuple[GateVerdict, RegistrationResult]:
+    """Under the registry lock: compare with the current champion, gate, register, promote."""
+    metrics = json.loads((reports_dir / "metrics.json").read_text(encoding="utf-8"))
+    per_class = json.loads((reports_dir / "classification_report.json").read_text("utf-8"))
+    bundle_meta = json.loads((export_dir / "bundle.json").read_text(encoding="utf-8"))
+    challenger = OnnxClassifier(export_dir)
+    split = TestSplit.read(prepared_dir, challenger.labels)
+    challenger_pred = rescore(challenger, split)
+    latency = p95_latency_ms(challenger, split.texts, cfg.latency_samples) if cfg.latency else None
+
+    with registry_lock(tracker.client, model_name):
+        current = champion_version(tracker.client, model_name)
+        comparison, not_comparable = None, None
+        if current is not None and cfg.vs_champion:
+            comparison, not_comparable = compare_with_champion(
+                cfg, tracker.tracking_uri, model_name, current, split, challenger_pred
+            )
+        verdict = gate(
+            cfg,
+            metrics,
+            per_class,
+            split.labels,
+            bundle_meta.get("parity"),
+            comparison,
+            latency,
+            parity_limits,
+            not_comparable,
+            current,
+        )
+        tags = tags | {
+            "gate.verdict": "passed" if verdict.passed else "failed",
+            "gate.failed_checks": ",".join(verdict.failed_checks),
+            "gate.champion_compared": current or "none",
+        }
+        registered = register(
+            model_name, export_dir, tags, verdict.passed, tracker, reports_dir / "registry.json"
+        )
+    verdict.challenger_version = registered.version
+    if comparison is not None:
+        tracker.log_metrics(
+            {f"champion.{k}": v for k, v in comparison.champion_metrics.items()}
+            | {
+                "gate.champion_diff_ci_low": comparison.ci_low,
+                "gate.champion_diff_ci_high": comparison.ci_high,
+            }
+        )
+    if latency is not None:
+        tracker.log_metrics({"gate.latency_p95_ms": latency})
+    tracker.log_metrics({"gate.passed": float(verdict.passed)})
+    tracker.set_tags(
+        {"gate.verdict": tags["gate.verdict"], "gate.failed_checks": tags["gate.failed_checks"]}
+    )
+    return verdict, registered
+
+
+def version_report(split: TestSplit, predicted: np.ndarray) -> tuple[dict[str, Any], dict]:
+    """Metrics and per-class report of predictions on a split (for `promote`)."""
+    metrics: dict[str, Any] = score(split.label_ids, predicted, len(split.labels))
+    per_class = classification_report(
+        split.label_ids,
+        predicted,
+        labels=list(range(len(split.labels))),
+        target_names=split.labels,
+        output_dict=True,
+        zero_division=0,
+    )
+    return metrics, per_class
+
+
+def audit_tags(action: str, reason: str, forced: bool = False) -> dict[str, str]:
+    """Who did what, when and why: recorded on the versions an action touches."""
+    return {
+        f"{action}.at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        f"{action}.by": getpass.getuser(),
+        f"{action}.reason": reason,
+        f"{action}.forced": str(forced).lower(),
+    }
+
+
+def promote(
+    cfg: GateConfig,
+    tracking_uri: str,
+    model_name: str,
+    version: str,
+    reason: str,
+    force: bool,
+    prepared_dir: Path,
+    reports_dir: Path,
+    parity_limits: tuple[float, float],
+) -> GateVerdict | None:
+    """Move `champion` to `version` by hand. Unless `force`, the version is first re-scored
+    on the current test split and must pass the gate; raises GateRejected otherwise."""
+    from mlflow import MlflowClient
+
+    from tuneops.errors import ConfigError, GateRejected
+    from tuneops.pipeline.registry import move_champion
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    model_version = client.get_model_version(model_name, version)
+    verdict = None
+    with registry_lock(client, model_name):
+        if not force:
+            if not (prepared_dir / "test.parquet").exists():
+                raise ConfigError(
+                    f"{prepared_dir}: no current test split to gate on; run the "
+                    f"flow (or `tuneops stage prepare`) first, or use --force"
+                )
+            verdict = _gate_version(
+                cfg,
+                client,
+                tracking_uri,
+                model_name,
+                version,
+                model_version.run_id,
+                prepared_dir,
+                reports_dir,
+                parity_limits,
+            )
+            if not verdict.passed:
+                raise GateRejected(verdict.summary())
+        tags = audit_tags("promotion", reason, force)
+        if verdict is not None:
+            tags |= {"gate.verdict": "passed", "gate.failed_checks": ""}
+        move_champion(client, model_name, version, tags)
+    return verdict
+
+
+def _gate_version(
+    cfg: GateConfig,
+    client: Any,
+    tracking_uri: str,
+    model_name: str,
+    version: str,
+    run_id: str | None,
+    prepared_dir: Path,
+    reports_dir: Path,
+    parity_limits: tuple[float, float],
+) -> GateVerdict:
+    bundle = load_bundle(tracking_uri, model_name, version)
+    split = TestSplit.read(prepared_dir, bundle.labels)
+    predicted = rescore(bundle, split)
+    metrics, per_class = version_report(split, predicted)
+    current = json.loads((reports_dir / "metrics.json").read_text(encoding="utf-8"))
+    metrics |= {name: current[name] for name in cfg.baselines if name in current}
+    run_metrics = client.get_run(run_id).data.metrics if run_id else {}
+    parity = None
+    if "export.parity_max_abs_diff" in run_metrics:
+        parity = {
+            "max_abs_diff": run_metrics["export.parity_max_abs_diff"],
+            "label_agreement": run_metrics["export.parity_label_agreement"],
+        }
+    champion = champion_version(client, model_name)
+    comparison, not_comparable = None, None
+    if champion is not None and champion != version and cfg.vs_champion:
+        comparison, not_comparable = compare_with_champion(
+            cfg, tracking_uri, model_name, champion, split, predicted
+        )
+    verdict = gate(
+        cfg,
+        metrics,
+        per_class,
+        split.labels,
+        parity,
+        comparison,
+        None,
+        parity_limits,
+        not_comparable,
+        champion,
+    )
+    verdict.challenger_version = version
+    return verdict
