@@ -47,53 +47,78 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tuneops", description=__doc__)
-    parser.add_argument("--root", type=Path, default=Path("."), help="project root (default .)")
+    _add_common_options(parser, defaults=True)
+    # The same options after the command (`tuneops run --set train.epochs=2`); SUPPRESS
+    # keeps a subcommand from overwriting values given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common_options(common, defaults=False)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser(
+        "run", parents=[common], help="run the Prefect training flow end to end"
+    ).set_defaults(handler=_run)
+    stage = sub.add_parser(
+        "stage", parents=[common], help="run one step on its own (what dvc.yaml calls)"
+    )
+    stage.add_argument("name", choices=STAGES)
+    stage.set_defaults(handler=_stage)
+    sub.add_parser(
+        "fetch-data", parents=[common], help="write the bundled dataset to data/raw/"
+    ).set_defaults(handler=lambda a: _stage(argparse.Namespace(**vars(a), name="fetch-data")))
+
+    ui = sub.add_parser(
+        "ui", parents=[common], help="open the MLflow UI on the project's tracking store"
+    )
+    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.set_defaults(handler=_ui)
+
+    promote = sub.add_parser(
+        "promote", parents=[common], help="move champion to a version (gated unless --force)"
+    )
+    promote.add_argument("version")
+    promote.add_argument("--reason", required=True)
+    promote.add_argument("--force", action="store_true", help="skip the gate (recorded)")
+    promote.set_defaults(handler=_promote)
+    rollback = sub.add_parser("rollback", parents=[common], help="swap champion and previous")
+    rollback.add_argument("--reason", required=True)
+    rollback.set_defaults(handler=_rollback)
+    compare = sub.add_parser("compare", parents=[common], help="two versions side by side")
+    compare.add_argument("a", nargs="?", default="champion", help="version or alias")
+    compare.add_argument("b", nargs="?", default="challenger", help="version or alias")
+    compare.set_defaults(handler=_compare)
+
+    predict = sub.add_parser(
+        "predict", parents=[common], help="classify texts with an exported ONNX bundle"
+    )
+    predict.add_argument("texts", nargs="+")
+    predict.add_argument("--bundle", type=Path, default=Path("models/export"))
+    predict.set_defaults(handler=_predict)
+    return parser
+
+
+def _add_common_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    suppress = argparse.SUPPRESS
     parser.add_argument(
-        "--params", type=Path, default=None, help="params file (default params.yaml)"
+        "--root",
+        type=Path,
+        default=Path(".") if defaults else suppress,
+        help="project root (default .)",
+    )
+    parser.add_argument(
+        "--params",
+        type=Path,
+        default=None if defaults else suppress,
+        help="params file (default params.yaml)",
     )
     parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
-        default=[],
+        default=[] if defaults else suppress,
         metavar="KEY=VALUE",
         help="override a params.yaml key, e.g. --set train.epochs=2 (YAML value)",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    sub.add_parser("run", help="run the Prefect training flow end to end").set_defaults(
-        handler=_run
-    )
-    stage = sub.add_parser("stage", help="run one step on its own (what dvc.yaml calls)")
-    stage.add_argument("name", choices=STAGES)
-    stage.set_defaults(handler=_stage)
-    sub.add_parser("fetch-data", help="write the bundled dataset to data/raw/").set_defaults(
-        handler=lambda a: _stage(argparse.Namespace(**vars(a), name="fetch-data"))
-    )
-
-    ui = sub.add_parser("ui", help="open the MLflow UI on the project's tracking store")
-    ui.add_argument("--port", type=int, default=5000)
-    ui.add_argument("--host", default="127.0.0.1")
-    ui.set_defaults(handler=_ui)
-
-    promote = sub.add_parser("promote", help="move champion to a version (gated unless --force)")
-    promote.add_argument("version")
-    promote.add_argument("--reason", required=True)
-    promote.add_argument("--force", action="store_true", help="skip the gate (recorded)")
-    promote.set_defaults(handler=_promote)
-    rollback = sub.add_parser("rollback", help="swap champion and previous")
-    rollback.add_argument("--reason", required=True)
-    rollback.set_defaults(handler=_rollback)
-    compare = sub.add_parser("compare", help="two versions side by side")
-    compare.add_argument("a", nargs="?", default="champion", help="version or alias")
-    compare.add_argument("b", nargs="?", default="challenger", help="version or alias")
-    compare.set_defaults(handler=_compare)
-
-    predict = sub.add_parser("predict", help="classify texts with an exported ONNX bundle")
-    predict.add_argument("texts", nargs="+")
-    predict.add_argument("--bundle", type=Path, default=Path("models/export"))
-    predict.set_defaults(handler=_predict)
-    return parser
 
 
 def _overrides(pairs: list[str]) -> dict[str, Any]:

