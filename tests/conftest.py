@@ -48,6 +48,13 @@ def write_params(root: Path, overrides: dict[str, Any]) -> Path:
     return path
 
 
+def store_client(uri: str) -> Any:
+    """An MlflowClient whose registry is the same store (not MLflow's process-global one)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test may reach a user's tracking server or Prefect API."""

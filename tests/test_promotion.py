@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from tests.conftest import REPO, Trained, tool_env
+from tests.conftest import REPO, Trained, store_client, tool_env
 from tuneops.pipeline.export import ExportResult
 
 pytestmark = pytest.mark.integration
@@ -112,7 +111,7 @@ def _worker(uri: str, tmp_path: Path, name: str, trained: Trained, export_dir: P
 def test_two_flows_finishing_at_once_leave_one_champion_compared_with_the_other(
     mlflow_server: str, tmp_path: Path, trained: Trained, exported: ExportResult
 ) -> None:
-    client = MlflowClient(mlflow_server)
+    client = store_client(mlflow_server)
     workers = [_worker(mlflow_server, tmp_path, n, trained, exported.export_dir) for n in "ab"]
     deadline = time.monotonic() + 180
     while len(client.search_runs([_experiment_id(client)])) < 2:
@@ -142,6 +141,6 @@ def test_two_flows_finishing_at_once_leave_one_champion_compared_with_the_other(
     assert [m.name for m in client.search_registered_models()] == [NAME]  # lock released
 
 
-def _experiment_id(client: MlflowClient) -> str:
+def _experiment_id(client: Any) -> str:
     experiment = client.get_experiment_by_name("concurrency")
     return experiment.experiment_id if experiment else "-1"

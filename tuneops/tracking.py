@@ -7,6 +7,7 @@ server: `NullTracker` drops everything, `MlflowTracker` logs to one MLflow run.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -139,12 +140,41 @@ class MlflowTracker:
         """Make this run MLflow's active run for APIs that need one (e.g. `log_model`)."""
         import mlflow
 
-        mlflow.set_tracking_uri(self.tracking_uri)
-        mlflow.set_registry_uri(self.tracking_uri)
-        with mlflow.start_run(run_id=self._run_id, log_system_metrics=False):
+        with (
+            mlflow_store(self.tracking_uri),
+            mlflow.start_run(run_id=self._run_id, log_system_metrics=False),
+        ):
             yield
         # Leaving `start_run` marks the run FINISHED; the steps decide when it really is.
         self.client.update_run(self._run_id, status="RUNNING")
+
+
+_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@contextmanager
+def mlflow_store(uri: str) -> Iterator[None]:
+    """Point MLflow's global (fluent) APIs at `uri` for the block, then put them back.
+
+    `mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI to os.environ; left there,
+    it would win over the next project's params.yaml in the same process (a worker
+    running several flows). The environment is the faithful record of what was set.
+    """
+    import mlflow
+
+    saved = {name: os.environ.get(name) for name in _URI_VARIABLES}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])  # type: ignore[arg-type]
+        mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])  # type: ignore[arg-type]
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def check_tracking_server(tracking_uri: str) -> None:

@@ -15,9 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from mlflow import MlflowClient
 
-from tests.conftest import make_dvc_project, run_tool, write_params
+from tests.conftest import make_dvc_project, run_tool, store_client, write_params
 from tuneops.cli import main as cli_main
 from tuneops.errors import DataValidationError
 from tuneops.flows.training import RunSummary, training_flow
@@ -66,7 +65,7 @@ def test_flow_run_completes_and_returns_the_summary(flow_run: dict[str, Any]) ->
 
 def test_champion_carries_the_lineage_tags(flow_run: dict[str, Any]) -> None:
     root: Path = flow_run["root"]
-    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    client = store_client(f"sqlite:///{root / 'mlflow.db'}")
     version = client.get_model_version(MODEL, "1")
     dvc_md5 = yaml.safe_load((root / "data" / "raw.dvc").read_text())["outs"][0]["md5"]
     head = subprocess.run(
@@ -86,7 +85,7 @@ def test_champion_carries_the_lineage_tags(flow_run: dict[str, Any]) -> None:
 
 def test_mlflow_run_has_params_step_metrics_and_dataset_inputs(flow_run: dict[str, Any]) -> None:
     root: Path = flow_run["root"]
-    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    client = store_client(f"sqlite:///{root / 'mlflow.db'}")
     run = client.get_run(flow_run["state"].result().mlflow_run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["train.max_length"] == "32"
@@ -149,7 +148,7 @@ WORSE = "train.max_steps=1"
 
 
 def aliases(root: Path) -> dict[str, str]:
-    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    client = store_client(f"sqlite:///{root / 'mlflow.db'}")
     return {k: str(v) for k, v in client.get_registered_model(MODEL).aliases.items()}
 
 
@@ -221,7 +220,7 @@ def test_the_champion_is_rescored_on_the_challengers_run(
     flow_run: dict[str, Any], history: dict[str, Any]
 ) -> None:
     root: Path = flow_run["root"]
-    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    client = store_client(f"sqlite:///{root / 'mlflow.db'}")
     version = client.get_model_version(MODEL, "2")
     assert (version.tags["gate.verdict"], version.tags["gate.champion_compared"]) == ("failed", "1")
     assert "no_regression_vs_champion" in version.tags["gate.failed_checks"]
@@ -248,7 +247,7 @@ def test_promote_rollback_and_compare_by_hand(
     flow_run: dict[str, Any], history: dict[str, Any]
 ) -> None:
     root: Path = flow_run["root"]
-    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    client = store_client(f"sqlite:///{root / 'mlflow.db'}")
 
     refused = cli(root, "promote", "2", "--reason", "try the worse one")
     assert refused.returncode == 4, refused.stderr

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from sklearn.metrics import f1_score
 
 from tuneops.config import GateConfig
 from tuneops.errors import ConfigError
@@ -83,6 +84,11 @@ def test_floors_reject_a_metric_below_its_minimum_and_name_it() -> None:
 def test_a_floor_on_an_unknown_metric_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"gate\.floors: unknown metric 'test_f1'"):
         run_gate(GateConfig(floors={"test_f1": 0.5}))
+
+
+def test_an_unknown_baseline_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"unknown baseline 'bm25'; expected one of \['before"):
+        run_gate(GateConfig(baselines=("tfidf", "bm25")))
 
 
 def test_fine_tuning_must_beat_each_baseline_by_the_margin() -> None:
@@ -186,3 +192,26 @@ def test_reports_hold_every_check_the_verdict_and_both_versions(tmp_path: Path) 
     assert markdown.startswith("## Gate: REJECTED")
     assert "| **FAIL** | per_class_recall |" in markdown
     assert "| pass | floor:test_macro_f1 | 0.9 | 0.7 |" in markdown
+
+
+def test_paired_bootstrap_matches_sklearn_on_every_resample() -> None:
+    rng = np.random.default_rng(3)
+    y_true = rng.integers(0, 3, size=120)
+    challenger = np.where(rng.random(120) < 0.3, rng.integers(0, 3, size=120), y_true)
+    champion = np.where(y_true == 2, 0, y_true)  # never predicts class 2
+    draws = np.random.default_rng(11)
+    expected = []
+    for _ in range(50):
+        rows = draws.integers(0, 120, size=120)
+        expected.append(
+            f1_score(y_true[rows], challenger[rows], labels=[0, 1, 2], average="macro")
+            - f1_score(
+                y_true[rows], champion[rows], labels=[0, 1, 2], average="macro", zero_division=0
+            )
+        )
+    observed, low, high = paired_bootstrap(y_true, challenger, champion, 3, 50, 0.9, seed=11)
+    assert observed == pytest.approx(
+        f1_score(y_true, challenger, average="macro")
+        - f1_score(y_true, champion, average="macro", zero_division=0)
+    )
+    assert (low, high) == pytest.approx(tuple(np.percentile(expected, [5, 95])), abs=1e-12)

@@ -78,22 +78,41 @@ def paired_bootstrap(
     confidence: float,
     seed: int,
 ) -> tuple[float, float, float]:
-    """Observed macro-F1 difference (challenger - champion) and its percentile interval."""
+    """Observed macro-F1 difference (challenger - champion) and its percentile interval.
+
+    Each resample draws test rows with replacement; both models are scored on the same
+    draw. The observed value is sklearn's f1_score; the resamples use the same formula
+    on per-resample counts (`_macro_f1`), vectorised because calling sklearn 2 x 1,000
+    times costs ~10 s on 1,000 rows here, and tests check the two agree.
+    """
     labels = list(range(n_labels))
-
-    def macro_f1(y: np.ndarray, p: np.ndarray) -> float:
-        return float(f1_score(y, p, labels=labels, average="macro", zero_division=0))
-
-    observed = macro_f1(y_true, challenger) - macro_f1(y_true, champion)
-    rng = np.random.default_rng(seed)
+    observed = float(
+        f1_score(y_true, challenger, labels=labels, average="macro", zero_division=0)
+        - f1_score(y_true, champion, labels=labels, average="macro", zero_division=0)
+    )
     n = len(y_true)
-    diffs = np.empty(resamples)
-    for i in range(resamples):
-        rows = rng.integers(0, n, size=n)
-        diffs[i] = macro_f1(y_true[rows], challenger[rows]) - macro_f1(y_true[rows], champion[rows])
+    rng = np.random.default_rng(seed)
+    # weights[r, i]: how often row i was drawn in resample r.
+    weights = np.stack(
+        [np.bincount(rng.integers(0, n, size=n), minlength=n) for _ in range(resamples)]
+    )
+    diffs = _macro_f1(weights, y_true, challenger, n_labels) - _macro_f1(
+        weights, y_true, champion, n_labels
+    )
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(diffs, [tail, 100 - tail])
     return observed, float(low), float(high)
+
+
+def _macro_f1(weights: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
+    """Macro-F1 per resample (rows of `weights`); a class with no support and no
+    predictions scores 0, as sklearn's zero_division=0 does."""
+    true_1hot = np.eye(k)[y_true]
+    pred_1hot = np.eye(k)[y_pred]
+    true_pos = weights @ (true_1hot * pred_1hot)
+    denominator = weights @ true_1hot + weights @ pred_1hot
+    f1 = np.divide(2 * true_pos, denominator, out=np.zeros_like(true_pos), where=denominator > 0)
+    return np.asarray(f1.mean(axis=1))
 
 
 def gate(
@@ -165,6 +184,11 @@ def _baselines(cfg: GateConfig, metrics: dict[str, Any]) -> list[GateCheck]:
     ours = float(metrics["test_macro_f1"])
     checks = []
     for baseline in cfg.baselines:
+        if not isinstance(metrics.get(baseline), dict):
+            known = sorted(k for k, v in metrics.items() if isinstance(v, dict))
+            raise ConfigError(
+                f"gate.baselines: unknown baseline {baseline!r}; expected one of {known}"
+            )
         theirs = float(metrics[baseline]["test_macro_f1"])
         needed = theirs + cfg.baseline_margin
         checks.append(

@@ -23,7 +23,7 @@ import pandas as pd
 
 from tuneops.errors import ConfigError, ExternalToolError
 from tuneops.paths import atomic_write_text
-from tuneops.tracking import MlflowTracker
+from tuneops.tracking import MlflowTracker, mlflow_store
 
 CHALLENGER, CHAMPION, PREVIOUS = "challenger", "champion", "previous"
 
@@ -57,9 +57,11 @@ def register(
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    created = client.create_model_version(
-        model_name, info.model_uri, run_id=tracker.run_id, tags=tags, model_id=info.model_id
-    )
+    # MLflow resolves a "models:/<model_id>" source through its global tracking URI.
+    with mlflow_store(tracker.tracking_uri):
+        created = client.create_model_version(
+            model_name, info.model_uri, run_id=tracker.run_id, tags=tags, model_id=info.model_id
+        )
     version = str(created.version)
     client.set_registered_model_alias(model_name, CHALLENGER, version)
     if promote:
@@ -181,9 +183,8 @@ def load_bundle(tracking_uri: str, model_name: str, version: str) -> Any:
     """The OnnxClassifier inside a registered version (downloaded by MLflow)."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    model = mlflow.pyfunc.load_model(f"models:/{model_name}/{version}")
+    with mlflow_store(tracking_uri):
+        model = mlflow.pyfunc.load_model(f"models:/{model_name}/{version}")
     return model.unwrap_python_model().classifier
 
 
