@@ -108,8 +108,10 @@ class GateConfig(_Section):
     baseline_margin: float = Field(0.02, ge=0, le=1)
     # No regression: paired bootstrap of (challenger - champion) macro-F1 on the same
     # current test split; passes when the lower bound of the interval >= -tolerance.
+    # 0.02: on the bundled data's 1,041 test rows the 95% interval of two near-equal models
+    # is about +-0.015 wide, so 0.01 rejected a retrained model that was 0.004 better.
     vs_champion: bool = True
-    champion_tolerance: float = Field(0.01, ge=0, le=1)
+    champion_tolerance: float = Field(0.02, ge=0, le=1)
     bootstrap_resamples: int = Field(1000, ge=100)
     bootstrap_confidence: float = Field(0.95, gt=0.5, lt=1)
     bootstrap_seed: int = 0

@@ -239,8 +239,25 @@ def test_an_equally_good_challenger_is_promoted_and_the_old_champion_becomes_pre
     assert state.is_completed(), state.message
     assert state.result().gate.startswith("gate passed: challenger v3 vs champion v1")
     gate = history["promoted_gate"]
-    assert gate["passed"] and gate["comparison"]["ci_low"] >= -0.01
+    assert gate["passed"] and gate["comparison"]["ci_low"] >= -0.02
     assert history["after_promoted"] == {"challenger": "3", "champion": "3", "previous": "1"}
+
+
+def test_the_verdict_is_a_prefect_markdown_artifact(history: dict[str, Any]) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["gate"])),
+            sort=ArtifactSort.CREATED_DESC,
+        )
+    assert [a.type for a in artifacts[:2]] == ["markdown", "markdown"]
+    latest, rejected = (str(a.data) for a in artifacts[:2])
+    assert latest.startswith("## Gate: PASSED") and "challenger: 3; champion compared: 1" in latest
+    assert rejected.startswith("## Gate: REJECTED")
+    assert "| **FAIL** | no_regression_vs_champion |" in rejected
 
 
 def test_promote_rollback_and_compare_by_hand(

@@ -103,8 +103,9 @@ def test_regression_vs_champion_is_judged_on_the_interval_lower_bound() -> None:
     rejected = run_gate(comparison=comparison(ci_low=-0.03))
     assert rejected.failed_checks == ["no_regression_vs_champion"]
     assert rejected.champion_version == "3"
-    assert "lower bound must be >= -0.01" in rejected.summary()
-    assert run_gate(comparison=comparison(ci_low=-0.005)).passed
+    assert "lower bound must be >= -0.02" in rejected.summary()
+    assert run_gate(comparison=comparison(ci_low=-0.015)).passed
+    assert not run_gate(GateConfig(champion_tolerance=0.01), comparison=comparison(-0.015)).passed
 
 
 def test_a_champion_that_cannot_be_compared_fails_the_check_with_the_reason() -> None:
