@@ -6,6 +6,7 @@ run's reports/classification_report.json artifact, data versions from the lineag
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -57,6 +58,10 @@ def compare(tracking_uri: str, model_name: str, a: str = "champion", b: str = "c
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     versions = [resolve(client, model_name, ref) for ref in (a, b)]
+    if (a, b) == ("champion", "challenger") and versions[0].version == versions[1].version:
+        # Right after a promotion both aliases name one version: show what it replaced.
+        with contextlib.suppress(ConfigError):  # a first version has no previous
+            versions[1] = resolve(client, model_name, "previous")
     runs = [client.get_run(v.run_id) for v in versions]
     head = [f"v{v.version} ({', '.join(v.aliases) or 'no alias'})" for v in versions]
     lines = [f"{'':34} {head[0]:>24} {head[1]:>24}"]
@@ -95,6 +100,6 @@ def compare(tracking_uri: str, model_name: str, a: str = "champion", b: str = "c
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.4f}"
+        return str(int(value)) if value.is_integer() and abs(value) >= 1 else f"{value:.4f}"
     text = str(value)
     return text if len(text) <= 24 else text[:21] + "…"
