@@ -66,6 +66,33 @@ def _parser() -> argparse.ArgumentParser:
         "fetch-data", parents=[common], help="write the bundled dataset to data/raw/"
     ).set_defaults(handler=lambda a: _stage(argparse.Namespace(**vars(a), name="fetch-data")))
 
+    ingest = sub.add_parser(
+        "ingest", parents=[common], help="validate a new batch and add it to data/raw/ (DVC)"
+    )
+    ingest.add_argument("path", type=Path, help="a CSV, JSONL or Parquet file")
+    ingest.set_defaults(handler=_ingest)
+
+    sub.add_parser(
+        "retrain", parents=[common], help="run the retraining flow once (skips when no new data)"
+    ).set_defaults(handler=_retrain)
+    schedule = sub.add_parser(
+        "schedule",
+        parents=[common],
+        help="serve the retraining flow as a Prefect deployment on a cron schedule",
+    )
+    schedule.add_argument("--cron", required=True, help='e.g. "0 3 * * 1" (Mondays 03:00)')
+    schedule.add_argument("--name", default="weekly-retrain", help="deployment name")
+    schedule.set_defaults(handler=_schedule)
+
+    again = sub.add_parser(
+        "reproduce",
+        parents=[common],
+        help="rebuild a registered version from its recorded data version and params",
+    )
+    again.add_argument("version")
+    again.add_argument("--workspace", type=Path, default=None, help="default: a temp folder")
+    again.set_defaults(handler=_reproduce)
+
     ui = sub.add_parser(
         "ui", parents=[common], help="open the MLflow UI on the project's tracking store"
     )
@@ -171,6 +198,74 @@ def _register(ctx: Any) -> Any:
     if not verdict.passed:
         raise GateRejected(verdict.summary())
     return verdict.summary()
+
+
+def _retrain(args: argparse.Namespace) -> int:
+    from tuneops.flows.retrain import retrain_flow
+
+    state = retrain_flow(
+        root=str(args.root.resolve()),
+        params_file=str(args.params) if args.params else None,
+        overrides=_overrides(args.overrides),
+        return_state=True,
+    )
+    result = state.result()  # raises GateRejected / DataValidationError on a Failed run
+    print(f"\n{result.text()}" if hasattr(result, "text") else state.message)
+    return 0
+
+
+def _schedule(args: argparse.Namespace) -> int:
+    import os
+
+    from prefect.settings import PREFECT_API_URL
+
+    from tuneops.flows.retrain import retrain_flow
+
+    if not (os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()):
+        raise ConfigError(
+            "tuneops schedule needs a Prefect server that outlives this command: start one "
+            "with `prefect server start` (it serves http://127.0.0.1:4200) and run "
+            "`export PREFECT_API_URL=http://127.0.0.1:4200/api`, then run this again"
+        )
+    root = args.root.resolve()
+    parameters = {
+        "root": str(root),
+        "params_file": str(args.params.resolve()) if args.params else None,
+        "overrides": _overrides(args.overrides) or None,
+    }
+    print(f"serving deployment tuneops-retrain/{args.name} on cron {args.cron!r} for {root}")
+    retrain_flow.serve(name=args.name, cron=args.cron, parameters=parameters)
+    return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from tuneops import steps
+    from tuneops.errors import NotReproduced
+    from tuneops.reproduce import reproduce
+
+    ctx = steps.load_context(args.root, args.params, _overrides(args.overrides))
+    result = reproduce(ctx, args.version, args.workspace)
+    print(result.table())
+    if not (result.same_data and result.same_metrics):
+        raise NotReproduced(f"v{args.version} was not reproduced (see the table above)")
+    return 0
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from tuneops import steps
+
+    ctx = steps.load_context(args.root, args.params, _overrides(args.overrides))
+    result, version = steps.step_ingest(ctx, args.path.resolve())
+    where = result.batch_file.relative_to(ctx.paths.root)
+    if not result.added:
+        print(f"{args.path}: already ingested as {where}; nothing to do")
+        return 0
+    pushed = f", pushed to DVC remote {version.remote!r}" if version and version.pushed else ""
+    print(
+        f"{args.path}: {result.rows} rows validated and added as {where}; "
+        f"data version {version.version if version else 'unknown'}{pushed}"
+    )
+    return 0
 
 
 def _promote(args: argparse.Namespace) -> int:

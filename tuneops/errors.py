@@ -39,6 +39,12 @@ class ExternalToolError(TuneopsError):
     exit_code = 6
 
 
+class NotReproduced(TuneopsError):
+    """A rebuilt model version differs from the recorded one (data or metrics)."""
+
+    exit_code = 7
+
+
 EXIT_CODES: dict[str, int] = {
     cls.__name__: cls.exit_code
     for cls in (
@@ -48,5 +54,6 @@ EXIT_CODES: dict[str, int] = {
         GateRejected,
         ExportParityError,
         ExternalToolError,
+        NotReproduced,
     )
 }

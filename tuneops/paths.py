@@ -28,6 +28,11 @@ class Paths:
         return self.data_raw / name
 
     @property
+    def data_lock(self) -> Path:
+        """Held while data/raw changes (ingest, dvc add): beside data/raw, not inside it."""
+        return self.root / "data" / "raw.lock"
+
+    @property
     def data_prepared(self) -> Path:
         return self.root / "data" / "prepared"
 

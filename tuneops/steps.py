@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
 from tuneops.config import Params, load_params
 from tuneops.lineage import git_commit, library_versions
 from tuneops.paths import Paths
@@ -22,6 +24,7 @@ from tuneops.pipeline.evaluate import EvaluationResult, evaluate
 from tuneops.pipeline.export import ExportResult, export
 from tuneops.pipeline.fetch_data import FetchResult, fetch_data
 from tuneops.pipeline.gate import GateVerdict, write_reports
+from tuneops.pipeline.ingest import IngestResult, ingest
 from tuneops.pipeline.prepare import PrepareResult, prepare
 from tuneops.pipeline.registry import RegistrationResult
 from tuneops.pipeline.train import TrainResult, read_manifest, train
@@ -67,7 +70,25 @@ def step_fetch(ctx: Context) -> FetchResult:
 
 
 def step_version_data(ctx: Context, push: bool = True) -> DataVersion:
-    return version_data(ctx.paths.root, ctx.paths.data_raw, push=push)
+    """`dvc add` + `dvc push` data/raw, holding the data lock (an ingest may be running)."""
+    with FileLock(ctx.paths.data_lock, timeout=600):
+        return version_data(ctx.paths.root, ctx.paths.data_raw, push=push)
+
+
+def step_ingest(ctx: Context, source: Path) -> tuple[IngestResult, DataVersion | None]:
+    """Validate `source` alone, append it as the next batch, version and push data/raw."""
+    versions: list[DataVersion] = []
+    result = ingest(
+        source,
+        ctx.params.data,
+        ctx.params.validate_,
+        ctx.paths.raw_dataset(ctx.params.data.name),
+        ctx.paths.reports,
+        ctx.paths.data_lock,
+        lambda: versions.append(version_data(ctx.paths.root, ctx.paths.data_raw)),
+        (ctx.paths.data_raw.with_name("raw.dvc"),),
+    )
+    return result, (versions[0] if versions else None)
 
 
 def step_validate(ctx: Context) -> ValidationResult:
@@ -121,6 +142,7 @@ def step_train(ctx: Context) -> tuple[TrainResult, str]:
     )
     with _run_scope(tracker, finish=False):
         tracker.log_params(ctx.params.flat())
+        _log_resolved_params(ctx, tracker)
         tracker.set_tags({f"lib.{k}": v for k, v in library_versions().items()})
         _log_datasets(ctx, tracker)
         result = train(
@@ -224,6 +246,18 @@ def step_register(ctx: Context) -> tuple[GateVerdict, RegistrationResult]:
             {"registered_model": result.model_name, "registered_version": result.version}
         )
     return verdict, result
+
+
+def _log_resolved_params(ctx: Context, tracker: MlflowTracker) -> None:
+    """params/params.yaml on the run: the whole config, defaults filled in (for reproduce)."""
+    import tempfile
+
+    import yaml
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "params.yaml"
+        path.write_text(yaml.safe_dump(ctx.params.resolved(), sort_keys=False), "utf-8")
+        tracker.log_artifact(path, "params")
 
 
 def _training_summary(ctx: Context) -> dict[str, Any]:

@@ -1,0 +1,159 @@
+"""`tuneops ingest` in a real git + DVC repository with a local DVC remote."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import REPO, run_tool, tool_env, write_params
+from tuneops import steps
+from tuneops.errors import DataValidationError, ExternalToolError
+
+pytestmark = pytest.mark.integration
+
+DATASET = Path("data/raw/movie_sentiment")
+CLI = (sys.executable, "-m", "tuneops.cli")
+
+
+def batch(folder: Path, name: str, tag: str, rows: int = 24) -> Path:
+    """A valid new batch: `rows` fresh texts, half of each label."""
+    labels = ["positive", "negative"] * (rows // 2)
+    texts = [f"{tag} review number {i}, {label} overall" for i, label in enumerate(labels)]
+    path = folder / name
+    frame = pd.DataFrame({"text": texts, "label": labels})
+    if path.suffix == ".jsonl":
+        frame.to_json(path, orient="records", lines=True)
+    else:
+        frame.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture
+def project(dvc_project: Path) -> steps.Context:
+    """The bundled data fetched, tracked and pushed: data version 1."""
+    write_params(dvc_project, {})
+    ctx = steps.load_context(dvc_project)
+    steps.step_fetch(ctx)
+    steps.step_version_data(ctx)
+    return ctx
+
+
+def data_version(ctx: steps.Context) -> str:
+    return steps.current_data_version(ctx)
+
+
+def dvc_status(ctx: steps.Context, *args: str) -> str:
+    return run_tool(ctx.paths.root, sys.executable, "-m", "dvc", "status", *args).stdout
+
+
+def test_a_valid_batch_becomes_an_immutable_batch_file_and_a_new_pushed_version(
+    project: steps.Context, tmp_path: Path
+) -> None:
+    before = data_version(project)
+    source = batch(tmp_path, "week-48.jsonl", "fresh")
+    result, version = steps.step_ingest(project, source)
+    added = project.paths.root / DATASET / "batch-0001.jsonl"
+    assert (result.added, result.rows, result.batch_file) == (True, 24, added)
+    assert added.read_bytes() == source.read_bytes()
+    assert added.stat().st_mode & 0o222 == 0  # read-only
+    assert version is not None and version.version == data_version(project) != before
+    assert "in sync" in dvc_status(project, "--cloud", "data/raw.dvc")
+    assert "up to date" in dvc_status(project, "data/raw.dvc")
+
+
+def test_ingesting_the_same_file_twice_is_a_no_op_that_says_so(
+    project: steps.Context, tmp_path: Path
+) -> None:
+    source = batch(tmp_path, "week-48.csv", "fresh")
+    steps.step_ingest(project, source)
+    version = data_version(project)
+    cli = subprocess.run(
+        [*CLI, "--root", str(project.paths.root), "ingest", str(source)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=tool_env(),
+        cwd=REPO,
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert cli.stdout.strip() == (
+        f"{source}: already ingested as {DATASET / 'batch-0001.csv'}; nothing to do"
+    )
+    assert data_version(project) == version
+    assert not (project.paths.root / DATASET / "batch-0002.csv").exists()
+
+
+def test_a_bad_batch_is_rejected_whole_with_its_rows_named_and_nothing_appended(
+    project: steps.Context, tmp_path: Path
+) -> None:
+    source = batch(tmp_path, "bad.csv", "odd")
+    frame = pd.read_csv(source)
+    frame.loc[3, "text"] = None
+    frame.loc[7, "label"] = "meh"
+    frame.to_csv(source, index=False)
+    dvc_file = project.paths.root / "data" / "raw.dvc"
+    before = dvc_file.read_bytes()
+    with pytest.raises(DataValidationError) as caught:
+        steps.step_ingest(project, source)
+    message = str(caught.value)
+    assert "bad.csv:4" in message and "bad.csv:8 ('meh')" in message
+    assert sorted(p.name for p in (project.paths.root / DATASET).iterdir()) == [
+        "batch-0000.csv",
+        "labels.json",
+    ]
+    assert dvc_file.read_bytes() == before
+
+
+def test_a_failed_push_restores_the_previous_data_version(
+    project: steps.Context, tmp_path: Path
+) -> None:
+    dvc_file = project.paths.root / "data" / "raw.dvc"
+    before = dvc_file.read_bytes()
+    blocked = tmp_path / "remote-is-a-file"
+    blocked.write_text("not a folder")
+    run_tool(
+        project.paths.root,
+        sys.executable,
+        "-m",
+        "dvc",
+        "remote",
+        "modify",
+        "local",
+        "url",
+        str(blocked),
+    )
+    with pytest.raises(ExternalToolError, match="dvc push"):
+        steps.step_ingest(project, batch(tmp_path, "new.csv", "fresh"))
+    assert dvc_file.read_bytes() == before
+    assert not (project.paths.root / DATASET / "batch-0001.csv").exists()
+
+
+def test_two_ingests_at_once_each_get_a_batch_and_one_consistent_version(
+    project: steps.Context, tmp_path: Path
+) -> None:
+    sources = [batch(tmp_path, f"{tag}.csv", tag) for tag in ("north", "south")]
+    procs = [
+        subprocess.Popen(
+            [*CLI, "--root", str(project.paths.root), "ingest", str(source)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=tool_env(),
+            cwd=REPO,
+        )
+        for source in sources
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    folder = project.paths.root / DATASET
+    added = sorted(p.name for p in folder.glob("batch-000[12].csv"))
+    assert added == ["batch-0001.csv", "batch-0002.csv"]
+    contents = {(folder / name).read_bytes() for name in added}
+    assert contents == {s.read_bytes() for s in sources}
+    assert "up to date" in dvc_status(project, "data/raw.dvc")
+    assert "in sync" in dvc_status(project, "--cloud", "data/raw.dvc")

@@ -1,0 +1,126 @@
+"""ingest: add a new labelled batch to data/raw/<name>/ as an immutable, DVC-versioned file.
+
+The batch is validated alone, with the task's suite and the dataset's frozen label set,
+before anything is written; a failure names the rows and appends nothing. A batch whose
+bytes equal an existing batch file is a no-op. Ingests hold a file lock, so two at once
+are serialised: each gets its own batch number and `dvc add` sees a complete folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from tuneops.config import DataConfig, ValidateConfig
+from tuneops.errors import DataValidationError, ExternalToolError
+from tuneops.pipeline.io import SUPPORTED_SUFFIXES, raw_files, read_table
+from tuneops.pipeline.validate import validate
+
+BATCH_NAME = re.compile(r"^batch-(\d{4,})\.")
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    source: Path
+    batch_file: Path  # the new batch, or the existing one with the same bytes
+    rows: int
+    added: bool  # False: the same bytes were already ingested
+
+
+def ingest(
+    source: Path,
+    data: DataConfig,
+    cfg: ValidateConfig,
+    dataset_dir: Path,
+    reports_dir: Path,
+    lock_file: Path,
+    version: Callable[[], object],
+    version_files: tuple[Path, ...] = (),
+    lock_timeout_s: float = 600.0,
+) -> IngestResult:
+    """Validate `source` alone, then copy it in as the next batch and call `version()`
+    (dvc add + push) under the lock. If versioning fails, the new batch is removed and
+    `version_files` (data/raw.dvc) are restored, so the data version is what it was."""
+    if source.suffix.lower() not in SUPPORTED_SUFFIXES:
+        raise DataValidationError(
+            f"{source}: unsupported file type {source.suffix!r}; expected one of "
+            f"{SUPPORTED_SUFFIXES}"
+        )
+    if not source.is_file():
+        raise DataValidationError(f"{source}: no such file")
+    rows = _validate_alone(source, data, cfg, dataset_dir, reports_dir)
+    digest = _sha256(source)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with FileLock(lock_file, timeout=lock_timeout_s):
+            existing = _same_bytes(dataset_dir, digest)
+            if existing is not None:
+                return IngestResult(source, existing, rows, added=False)
+            batch = dataset_dir / f"batch-{_next_number(dataset_dir):04d}{source.suffix.lower()}"
+            saved = {path: path.read_bytes() for path in version_files if path.exists()}
+            _copy_atomically(source, batch)
+            try:
+                version()
+            except BaseException:
+                batch.unlink()  # nothing appended: the data version stays what it was
+                for path, content in saved.items():
+                    path.write_bytes(content)
+                raise
+    except Timeout as exc:
+        raise ExternalToolError(
+            f"{lock_file}: another ingest has held the lock for {lock_timeout_s:.0f}s"
+        ) from exc
+    return IngestResult(source, batch, rows, added=True)
+
+
+def _validate_alone(
+    source: Path, data: DataConfig, cfg: ValidateConfig, dataset_dir: Path, reports_dir: Path
+) -> int:
+    """The task's suite on this batch only, against the dataset's frozen label set."""
+    frame = read_table(source)  # unreadable files fail here, naming the file
+    with tempfile.TemporaryDirectory(prefix="tuneops-ingest-") as scratch:
+        alone = Path(scratch) / dataset_dir.name
+        alone.mkdir()
+        shutil.copy2(source, alone / source.name)
+        labels_file = dataset_dir / "labels.json"
+        if labels_file.exists():
+            shutil.copy2(labels_file, alone / "labels.json")
+        result = validate(data, cfg, alone, reports_dir / "ingest")
+    result.raise_for_failures()
+    return len(frame)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _same_bytes(dataset_dir: Path, digest: str) -> Path | None:
+    for existing in raw_files(dataset_dir):
+        if _sha256(existing) == digest:
+            return existing
+    return None
+
+
+def _next_number(dataset_dir: Path) -> int:
+    numbers = [int(m.group(1)) for p in dataset_dir.iterdir() if (m := BATCH_NAME.match(p.name))]
+    return max(numbers, default=-1) + 1
+
+
+def _copy_atomically(source: Path, target: Path) -> None:
+    """Copy to a hidden temporary name beside `target`, make it read-only, rename."""
+    partial = target.with_name(f".{target.name}.partial")
+    shutil.copyfile(source, partial)
+    os.chmod(partial, 0o444)  # batches are immutable: appended, never rewritten
+    os.replace(partial, target)

@@ -1,0 +1,169 @@
+"""`tuneops reproduce VERSION`: rebuild a registered version from what it recorded.
+
+The version's tags name its data version (DVC's hash of data/raw) and prepared-data
+fingerprint; its MLflow run holds the resolved params (params/params.yaml) and metrics.
+The data is pulled **from the DVC remote** into a scratch workspace with its own DVC
+cache (so a version that only ever lived in someone's local cache is reported, not
+silently found), then validate → prepare → train → evaluate run there with the recorded params,
+tracked in the workspace's own MLflow store, and the results are set next to the
+recorded ones. The code is the current checkout; the recorded commit is shown beside it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from tuneops import steps
+from tuneops.config import load_params
+from tuneops.errors import ConfigError, ExternalToolError
+from tuneops.lineage import git_commit
+from tuneops.paths import Paths
+from tuneops.pipeline.version_data import run_dvc
+
+# Metrics compared with the recorded run; on CPU they must match to this tolerance.
+COMPARED = ("test_accuracy", "test_macro_f1", "test_weighted_f1", "best_validation_macro_f1")
+CPU_TOLERANCE = 1e-9
+
+
+@dataclass
+class Reproduction:
+    version: str
+    workspace: Path
+    data_version: str
+    recorded_fingerprint: str
+    fingerprint: str
+    recorded_commit: str
+    current_commit: str
+    device: str
+    metrics: dict[str, tuple[float, float]]  # name -> (recorded, reproduced)
+    tolerance: float
+
+    @property
+    def same_data(self) -> bool:
+        return self.fingerprint == self.recorded_fingerprint
+
+    @property
+    def same_metrics(self) -> bool:
+        return all(abs(a - b) <= self.tolerance for a, b in self.metrics.values())
+
+    def table(self) -> str:
+        lines = [
+            f"reproduced v{self.version} in {self.workspace} on {self.device}",
+            f"{'':28} {'recorded':>34} {'reproduced':>34}",
+            f"{'data version':28} {self.data_version:>34} {self.data_version:>34}",
+            f"{'prepared fingerprint':28} {self.recorded_fingerprint[:32]:>34} "
+            f"{self.fingerprint[:32]:>34}{'' if self.same_data else '  DIFFERENT'}",
+            f"{'git commit':28} {self.recorded_commit[:34]:>34} {self.current_commit[:34]:>34}",
+        ]
+        for name, (recorded, reproduced) in self.metrics.items():
+            mark = "" if abs(recorded - reproduced) <= self.tolerance else "  DIFFERENT"
+            lines.append(f"{name:28} {recorded:>34.6f} {reproduced:>34.6f}{mark}")
+        verdict = "identical" if self.same_data and self.same_metrics else "NOT reproduced"
+        lines.append(f"result: {verdict} (metric tolerance {self.tolerance:g})")
+        return "\n".join(lines)
+
+
+def reproduce(
+    ctx: steps.Context, version: str, workspace: Path | None = None, gpu_tolerance: float = 0.01
+) -> Reproduction:
+    """Pull v`version`'s data from the DVC remote, retrain with its params, compare.
+
+    `workspace` (default: a new temporary folder) must not exist or be empty."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    name = ctx.params.registry.model_name
+    client = MlflowClient(tracking_uri=ctx.tracking_uri, registry_uri=ctx.tracking_uri)
+    try:
+        model_version = client.get_model_version(name, version)
+    except MlflowException as exc:
+        raise ConfigError(f"{name}: no version {version!r} in the registry") from exc
+    tags = model_version.tags
+    if not model_version.run_id or "data.version" not in tags:
+        raise ConfigError(f"{name} v{version}: no training run or data.version tag to rebuild from")
+    run = client.get_run(model_version.run_id)
+    params_text = _recorded_params(ctx.tracking_uri, run.info.run_id, version)
+
+    if workspace is None:
+        workspace = Path(tempfile.mkdtemp(prefix=f"tuneops-reproduce-v{version}-"))
+    elif workspace.exists() and any(workspace.iterdir()):
+        raise ConfigError(f"{workspace}: the reproduction workspace must be new or empty")
+    (workspace / "data").mkdir(parents=True, exist_ok=True)
+    (workspace / "params.yaml").write_text(params_text, encoding="utf-8")
+    _pull_data_version(ctx.paths.root, workspace, tags["data.version"], version)
+
+    # The rebuild is tracked in the workspace's own store, never in the team's registry.
+    params = load_params(workspace / "params.yaml")
+    scratch = steps.Context(params, Paths(workspace), f"sqlite:///{workspace / 'mlflow.db'}")
+    steps.step_validate(scratch)
+    prepared = steps.step_prepare(scratch)
+    trained, _ = steps.step_train(scratch)
+    evaluated = steps.step_evaluate(scratch)
+    reproduced = evaluated.flat_metrics() | {
+        f"best_validation_{k}": v for k, v in trained.best_validation.items()
+    }
+    recorded = run.data.metrics
+    return Reproduction(
+        version=version,
+        workspace=workspace,
+        data_version=tags["data.version"],
+        recorded_fingerprint=tags.get("data.fingerprint", "unknown"),
+        fingerprint=prepared.fingerprint,
+        recorded_commit=tags.get("git.commit", "unknown"),
+        current_commit=git_commit(ctx.paths.root),
+        device=trained.device,
+        metrics={
+            key: (float(recorded[key]), float(reproduced[key]))
+            for key in COMPARED
+            if key in recorded and key in reproduced
+        },
+        tolerance=CPU_TOLERANCE if trained.device == "cpu" else gpu_tolerance,
+    )
+
+
+def _recorded_params(tracking_uri: str, run_id: str, version: str) -> str:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        path = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path="params/params.yaml", tracking_uri=tracking_uri
+        )
+    except (MlflowException, OSError) as exc:
+        raise ConfigError(
+            f"v{version}: its run {run_id} has no params/params.yaml artifact (trained before "
+            f"tuneops recorded resolved params); cannot rebuild it"
+        ) from exc
+    return Path(path).read_text(encoding="utf-8")
+
+
+def _pull_data_version(root: Path, workspace: Path, data_version: str, version: str) -> None:
+    """data/raw at `data_version`, from the project's default DVC remote, into `workspace`.
+
+    The workspace is its own DVC repository (no git, a fresh cache) with the project's
+    remotes, so the bytes must come from the remote."""
+    if not (root / ".dvc").is_dir():
+        raise ConfigError(f"{root}: not a DVC repository; data versions cannot be restored")
+    if data_version.startswith("untracked-"):
+        raise ConfigError(f"v{version} was trained on untracked data; it cannot be restored")
+    run_dvc(workspace, "init", "--no-scm", "--quiet")
+    remotes = [line.split() for line in run_dvc(root, "remote", "list").splitlines() if line]
+    default = run_dvc(root, "remote", "default").strip()
+    url = next((r[1] for r in remotes if r[0] == default), None)
+    if url is None:
+        raise ConfigError(f"{root}: no default DVC remote to restore data version from")
+    run_dvc(workspace, "remote", "add", "--default", default, url)
+    run_dvc(workspace, "config", "core.analytics", "false")
+    dvc_file = {"outs": [{"md5": f"{data_version}.dir", "hash": "md5", "path": "raw"}]}
+    (workspace / "data" / "raw.dvc").write_text(yaml.safe_dump(dvc_file), encoding="utf-8")
+    try:
+        run_dvc(workspace, "pull", "--quiet", "data/raw.dvc")
+    except ExternalToolError as exc:
+        raise ExternalToolError(
+            f"v{version}: data version {data_version} is not in DVC remote {default!r} "
+            f"({url}); push it from a clone that has it (`dvc push data/raw.dvc`). dvc: {exc}"
+        ) from exc
