@@ -89,6 +89,7 @@ def tiny_overrides(model_dir: Path) -> dict[str, Any]:
     """params for a seconds-long run of the whole chain on a slice of the real data."""
     return {
         "data.max_rows": SLICE_ROWS,
+        "data.hold_back_rows": 0,
         "model.name_or_path": str(model_dir),
         "train.epochs": 2,
         "train.max_length": 32,

@@ -35,6 +35,9 @@ class DataConfig(_Section):
     labels: tuple[str, ...] | None = None
     # Keep only the first N rows of the raw data (a slice for quick runs and tests).
     max_rows: int | None = Field(None, ge=10)
+    # Bundled datasets only: keep N rows (chosen by a hash of the text) out of data/raw/,
+    # in data/incoming/<name>-held-back.csv, to try `tuneops ingest` + retraining with.
+    hold_back_rows: int = Field(0, ge=0)
 
 
 class ValidateConfig(_Section):

