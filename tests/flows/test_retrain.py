@@ -27,6 +27,7 @@ from tests.conftest import (
     write_params,
 )
 from tests.pipeline.test_ingest import batch
+from tuneops.flows.retrain import skip_reason
 from tuneops.pipeline.version_data import read_dvc_md5
 
 pytestmark = pytest.mark.integration
@@ -160,6 +161,7 @@ def test_weekly_retraining_trains_on_new_data_skips_without_it_and_rebuilds_v1(
             wait_for_deployment(env, serve, log)
             retrained = trigger(env)
             assert retrained.state.is_completed(), (retrained.state, log.read_text()[-3000:])
+            assert retrained.state.message.startswith("gate passed: challenger v2 vs champion v1")
             skipped = trigger(env)
             assert skipped.state.is_completed(), skipped.state
         finally:
@@ -183,3 +185,16 @@ def test_weekly_retraining_trains_on_new_data_skips_without_it_and_rebuilds_v1(
     assert not (
         tmp_path / "rebuild" / "data" / "raw" / "movie_sentiment" / "batch-0001.csv"
     ).exists()
+
+
+def test_skip_when_the_champion_or_a_rejected_challenger_already_saw_this_data() -> None:
+    champion_only = {"champion": ("1", "aaa", "p1")}
+    assert skip_reason("aaa", "p1", champion_only) == "no new data since version aaa (champion v1)"
+    assert skip_reason("bbb", "p1", champion_only) is None
+    rejected = champion_only | {"challenger": ("2", "bbb", "p1")}
+    assert skip_reason("bbb", "p1", rejected) == (
+        "no new data since version bbb (v2 was trained on it with these params and not "
+        "promoted; champion v1)"
+    )
+    assert skip_reason("bbb", "p2", rejected) is None  # new params: worth training
+    assert skip_reason("aaa", "p1", {}) is None  # nothing trained yet

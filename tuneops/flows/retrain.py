@@ -1,57 +1,93 @@
 """The retraining flow: retrain, gate and promote only when the data changed.
 
 The current data version (DVC's hash of data/raw, after `dvc add`) is compared with the
-`data.version` tag of the registered champion. Equal: the run ends Completed with "no new
-data since version …" and trains nothing. Different (or no champion yet): the training
+`data.version` tag of the champion (and of the latest challenger, if it was trained with
+the same params and rejected). Equal: the run ends Completed with "no new data since
+version …" and trains nothing. Different (or no champion yet): the training
 flow runs as a subflow, with the full gate against the champion, and its final state
 (Completed, or Failed with the gate's verdict) becomes this run's state.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.states import Completed, State
+from prefect.states import Completed, Failed, State
 
 from tuneops import steps
 from tuneops.flows.training import training_flow, version_task
 
 
-@task(name="champion-data-version", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def champion_task(ctx: steps.Context) -> tuple[str | None, str | None]:
-    """(champion version, its recorded data version), or (None, None) without a champion."""
+@task(name="trained-data-versions", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def trained_task(ctx: steps.Context) -> dict[str, tuple[str, str | None, str | None]]:
+    """alias -> (version, data.version tag, params.hash tag) for champion and challenger."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     client = MlflowClient(tracking_uri=ctx.tracking_uri, registry_uri=ctx.tracking_uri)
-    try:
-        champion = client.get_model_version_by_alias(ctx.params.registry.model_name, "champion")
-    except MlflowException:
-        return None, None
-    return str(champion.version), champion.tags.get("data.version")
+    found = {}
+    for alias in ("champion", "challenger"):
+        try:
+            mv = client.get_model_version_by_alias(ctx.params.registry.model_name, alias)
+        except MlflowException:
+            continue
+        found[alias] = (str(mv.version), mv.tags.get("data.version"), mv.tags.get("params.hash"))
+    return found
+
+
+def skip_reason(
+    current: str, params_hash: str, trained: dict[str, tuple[str, str | None, str | None]]
+) -> str | None:
+    """Why there is nothing to retrain, or None.
+
+    The champion was trained on this data; or the latest challenger was, with the same
+    params, and was rejected: training again would rebuild the same model (training is
+    deterministic) and the gate would reject it again.
+    """
+    if "champion" in trained and trained["champion"][1] == current:
+        return f"no new data since version {current} (champion v{trained['champion'][0]})"
+    if "challenger" in trained and trained["challenger"][1:] == (current, params_hash):
+        return (
+            f"no new data since version {current} (v{trained['challenger'][0]} was trained "
+            f"on it with these params and not promoted; champion "
+            f"v{trained.get('champion', ('none',))[0]})"
+        )
+    return None
 
 
 @flow(name="tuneops-retrain")
 def retrain_flow(
     root: str = ".", params_file: str | None = None, overrides: dict[str, Any] | None = None
 ) -> State[Any]:
-    """Retrain when data/raw changed since the champion was trained; otherwise skip."""
+    """Retrain when data/raw changed since the last model was trained; otherwise skip."""
     ctx = steps.load_context(Path(root), Path(params_file) if params_file else None, overrides)
     current = version_task(ctx)
-    champion, champion_data = champion_task(ctx)
+    trained = trained_task(ctx)
     logger = get_run_logger()
-    if champion is not None and champion_data == current:
-        message = f"no new data since version {current} (champion v{champion}); nothing trained"
+    reason = skip_reason(current, ctx.params.params_hash(), trained)
+    if reason is not None:
+        message = f"{reason}; nothing trained"
         logger.info(message)
         create_markdown_artifact(key="retrain", markdown=message, description=message)
         return Completed(message=message)
-    logger.info(
-        f"data version {current} differs from champion v{champion}'s {champion_data}: retraining"
-        if champion
-        else f"no champion yet: training on data version {current}"
+    logger.info(f"data version {current} is new (trained so far: {trained}): retraining")
+    started = time.time()
+    state = training_flow(
+        root=root, params_file=params_file, overrides=overrides, return_state=True
     )
-    return training_flow(root=root, params_file=params_file, overrides=overrides, return_state=True)
+    # Re-issued with the gate's one-line verdict as the message: returned as is, Prefect
+    # summarised the subflow's state as "1/1 states failed.".
+    outcome = state.result(raise_on_failure=False)
+    verdict = ctx.paths.reports / "gate.json"
+    message: str | None = state.message
+    if verdict.exists() and verdict.stat().st_mtime >= started:
+        message = str(json.loads(verdict.read_text(encoding="utf-8"))["summary"])
+    if state.is_failed():
+        return Failed(message=message, data=outcome)
+    return Completed(message=message, data=outcome)
