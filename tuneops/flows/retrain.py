@@ -85,9 +85,9 @@ def retrain_flow(
     # summarised the subflow's state as "1/1 states failed.".
     outcome = state.result(raise_on_failure=False)
     verdict = ctx.paths.reports / "gate.json"
-    message: str | None = state.message
+    summary = state.message
     if verdict.exists() and verdict.stat().st_mtime >= started:
-        message = str(json.loads(verdict.read_text(encoding="utf-8"))["summary"])
+        summary = str(json.loads(verdict.read_text(encoding="utf-8"))["summary"])
     if state.is_failed():
-        return Failed(message=message, data=outcome)
-    return Completed(message=message, data=outcome)
+        return Failed(message=summary, data=outcome)
+    return Completed(message=summary, data=outcome)
