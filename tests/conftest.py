@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from tuneops import quiet
+from tuneops.tracking import store_client  # noqa: F401  (re-exported for tests)
 
 if TYPE_CHECKING:
     from tuneops.config import Params
@@ -46,13 +47,6 @@ def write_params(root: Path, overrides: dict[str, Any]) -> Path:
     path = root / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     return path
-
-
-def store_client(uri: str) -> Any:
-    """An MlflowClient whose registry is the same store (not MLflow's process-global one)."""
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 @pytest.fixture(autouse=True)

@@ -291,15 +291,14 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    from mlflow import MlflowClient
-
     from tuneops import steps
     from tuneops.pipeline.registry import registry_lock, rollback
     from tuneops.promotion import audit_tags
+    from tuneops.tracking import store_client
 
     ctx = steps.load_context(args.root, args.params, _overrides(args.overrides))
     name = ctx.params.registry.model_name
-    client = MlflowClient(tracking_uri=ctx.tracking_uri, registry_uri=ctx.tracking_uri)
+    client = store_client(ctx.tracking_uri)
     with registry_lock(client, name):
         left, now = rollback(client, name, audit_tags("rollback", args.reason))
     print(f"{name}: champion v{left} -> v{now}; v{left} is now previous")

@@ -54,9 +54,9 @@ def _per_class(tracking_uri: str, run_id: str) -> dict[str, Any]:
 
 def compare(tracking_uri: str, model_name: str, a: str = "champion", b: str = "challenger") -> str:
     """A plain-text table: tags, test metrics, per-class F1 and the params that differ."""
-    from mlflow import MlflowClient
+    from tuneops.tracking import store_client
 
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client = store_client(tracking_uri)
     versions = [resolve(client, model_name, ref) for ref in (a, b)]
     if (a, b) == ("champion", "challenger") and versions[0].version == versions[1].version:
         # Right after a promotion both aliases name one version: show what it replaced.

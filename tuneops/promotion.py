@@ -29,7 +29,7 @@ from tuneops.pipeline.registry import (
     registry_lock,
 )
 from tuneops.runtime import OnnxClassifier
-from tuneops.tracking import MlflowTracker
+from tuneops.tracking import MlflowTracker, store_client
 
 
 @dataclass
@@ -195,12 +195,10 @@ def promote(
 ) -> GateVerdict | None:
     """Move `champion` to `version` by hand. Unless `force`, the version is first re-scored
     on the current test split and must pass the gate; raises GateRejected otherwise."""
-    from mlflow import MlflowClient
-
     from tuneops.errors import ConfigError, GateRejected
     from tuneops.pipeline.registry import move_champion
 
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client = store_client(tracking_uri)
     model_version = client.get_model_version(model_name, version)
     verdict = None
     with registry_lock(client, model_name):

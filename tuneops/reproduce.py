@@ -23,6 +23,7 @@ from tuneops.errors import ConfigError, ExternalToolError
 from tuneops.lineage import git_commit
 from tuneops.paths import Paths
 from tuneops.pipeline.version_data import run_dvc
+from tuneops.tracking import store_client
 
 # Metrics compared with the recorded run; on CPU they must match to this tolerance.
 COMPARED = ("test_accuracy", "test_macro_f1", "test_weighted_f1", "best_validation_macro_f1")
@@ -73,11 +74,10 @@ def reproduce(
     """Pull v`version`'s data from the DVC remote, retrain with its params, compare.
 
     `workspace` (default: a new temporary folder) must not exist or be empty."""
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     name = ctx.params.registry.model_name
-    client = MlflowClient(tracking_uri=ctx.tracking_uri, registry_uri=ctx.tracking_uri)
+    client = store_client(ctx.tracking_uri)
     try:
         model_version = client.get_model_version(name, version)
     except MlflowException as exc:

@@ -52,14 +52,23 @@ class NullTracker:
         return None
 
 
+def store_client(tracking_uri: str) -> Any:
+    """An MlflowClient whose registry is the same store as its tracking.
+
+    Both explicit: left out, the registry URI falls back to MLflow's process-global one,
+    which another project in the same process may have set.
+    """
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
 class MlflowTracker:
     """Logs to one MLflow run through an explicit `MlflowClient` (no global active run)."""
 
     def __init__(self, tracking_uri: str, run_id: str) -> None:
-        from mlflow import MlflowClient
-
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self.client = store_client(tracking_uri)
         self._run_id = run_id
 
     @property
@@ -76,10 +85,9 @@ class MlflowTracker:
         tags: Mapping[str, Any],
     ) -> MlflowTracker:
         """Create the experiment if needed and start a new run in it."""
-        from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 
-        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        client = store_client(tracking_uri)
         exp = client.get_experiment_by_name(experiment)
         if exp is not None:
             experiment_id = exp.experiment_id

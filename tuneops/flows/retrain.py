@@ -22,22 +22,23 @@ from prefect.states import Completed, Failed, State
 
 from tuneops import steps
 from tuneops.flows.training import training_flow, version_task
+from tuneops.pipeline.registry import version_by_alias
+from tuneops.tracking import store_client
 
 
 @task(name="trained-data-versions", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 def trained_task(ctx: steps.Context) -> dict[str, tuple[str, str | None, str | None]]:
     """alias -> (version, data.version tag, params.hash tag) for champion and challenger."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    client = MlflowClient(tracking_uri=ctx.tracking_uri, registry_uri=ctx.tracking_uri)
+    client = store_client(ctx.tracking_uri)
     found = {}
     for alias in ("champion", "challenger"):
-        try:
-            mv = client.get_model_version_by_alias(ctx.params.registry.model_name, alias)
-        except MlflowException:
-            continue
-        found[alias] = (str(mv.version), mv.tags.get("data.version"), mv.tags.get("params.hash"))
+        mv = version_by_alias(client, ctx.params.registry.model_name, alias)
+        if mv is not None:
+            found[alias] = (
+                str(mv.version),
+                mv.tags.get("data.version"),
+                mv.tags.get("params.hash"),
+            )
     return found
 
 

@@ -83,13 +83,19 @@ def register(
     return result
 
 
-def _alias_version(client: Any, model_name: str, alias: str) -> str | None:
+def version_by_alias(client: Any, model_name: str, alias: str) -> Any | None:
+    """The ModelVersion an alias points at, or None (no such alias or model)."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return str(client.get_model_version_by_alias(model_name, alias).version)
+        return client.get_model_version_by_alias(model_name, alias)
     except MlflowException:
         return None
+
+
+def _alias_version(client: Any, model_name: str, alias: str) -> str | None:
+    found = version_by_alias(client, model_name, alias)
+    return None if found is None else str(found.version)
 
 
 def _log_bundle(export_dir: Path, tracker: MlflowTracker) -> Any:
