@@ -22,7 +22,7 @@ from tuneops.config import load_params
 from tuneops.errors import ConfigError, ExternalToolError
 from tuneops.lineage import git_commit
 from tuneops.paths import Paths
-from tuneops.pipeline.version_data import run_dvc
+from tuneops.pipeline.version_data import default_remote, run_dvc
 from tuneops.tracking import store_client
 
 # Metrics compared with the recorded run; on CPU they must match to this tolerance.
@@ -151,10 +151,10 @@ def _pull_data_version(root: Path, workspace: Path, data_version: str, version: 
     if data_version.startswith("untracked-"):
         raise ConfigError(f"v{version} was trained on untracked data; it cannot be restored")
     run_dvc(workspace, "init", "--no-scm", "--quiet")
+    default = default_remote(root)
     remotes = [line.split() for line in run_dvc(root, "remote", "list").splitlines() if line]
-    default = run_dvc(root, "remote", "default").strip()
     url = next((r[1] for r in remotes if r[0] == default), None)
-    if url is None:
+    if default is None or url is None:
         raise ConfigError(f"{root}: no default DVC remote to restore data version from")
     run_dvc(workspace, "remote", "add", "--default", default, url)
     run_dvc(workspace, "config", "core.analytics", "false")

