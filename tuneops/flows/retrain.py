@@ -10,8 +10,6 @@ flow runs as a subflow, with the full gate against the champion, and its final s
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed, State
 
 from tuneops import steps
-from tuneops.flows.training import training_flow, version_task
+from tuneops.flows.training import RunSummary, training_flow, version_task
 from tuneops.pipeline.registry import version_by_alias
 from tuneops.tracking import store_client
 
@@ -78,17 +76,13 @@ def retrain_flow(
         create_markdown_artifact(key="retrain", markdown=message, description=message)
         return Completed(message=message)
     logger.info(f"data version {current} is new (trained so far: {trained}): retraining")
-    started = time.time()
     state = training_flow(
         root=root, params_file=params_file, overrides=overrides, return_state=True
     )
-    # Re-issued with the gate's one-line verdict as the message: returned as is, Prefect
-    # summarised the subflow's state as "1/1 states failed.".
+    # Re-issued, not returned as is: Prefect summarised a returned subflow state as
+    # "1/1 states failed."; the training flow's own message (a failed run) or its
+    # summary's gate line (a completed one) is the one-line verdict.
     outcome = state.result(raise_on_failure=False)
-    verdict = ctx.paths.reports / "gate.json"
-    summary = state.message
-    if verdict.exists() and verdict.stat().st_mtime >= started:
-        summary = str(json.loads(verdict.read_text(encoding="utf-8"))["summary"])
-    if state.is_failed():
-        return Failed(message=summary, data=outcome)
-    return Completed(message=summary, data=outcome)
+    if isinstance(outcome, RunSummary):
+        return Completed(message=outcome.gate, data=outcome)
+    return Failed(message=state.message, data=outcome)
