@@ -8,8 +8,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -108,6 +114,39 @@ def project(tmp_path: Path) -> Path:
     root.mkdir()
     write_params(root, {})
     return root
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def local_server(
+    argv: list[str], env: dict[str, str], health_url: str, log: Path, timeout: float = 180
+) -> Iterator[None]:
+    """Start a real server process (its output in `log`), wait until `health_url`
+    answers, and stop the whole process group afterwards."""
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    with urllib.request.urlopen(health_url, timeout=2):
+                        break
+                except OSError:
+                    if server.poll() is not None or time.monotonic() > deadline:
+                        tail = log.read_text()[-3000:]
+                        raise RuntimeError(f"{health_url} did not come up:\n{tail}") from None
+                    time.sleep(0.5)
+            yield
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=60)
 
 
 def tool_env() -> dict[str, str]:

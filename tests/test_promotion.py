@@ -7,13 +7,9 @@ result, and at no moment is there no champion (once there is one) or two.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +17,7 @@ from typing import Any
 import pytest
 from mlflow.exceptions import MlflowException
 
-from tests.conftest import REPO, Trained, store_client, tool_env
+from tests.conftest import REPO, Trained, free_port, local_server, store_client, tool_env
 from tuneops.pipeline.export import ExportResult
 
 pytestmark = pytest.mark.integration
@@ -29,56 +25,30 @@ pytestmark = pytest.mark.integration
 NAME = "race-model"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def mlflow_server(tmp_path: Path) -> Iterator[str]:
     """A real `mlflow server` on 127.0.0.1 with a SQLite backend, stopped after the test."""
-    port = _free_port()
-    log = (tmp_path / "mlflow-server.log").open("w")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            "--default-artifact-root",
-            (tmp_path / "server-artifacts").as_uri(),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "2",
-        ],
-        env=tool_env(),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    port = free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{tmp_path / 'server.db'}",
+        "--default-artifact-root",
+        (tmp_path / "server-artifacts").as_uri(),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "2",
+    ]
     uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    server_log = (tmp_path / "mlflow-server.log").read_text()
-                    raise RuntimeError(f"mlflow server did not start:\n{server_log}") from None
-                time.sleep(0.5)
+    log = tmp_path / "mlflow-server.log"
+    with local_server(argv, tool_env(), f"{uri}/health", log, timeout=120):
         yield uri
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
-        log.close()
 
 
 def _worker(uri: str, tmp_path: Path, name: str, trained: Trained, export_dir: Path) -> Any:

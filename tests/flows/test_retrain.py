@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,8 @@ import pytest
 
 from tests.conftest import (
     REPO,
+    free_port,
+    local_server,
     make_dvc_project,
     store_client,
     tiny_overrides,
@@ -38,49 +38,20 @@ TUNEOPS = (sys.executable, "-m", "tuneops.cli")
 PREFECT = str(Path(sys.executable).parent / "prefect")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_for(url: str, proc: subprocess.Popen[Any], log: Path, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{url} did not come up:\n{log.read_text()[-3000:]}") from None
-            time.sleep(0.5)
-
-
 @pytest.fixture
 def prefect_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     """A real `prefect server start` on a free port; the environment that points at it."""
-    port = _free_port()
+    port = free_port()
     env = tool_env() | {
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
         "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_ENABLED": "false",
     }
-    log = tmp_path / "prefect-server.log"
-    with log.open("w") as out:
-        server = subprocess.Popen(
-            [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            _wait_for(f"http://127.0.0.1:{port}/api/health", server, log)
-            yield env
-        finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=60)
+    argv = [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    health = f"http://127.0.0.1:{port}/api/health"
+    with local_server(argv, env, health, tmp_path / "prefect-server.log"):
+        yield env
 
 
 def tuneops(root: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
