@@ -115,23 +115,21 @@ def gate_and_register(
 
     with registry_lock(tracker.client, model_name):
         current = champion_version(tracker.client, model_name)
-        comparison, not_comparable = None, None
-        if current is not None and cfg.vs_champion:
-            comparison, not_comparable = compare_with_champion(
-                cfg, tracker.tracking_uri, model_name, current, split, challenger_pred
-            )
-        verdict = gate(
+        verdict = _judge(
             cfg,
+            tracker.tracking_uri,
+            model_name,
+            current,
+            current is not None,
+            split,
+            challenger_pred,
             metrics,
             per_class,
-            split.labels,
             bundle_meta.get("parity"),
-            comparison,
             latency,
             parity_limits,
-            not_comparable,
-            current,
         )
+        comparison = verdict.comparison
         tags = tags | {
             "gate.verdict": "passed" if verdict.passed else "failed",
             "gate.failed_checks": ",".join(verdict.failed_checks),
@@ -253,22 +251,54 @@ def _gate_version(
             "label_agreement": run_metrics["export.parity_label_agreement"],
         }
     champion = champion_version(client, model_name)
+    verdict = _judge(
+        cfg,
+        tracking_uri,
+        model_name,
+        champion,
+        champion is not None and champion != version,
+        split,
+        predicted,
+        metrics,
+        per_class,
+        parity,
+        None,
+        parity_limits,
+    )
+    verdict.challenger_version = version
+    return verdict
+
+
+def _judge(
+    cfg: GateConfig,
+    tracking_uri: str,
+    model_name: str,
+    champion: str | None,
+    has_other_champion: bool,
+    split: TestSplit,
+    predicted: np.ndarray,
+    metrics: dict[str, Any],
+    per_class: dict[str, Any],
+    parity: dict[str, float] | None,
+    latency: float | None,
+    parity_limits: tuple[float, float],
+) -> GateVerdict:
+    """The gate on `predicted`; with another champion, that champion is re-scored on the
+    same `split` first (for the flow's challenger and for a hand promotion alike)."""
     comparison, not_comparable = None, None
-    if champion is not None and champion != version and cfg.vs_champion:
+    if has_other_champion and cfg.vs_champion and champion is not None:
         comparison, not_comparable = compare_with_champion(
             cfg, tracking_uri, model_name, champion, split, predicted
         )
-    verdict = gate(
+    return gate(
         cfg,
         metrics,
         per_class,
         split.labels,
         parity,
         comparison,
-        None,
+        latency,
         parity_limits,
         not_comparable,
         champion,
     )
-    verdict.challenger_version = version
-    return verdict
