@@ -18,6 +18,7 @@ import yaml
 
 from tuneops import quiet
 from tuneops.errors import ConfigError, TuneopsError
+from tuneops.serving.commands import add_commands
 
 STAGES = (
     "fetch-data",
@@ -115,12 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("b", nargs="?", default="challenger", help="version or alias")
     compare.set_defaults(handler=_compare)
 
-    predict = sub.add_parser(
-        "predict", parents=[common], help="classify texts with an exported ONNX bundle"
-    )
-    predict.add_argument("texts", nargs="+")
-    predict.add_argument("--bundle", type=Path, default=Path("models/export"))
-    predict.set_defaults(handler=_predict)
+    add_commands(sub, common)
     return parser
 
 
@@ -148,7 +144,7 @@ def _add_common_options(parser: argparse.ArgumentParser, defaults: bool) -> None
     )
 
 
-def _overrides(pairs: list[str]) -> dict[str, Any]:
+def overrides(pairs: list[str]) -> dict[str, Any]:
     parsed: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -164,7 +160,7 @@ def _run(args: argparse.Namespace) -> int:
     summary = training_flow(
         root=str(args.root),
         params_file=str(args.params) if args.params else None,
-        overrides=_overrides(args.overrides),
+        overrides=overrides(args.overrides),
     )
     print("\n" + summary.text())
     return 0
@@ -173,7 +169,7 @@ def _run(args: argparse.Namespace) -> int:
 def _stage(args: argparse.Namespace) -> int:
     from tuneops import steps
 
-    ctx = steps.load_context(args.root, args.params, _overrides(args.overrides))
+    ctx = steps.load_context(args.root, args.params, overrides(args.overrides))
     actions: dict[str, Callable[[steps.Context], Any]] = {
         "fetch-data": steps.step_fetch,
         "version-data": steps.step_version_data,
@@ -206,7 +202,7 @@ def _retrain(args: argparse.Namespace) -> int:
     state = retrain_flow(
         root=str(args.root.resolve()),
         params_file=str(args.params) if args.params else None,
-        overrides=_overrides(args.overrides),
+        overrides=overrides(args.overrides),
         return_state=True,
     )
     result = state.result()  # raises GateRejected / DataValidationError on a Failed run
@@ -231,7 +227,7 @@ def _schedule(args: argparse.Namespace) -> int:
     parameters = {
         "root": str(root),
         "params_file": str(args.params.resolve()) if args.params else None,
-        "overrides": _overrides(args.overrides) or None,
+        "overrides": overrides(args.overrides) or None,
     }
     print(f"serving deployment tuneops-retrain/{args.name} on cron {args.cron!r} for {root}")
     retrain_flow.serve(name=args.name, cron=args.cron, parameters=parameters)
@@ -243,7 +239,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     from tuneops.errors import NotReproduced
     from tuneops.reproduce import reproduce
 
-    ctx = steps.load_context(args.root, args.params, _overrides(args.overrides))
+    ctx = steps.load_context(args.root, args.params, overrides(args.overrides))
     result = reproduce(ctx, args.version, args.workspace)
     print(result.table())
     if not (result.same_data and result.same_metrics):
@@ -254,7 +250,7 @@ def _reproduce(args: argparse.Namespace) -> int:
 def _ingest(args: argparse.Namespace) -> int:
     from tuneops import steps
 
-    ctx = steps.load_context(args.root, args.params, _overrides(args.overrides))
+    ctx = steps.load_context(args.root, args.params, overrides(args.overrides))
     result, version = steps.step_ingest(ctx, args.path.resolve())
     where = result.batch_file.relative_to(ctx.paths.root)
     if not result.added:
@@ -272,7 +268,7 @@ def _promote(args: argparse.Namespace) -> int:
     from tuneops import steps
     from tuneops.promotion import promote
 
-    ctx = steps.load_context(args.root, args.params, _overrides(args.overrides))
+    ctx = steps.load_context(args.root, args.params, overrides(args.overrides))
     e = ctx.params.export
     verdict = promote(
         ctx.params.gate,
@@ -296,7 +292,7 @@ def _rollback(args: argparse.Namespace) -> int:
     from tuneops.promotion import audit_tags
     from tuneops.tracking import store_client
 
-    ctx = steps.load_context(args.root, args.params, _overrides(args.overrides))
+    ctx = steps.load_context(args.root, args.params, overrides(args.overrides))
     name = ctx.params.registry.model_name
     client = store_client(ctx.tracking_uri)
     with registry_lock(client, name):
@@ -309,7 +305,7 @@ def _compare(args: argparse.Namespace) -> int:
     from tuneops import steps
     from tuneops.compare import compare
 
-    ctx = steps.load_context(args.root, args.params, _overrides(args.overrides))
+    ctx = steps.load_context(args.root, args.params, overrides(args.overrides))
     print(compare(ctx.tracking_uri, ctx.params.registry.model_name, args.a, args.b))
     return 0
 
@@ -330,7 +326,7 @@ def _describe(result: Any) -> str:
 def _ui(args: argparse.Namespace) -> int:
     from tuneops import steps
 
-    ctx = steps.load_context(args.root, args.params, _overrides(args.overrides))
+    ctx = steps.load_context(args.root, args.params, overrides(args.overrides))
     print(f"MLflow UI on http://{args.host}:{args.port} (store {ctx.tracking_uri}); Ctrl-C stops")
     command = [
         sys.executable,
@@ -345,27 +341,6 @@ def _ui(args: argparse.Namespace) -> int:
         str(args.port),
     ]
     return subprocess.call(command, cwd=ctx.paths.root)
-
-
-def _predict(args: argparse.Namespace) -> int:
-    from tuneops.runtime import BundleError, OnnxClassifier
-
-    try:
-        classifier = OnnxClassifier(args.bundle)
-    except BundleError as exc:
-        raise ConfigError(str(exc)) from exc
-    for text, prediction in zip(args.texts, classifier.predict(args.texts), strict=True):
-        print(
-            json.dumps(
-                {
-                    "text": text,
-                    "label": prediction.label,
-                    "score": round(prediction.score, 4),
-                    "probabilities": {k: round(v, 4) for k, v in prediction.probabilities.items()},
-                }
-            )
-        )
-    return 0
 
 
 if __name__ == "__main__":

@@ -92,6 +92,12 @@ class ExportConfig(_Section):
     parity_examples: int = Field(256, ge=1)
     parity_max_abs_diff: float = Field(1e-4, gt=0)
     parity_min_label_agreement: float = Field(1.0, ge=0, le=1)
+    # onnxruntime's transformer optimizer: fused attention, LayerNorm and GELU kernels.
+    optimize: bool = True
+    # Dynamic int8 (onnxruntime quantize_dynamic), scored on the whole test split; kept
+    # only when its macro-F1 is at most this far below the fp32 model's (1 point).
+    quantize_int8: bool = True
+    int8_max_f1_drop: float = Field(0.01, ge=0, le=1)
 
 
 class RegistryConfig(_Section):

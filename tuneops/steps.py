@@ -213,9 +213,25 @@ def step_export(ctx: Context) -> ExportResult:
                 "export.parity_max_abs_diff": result.parity_max_abs_diff,
                 "export.parity_label_agreement": result.parity_label_agreement,
                 "export.onnx_mb": result.onnx_bytes / 2**20,
+                "export.fp32_test_macro_f1": result.fp32_macro_f1,
             }
+            | _int8_metrics(result)
         )
+        tracker.log_artifact(result.export_dir / "bundle.json", "export")
+        tracker.log_artifact(result.export_dir / "README.md", "export")
     return result
+
+
+def _int8_metrics(result: ExportResult) -> dict[str, float]:
+    if result.int8_macro_f1 is None:
+        return {}
+    return {
+        "export.int8_test_macro_f1": result.int8_macro_f1,
+        "export.int8_test_accuracy": result.int8_accuracy or 0.0,
+        "export.int8_label_agreement": result.int8_label_agreement or 0.0,
+        "export.int8_mb": (result.int8_bytes or 0) / 2**20,
+        "export.int8_kept": float(result.int8_kept),
+    }
 
 
 def step_register(ctx: Context) -> tuple[GateVerdict, RegistrationResult]:

@@ -37,6 +37,7 @@ class RunSummary:
     onnx_path: str
     parity_max_abs_diff: float
     parity_label_agreement: float
+    int8: str
     mlflow_run_id: str
     tracking_uri: str
     gate: str
@@ -64,6 +65,7 @@ class RunSummary:
             f"{self.champion_version or 'none'})\n"
             f"ONNX              {self.onnx_path} (max |logit diff| "
             f"{self.parity_max_abs_diff:.1e}, label agreement {self.parity_label_agreement:.1%})\n"
+            f"int8              {self.int8}\n"
             f"MLflow run        {self.mlflow_run_id} in {redact_uri(self.tracking_uri)}\n"
             f"open the UI       tuneops ui"
         )
@@ -129,9 +131,18 @@ def evaluate_task(ctx: steps.Context) -> dict[str, Any]:
 
 
 @task(name="export", cache_policy=NO_CACHE)
-def export_task(ctx: steps.Context) -> tuple[str, float, float]:
+def export_task(ctx: steps.Context) -> tuple[str, float, float, str]:
     result = steps.step_export(ctx)
-    return str(result.onnx_path), result.parity_max_abs_diff, result.parity_label_agreement
+    if result.int8_kept:
+        int8 = (
+            f"{result.export_dir / 'model.int8.onnx'} ({(result.int8_bytes or 0) / 2**20:.1f} MB, "
+            f"test macro-F1 {result.int8_macro_f1:.4f} vs fp32 {result.fp32_macro_f1:.4f}, "
+            f"label agreement {result.int8_label_agreement:.1%}; the bundle's default)"
+        )
+    else:
+        int8 = result.int8_reason
+    get_run_logger().info(f"ONNX bundle {result.export_dir}; int8: {int8}")
+    return str(result.onnx_path), result.parity_max_abs_diff, result.parity_label_agreement, int8
 
 
 @task(name="gate-and-register", cache_policy=NO_CACHE)
@@ -161,7 +172,7 @@ def training_flow(
     rows = prepare_task(ctx)
     run_id = train_task(ctx)
     metrics = evaluate_task(ctx)
-    onnx_path, max_diff, agreement = export_task(ctx)
+    onnx_path, max_diff, agreement, int8 = export_task(ctx)
     verdict, registered = register_task(ctx)
     if not verdict.passed:
         # A rejection is an outcome, not a crash: a Failed state with the one-line
@@ -179,6 +190,7 @@ def training_flow(
         onnx_path,
         max_diff,
         agreement,
+        int8,
         run_id,
         ctx.tracking_uri,
         verdict.summary(),

@@ -1,12 +1,15 @@
 """export: the candidate as an ONNX bundle, checked against PyTorch with onnxruntime.
 
 The bundle (models/export/) needs only onnxruntime + tokenizers + numpy to run:
-model.onnx, tokenizer.json, labels.json, bundle.json and a model card (README.md).
+model.onnx (fp32, graph-optimised), model.int8.onnx (when it keeps its accuracy),
+tokenizer.json, labels.json, bundle.json (what it is, where it came from, how it
+scored), a model card (README.md) and tuneops_runtime.py, the runtime as one file.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,12 +19,17 @@ import numpy as np
 import onnx
 import pandas as pd
 import torch
+from transformers import PreTrainedModel
 
+from tuneops import runtime
 from tuneops.config import ExportConfig
 from tuneops.errors import ExportParityError
 from tuneops.paths import atomic_dir
+from tuneops.pipeline import quantize
 from tuneops.pipeline.modeling import load_classifier, load_tokenizer, predict_logits
 from tuneops.runtime import OnnxClassifier
+
+FP32_FILE, INT8_FILE, RUNTIME_FILE = "model.onnx", "model.int8.onnx", "tuneops_runtime.py"
 
 
 @dataclass
@@ -33,6 +41,15 @@ class ExportResult:
     parity_examples: int
     parity_max_abs_diff: float
     parity_label_agreement: float
+    optimized: bool
+    fp32_accuracy: float
+    fp32_macro_f1: float
+    int8_kept: bool
+    int8_reason: str
+    int8_bytes: int | None = None
+    int8_accuracy: float | None = None
+    int8_macro_f1: float | None = None
+    int8_label_agreement: float | None = None
 
 
 class _LogitsOnly(torch.nn.Module):
@@ -56,7 +73,9 @@ def export(
     card: dict[str, Any] | None = None,
 ) -> ExportResult:
     """Write the bundle atomically; on a parity mismatch raise ExportParityError."""
-    model = load_classifier(candidate_dir).eval()
+    # Eager attention exports as plain MatMul/Softmax, which onnxruntime's optimizer
+    # fuses into one Attention kernel; the SDPA graph it cannot fuse. Same weights.
+    model = load_classifier(candidate_dir, attn_implementation="eager").eval()
     tokenizer = load_tokenizer(candidate_dir)
     labels = json.loads((candidate_dir / "labels.json").read_text(encoding="utf-8"))
     input_names = [
@@ -64,15 +83,20 @@ def export(
         for n in ("input_ids", "attention_mask", "token_type_ids")
         if n in tokenizer.model_input_names
     ]
-    texts = (
-        pd.read_parquet(prepared_dir / "test.parquet")["text"].head(cfg.parity_examples).tolist()
-    )
+    test = pd.read_parquet(prepared_dir / "test.parquet")
 
     with atomic_dir(export_dir) as tmp:
-        onnx_path = tmp / "model.onnx"
-        _export_onnx(model, tokenizer, input_names, cfg.opset, onnx_path)
+        raw = tmp.parent / f".{tmp.name}.raw.onnx"
+        try:
+            _export_onnx(model, tokenizer, input_names, cfg.opset, raw)
+            optimized = cfg.optimize and _optimize(model.config, raw, tmp / FP32_FILE)
+            if not optimized:
+                shutil.move(raw, tmp / FP32_FILE)
+        finally:
+            raw.unlink(missing_ok=True)
         tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
         (tmp / "labels.json").write_text(json.dumps(labels) + "\n", encoding="utf-8")
+        shutil.copyfile(runtime.__file__, tmp / RUNTIME_FILE)
         meta = {
             "task": "text-classification",
             "max_length": max_length,
@@ -81,37 +105,113 @@ def export(
             "opset": cfg.opset,
             "pad_token": tokenizer.pad_token,
             "pad_token_id": tokenizer.pad_token_id,
+            "models": {"fp32": {"file": FP32_FILE, "graph_optimized": optimized}},
+            "default_model": "fp32",
         } | (card or {})
-        (tmp / "bundle.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        _write_meta(tmp, meta)
 
-        reference = predict_logits(model, tokenizer, texts, max_length, batch_size=64)
-        exported = OnnxClassifier(tmp).logits(texts, batch_size=64)
-        max_diff = float(np.abs(reference - exported).max()) if len(texts) else 0.0
-        agreement = float((reference.argmax(1) == exported.argmax(1)).mean()) if len(texts) else 1.0
+        fp32 = OnnxClassifier(tmp, model="fp32")
+        parity = _check_parity(cfg, model, tokenizer, fp32, test, max_length, export_dir)
+        y_true = test["label_id"].to_numpy()
+        fp32_pred = quantize.predicted_ids(fp32, test["text"].tolist())
+        fp32_scores = quantize.score(y_true, fp32_pred, len(labels))
+        meta["models"]["fp32"] |= {"bytes": (tmp / FP32_FILE).stat().st_size} | asdict(fp32_scores)
+        meta["parity"] = parity
+        meta["test_examples"] = len(test)
+
+        int8 = _int8(cfg, tmp, test, fp32_pred, fp32_scores, len(labels))
+        meta["models"]["int8"] = int8
+        if int8["kept"]:
+            meta["default_model"] = "int8"
+        _write_meta(tmp, meta)
         result = ExportResult(
-            export_dir,
-            export_dir / "model.onnx",
-            onnx_path.stat().st_size,
-            cfg.opset,
-            len(texts),
-            max_diff,
-            agreement,
+            export_dir=export_dir,
+            onnx_path=export_dir / FP32_FILE,
+            onnx_bytes=meta["models"]["fp32"]["bytes"],
+            opset=cfg.opset,
+            parity_examples=parity["examples"],
+            parity_max_abs_diff=parity["max_abs_diff"],
+            parity_label_agreement=parity["label_agreement"],
+            optimized=optimized,
+            fp32_accuracy=fp32_scores.accuracy,
+            fp32_macro_f1=fp32_scores.macro_f1,
+            int8_kept=int8["kept"],
+            int8_reason=int8["reason"],
+            int8_bytes=int8.get("bytes"),
+            int8_accuracy=int8.get("accuracy"),
+            int8_macro_f1=int8.get("macro_f1"),
+            int8_label_agreement=int8.get("label_agreement"),
         )
-        if max_diff > cfg.parity_max_abs_diff or agreement < cfg.parity_min_label_agreement:
-            raise ExportParityError(
-                f"ONNX parity failed on {len(texts)} test examples: max |logit diff| "
-                f"{max_diff:.2e} (allowed {cfg.parity_max_abs_diff:.0e}), label agreement "
-                f"{agreement:.2%} (required {cfg.parity_min_label_agreement:.0%}); "
-                f"the previous bundle in {export_dir} was kept"
-            )
-        meta["parity"] = {
-            "examples": len(texts),
-            "max_abs_diff": max_diff,
-            "label_agreement": agreement,
-        }
-        (tmp / "bundle.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        (tmp / "README.md").write_text(_model_card(meta, labels, result), encoding="utf-8")
+        (tmp / "README.md").write_text(_model_card(meta, labels), encoding="utf-8")
     return result
+
+
+def _optimize(config: Any, src: Path, dst: Path) -> bool:
+    """Fused graph when onnxruntime's optimizer handles this encoder; else False."""
+    try:
+        quantize.optimize_graph(src, dst, config.num_attention_heads, config.hidden_size)
+    except Exception as exc:  # the optimizer raises untyped errors on graphs it cannot fuse
+        warnings.warn(f"graph optimisation skipped: {exc}", stacklevel=2)
+        dst.unlink(missing_ok=True)
+        return False
+    return True
+
+
+def _check_parity(
+    cfg: ExportConfig,
+    model: PreTrainedModel,
+    tokenizer: Any,
+    exported: OnnxClassifier,
+    test: pd.DataFrame,
+    max_length: int,
+    export_dir: Path,
+) -> dict[str, Any]:
+    texts = test["text"].head(cfg.parity_examples).tolist()
+    reference = predict_logits(model, tokenizer, texts, max_length, batch_size=64)
+    logits = exported.logits(texts, batch_size=64)
+    max_diff = float(np.abs(reference - logits).max()) if texts else 0.0
+    agreement = float((reference.argmax(1) == logits.argmax(1)).mean()) if texts else 1.0
+    if max_diff > cfg.parity_max_abs_diff or agreement < cfg.parity_min_label_agreement:
+        raise ExportParityError(
+            f"ONNX parity failed on {len(texts)} test examples: max |logit diff| "
+            f"{max_diff:.2e} (allowed {cfg.parity_max_abs_diff:.0e}), label agreement "
+            f"{agreement:.2%} (required {cfg.parity_min_label_agreement:.0%}); "
+            f"the previous bundle in {export_dir} was kept"
+        )
+    return {"examples": len(texts), "max_abs_diff": max_diff, "label_agreement": agreement}
+
+
+def _int8(
+    cfg: ExportConfig,
+    bundle: Path,
+    test: pd.DataFrame,
+    fp32_pred: np.ndarray,
+    fp32_scores: quantize.Scores,
+    n_labels: int,
+) -> dict[str, Any]:
+    """Quantise, score on the whole test split, keep or remove model.int8.onnx."""
+    if not cfg.quantize_int8:
+        return {"kept": False, "reason": "not built: export.quantize_int8 is false"}
+    path = bundle / INT8_FILE
+    quantize.quantize_int8(bundle / FP32_FILE, path)
+    int8_model = OnnxClassifier(bundle, model=INT8_FILE)
+    int8_pred = quantize.predicted_ids(int8_model, test["text"].tolist())
+    int8_scores = quantize.score(test["label_id"].to_numpy(), int8_pred, n_labels)
+    agreement = float((int8_pred == fp32_pred).mean()) if len(test) else 1.0
+    decision = quantize.decide(fp32_scores, int8_scores, agreement, cfg.int8_max_f1_drop)
+    figures = asdict(int8_scores) | {
+        "label_agreement": agreement,
+        "macro_f1_drop": decision.macro_f1_drop,
+        "bytes": path.stat().st_size,
+    }
+    if not decision.kept:
+        path.unlink()
+        return {"kept": False, "reason": decision.reason} | figures
+    return {"kept": True, "file": INT8_FILE, "reason": decision.reason} | figures
+
+
+def _write_meta(bundle: Path, meta: dict[str, Any]) -> None:
+    (bundle / "bundle.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
 
 def _export_onnx(
@@ -142,14 +242,35 @@ def _export_onnx(
     onnx.checker.check_model(str(path))
 
 
-def _model_card(meta: dict[str, Any], labels: list[str], result: ExportResult) -> str:
-    facts = asdict(result) | {k: v for k, v in meta.items() if k not in ("parity",)}
-    lines = "\n".join(f"| {k} | {v} |" for k, v in facts.items() if k not in ("export_dir",))
+def _model_card(meta: dict[str, Any], labels: list[str]) -> str:
+    models = meta["models"]
+    rows = [
+        f"| {name} | {m.get('file', '—')} | {m.get('bytes', 0) / 2**20:.1f} MB | "
+        f"{_fmt(m.get('accuracy'))} | {_fmt(m.get('macro_f1'))} | "
+        f"{_fmt(m.get('label_agreement', 1.0 if name == 'fp32' else None))} | "
+        f"{'yes' if name == 'fp32' or m.get('kept') else 'no: ' + m['reason']} |"
+        for name, m in models.items()
+    ]
+    facts = {k: v for k, v in meta.items() if k not in ("models", "parity")}
+    fact_rows = "\n".join(f"| {k} | {v} |" for k, v in facts.items())
     return (
         "# tuneops model bundle\n\n"
-        f"Text classifier over {len(labels)} labels: {', '.join(labels)}.\n\n"
-        "Runs with onnxruntime + tokenizers + numpy only:\n\n"
-        "```python\nfrom tuneops.runtime import OnnxClassifier\n"
-        "OnnxClassifier('models/export').predict(['some text'])\n```\n\n"
-        f"| fact | value |\n| --- | --- |\n{lines}\n"
+        f"Text classifier over {len(labels)} labels: {', '.join(labels)}. "
+        f"Default model: {meta['default_model']}.\n\n"
+        "Runs with onnxruntime + tokenizers + numpy only (no torch, no tuneops):\n\n"
+        "```bash\npip install onnxruntime tokenizers numpy\n"
+        'python tuneops_runtime.py --bundle . "some text"\n```\n\n'
+        "```python\nfrom tuneops_runtime import OnnxClassifier\n"
+        "OnnxClassifier('path/to/bundle').predict(['some text'])\n```\n\n"
+        f"## Models, scored on the {meta['test_examples']} test examples\n\n"
+        "| model | file | size | accuracy | macro-F1 | agreement with fp32 | kept |\n"
+        "| --- | --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n\n"
+        f"ONNX vs PyTorch on {meta['parity']['examples']} test examples: max |logit diff| "
+        f"{meta['parity']['max_abs_diff']:.2e}, label agreement "
+        f"{meta['parity']['label_agreement']:.2%}.\n\n"
+        f"| fact | value |\n| --- | --- |\n{fact_rows}\n"
     )
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"

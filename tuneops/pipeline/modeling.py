@@ -53,14 +53,21 @@ def load_tokenizer(path: str | Path) -> Any:
 
 
 def load_classifier(
-    path: str | Path, labels: tuple[str, ...] | None = None, num_hidden_layers: int | None = None
+    path: str | Path,
+    labels: tuple[str, ...] | None = None,
+    num_hidden_layers: int | None = None,
+    attn_implementation: str | None = None,
 ) -> PreTrainedModel:
     """A sequence classifier from safetensors only (never pickles, never remote code).
 
     With `labels` a new head of that size is attached (the base model case); without,
     the head and label map stored in the folder are used (a fine-tuned model).
+    `attn_implementation="eager"` gives the plain attention graph that onnxruntime's
+    optimizer can fuse; None keeps transformers' default (SDPA).
     """
     kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": False}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
     if labels is not None:
         kwargs |= {
             "num_labels": len(labels),

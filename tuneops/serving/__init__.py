@@ -1,0 +1,4 @@
+"""Running a bundle: file batch prediction, the HTTP server, pulling a registered bundle.
+
+Nothing here imports torch or transformers.
+"""
