@@ -40,6 +40,7 @@ repro: setup
 
 benchmark: setup
 	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/inference.py
 
 ui: setup
 	$(BIN)/tuneops ui

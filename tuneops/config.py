@@ -98,6 +98,9 @@ class ExportConfig(_Section):
     # only when its macro-F1 is at most this far below the fp32 model's (1 point).
     quantize_int8: bool = True
     int8_max_f1_drop: float = Field(0.01, ge=0, le=1)
+    # uint8 weights: the u8s8 kernel of AVX2-only CPUs can saturate (see quantize.py).
+    int8_weight_type: Literal["uint8", "int8"] = "uint8"
+    int8_per_channel: bool = False
 
 
 class RegistryConfig(_Section):

@@ -1,6 +1,4 @@
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,13 +10,19 @@ from tuneops.config import ExportConfig
 from tuneops.errors import ExportParityError
 from tuneops.pipeline.export import ExportResult, export
 from tuneops.pipeline.modeling import load_classifier, load_tokenizer, predict_logits
-from tuneops.runtime import OnnxClassifier
+from tuneops.pipeline.quantize import Scores, decide
+from tuneops.runtime import BundleError, OnnxClassifier
 
 
 def test_bundle_holds_model_tokenizer_labels_metadata_and_card(exported: ExportResult) -> None:
     names = {p.name for p in exported.export_dir.iterdir()}
-    assert names == {"model.onnx", "tokenizer.json", "labels.json", "bundle.json", "README.md"}
+    files = {"model.onnx", "tokenizer.json", "labels.json", "bundle.json", "README.md"}
+    assert (
+        files | {"tuneops_runtime.py"} <= names <= files | {"tuneops_runtime.py", "model.int8.onnx"}
+    )
     meta = json.loads((exported.export_dir / "bundle.json").read_text())
+    assert meta["models"]["fp32"]["graph_optimized"] is True
+    assert ("model.int8.onnx" in names) == meta["models"]["int8"]["kept"]
     assert meta["input_names"] == ["input_ids", "attention_mask", "token_type_ids"]
     assert meta["parity"]["label_agreement"] == 1.0
     assert meta["parity"]["max_abs_diff"] <= 1e-4
@@ -32,7 +36,7 @@ def test_onnx_reproduces_pytorch_logits_at_other_batch_sizes_and_lengths(
     model = load_classifier(trained.paths.candidate)
     tokenizer = load_tokenizer(trained.paths.candidate)
     reference = predict_logits(model, tokenizer, texts, trained.params.train.max_length, 7)
-    onnx_logits = OnnxClassifier(exported.export_dir).logits(texts, batch_size=5)
+    onnx_logits = OnnxClassifier(exported.export_dir, model="fp32").logits(texts, batch_size=5)
     np.testing.assert_allclose(onnx_logits, reference, atol=1e-4)
 
 
@@ -52,28 +56,63 @@ def test_failed_parity_raises_and_keeps_the_previous_bundle(
     assert (exported.export_dir / "model.onnx").read_bytes() == before
 
 
-def test_bundle_runs_where_torch_and_transformers_cannot_be_imported(
-    exported: ExportResult,
+def test_int8_is_scored_on_the_whole_test_split_and_becomes_the_default_when_kept(
+    trained: Trained, tmp_path: Path
 ) -> None:
-    script = (
-        "import sys\n"
-        "class Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in ('torch', 'transformers'):\n"
-        "            raise ImportError('blocked: ' + name)\n"
-        "sys.meta_path.insert(0, Block())\n"
-        "from tuneops.runtime import OnnxClassifier\n"
-        f"p = OnnxClassifier({str(exported.export_dir)!r}).predict(['a wonderful film'])[0]\n"
-        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules\n"
-        "print(p.label, round(sum(p.probabilities.values()), 4))\n"
+    p = trained.params
+    cfg = ExportConfig(int8_max_f1_drop=1.0)  # any drop allowed: always kept
+    out = tmp_path / "bundle"
+    result = export(
+        cfg, p.train.max_length, trained.paths.candidate, trained.paths.data_prepared, out
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        cwd=Path(__file__).parents[2],
-        check=False,
+    meta = json.loads((out / "bundle.json").read_text())
+    test = pd.read_parquet(trained.paths.data_prepared / "test.parquet")
+    assert result.int8_kept and meta["default_model"] == "int8"
+    assert meta["test_examples"] == len(test)
+    # The recorded figures are those of the shipped file on every test row.
+    int8 = OnnxClassifier(out, model="int8")
+    assert int8.model_file == "model.int8.onnx"
+    predicted = int8.logits(test["text"].tolist()).argmax(1)
+    accuracy = float((predicted == test["label_id"].to_numpy()).mean())
+    assert meta["models"]["int8"]["accuracy"] == pytest.approx(accuracy, abs=1e-12)
+    fp32 = OnnxClassifier(out, model="fp32").logits(test["text"].tolist()).argmax(1)
+    assert meta["models"]["int8"]["label_agreement"] == pytest.approx((fp32 == predicted).mean())
+    # Dynamic int8 stores weights in a quarter of the bytes (embeddings included).
+    assert meta["models"]["int8"]["bytes"] < 0.4 * meta["models"]["fp32"]["bytes"]
+    assert OnnxClassifier(out).model_file == "model.int8.onnx"
+
+
+def test_without_int8_the_bundle_says_why_and_serves_fp32(trained: Trained, tmp_path: Path) -> None:
+    p = trained.params
+    out = tmp_path / "bundle"
+    export(
+        ExportConfig(quantize_int8=False, optimize=False),
+        p.train.max_length,
+        trained.paths.candidate,
+        trained.paths.data_prepared,
+        out,
     )
-    assert done.returncode == 0, done.stderr
-    label, total = done.stdout.split()
-    assert label in ("negative", "positive") and total == "1.0"
+    meta = json.loads((out / "bundle.json").read_text())
+    assert not (out / "model.int8.onnx").exists()
+    assert meta["default_model"] == "fp32"
+    assert meta["models"]["int8"] == {
+        "kept": False,
+        "reason": "not built: export.quantize_int8 is false",
+    }
+    assert meta["models"]["fp32"]["graph_optimized"] is False
+    with pytest.raises(
+        BundleError, match=r"'int8' is not available \(not built: export\.quantize_int8 is false\)"
+    ):
+        OnnxClassifier(out, model="int8")
+
+
+def test_an_int8_model_losing_more_than_the_allowed_macro_f1_is_left_out() -> None:
+    fp32, int8 = Scores(0.87, 0.8633), Scores(0.85, 0.8412)
+    decision = decide(fp32, int8, agreement=0.95, max_f1_drop=0.01)
+    assert not decision.kept
+    assert decision.macro_f1_drop == pytest.approx(0.0221)
+    assert decision.reason == (
+        "left out: macro-F1 0.8412 vs fp32 0.8633 is a drop of 0.0221, more than "
+        "export.int8_max_f1_drop=0.0100"
+    )
+    assert decide(fp32, Scores(0.86, 0.8540), 0.97, 0.01).kept

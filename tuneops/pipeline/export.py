@@ -193,13 +193,15 @@ def _int8(
     if not cfg.quantize_int8:
         return {"kept": False, "reason": "not built: export.quantize_int8 is false"}
     path = bundle / INT8_FILE
-    quantize.quantize_int8(bundle / FP32_FILE, path)
+    quantize.quantize_int8(bundle / FP32_FILE, path, cfg.int8_weight_type, cfg.int8_per_channel)
     int8_model = OnnxClassifier(bundle, model=INT8_FILE)
     int8_pred = quantize.predicted_ids(int8_model, test["text"].tolist())
     int8_scores = quantize.score(test["label_id"].to_numpy(), int8_pred, n_labels)
     agreement = float((int8_pred == fp32_pred).mean()) if len(test) else 1.0
     decision = quantize.decide(fp32_scores, int8_scores, agreement, cfg.int8_max_f1_drop)
     figures = asdict(int8_scores) | {
+        "weight_type": cfg.int8_weight_type,
+        "per_channel": cfg.int8_per_channel,
         "label_agreement": agreement,
         "macro_f1_drop": decision.macro_f1_drop,
         "bytes": path.stat().st_size,

@@ -24,7 +24,9 @@ def read_texts(path: Path, text_column: str) -> pd.DataFrame:
         raise ConfigError(f"{path}: no such file")
     try:
         if kind == "csv":
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+            frame = pd.read_csv(
+                path, dtype=str, keep_default_na=False, skip_blank_lines=False, encoding="utf-8"
+            )
         else:
             frame = pd.read_json(path, lines=True, dtype=False)
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:

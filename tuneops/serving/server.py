@@ -51,7 +51,7 @@ class _RequestError(Exception):
 
 
 def create_app(
-    classifier: OnnxClassifier, limits: Limits, batch_wait_ms: float = 2.0, max_batch: int = 32
+    classifier: OnnxClassifier, limits: Limits, batch_wait_ms: float = 0.0, max_batch: int = 32
 ) -> FastAPI:
     """The app; with `batch_wait_ms` > 0 concurrent requests share onnxruntime calls."""
     batcher = MicroBatcher(classifier.predict, max_batch, batch_wait_ms / 1000.0)

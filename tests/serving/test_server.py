@@ -1,0 +1,111 @@
+"""`tuneops serve` started for real on 127.0.0.1, driven over HTTP."""
+
+import json
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port, local_server, tool_env
+from tuneops.pipeline.export import ExportResult
+from tuneops.runtime import OnnxClassifier
+
+
+@pytest.fixture(scope="module")
+def server(exported: ExportResult, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "tuneops.cli", "serve", "--bundle", str(exported.export_dir)]
+    # fp32: its answers do not depend on which requests share a batch (int8's do, slightly).
+    argv += ["--model", "fp32", "--port", str(port), "--max-texts", "8", "--max-chars", "200"]
+    argv += ["--max-body-bytes", "20000", "--batch-wait-ms", "20", "--max-batch", "16"]
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with local_server(argv, tool_env(), f"{url}/health", log, timeout=60):
+        yield url
+
+
+def test_a_batch_gets_the_same_predictions_as_the_runtime(
+    server: str, exported: ExportResult
+) -> None:
+    texts = ["a wonderful film", "dull and far too long", "fine"]
+    response = httpx.post(f"{server}/predict", json={"texts": texts})
+    assert response.status_code == 200
+    body = response.json()
+    expected = OnnxClassifier(exported.export_dir, model="fp32").predict(texts)
+    assert [p["label"] for p in body["predictions"]] == [p.label for p in expected]
+    for got, want in zip(body["predictions"], expected, strict=True):
+        assert got["probabilities"] == pytest.approx(want.probabilities, abs=1e-6)
+    assert body["model"] == "model.onnx"
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "error"),
+    [
+        ({"texts": ["x"] * 9}, 413, "texts: 9 texts; at most 8 per request"),
+        ({"texts": ["ok", "y" * 201]}, 422, "texts[1]: 201 characters; at most 200 allowed"),
+        ({"texts": []}, 422, "texts: empty list; send at least one text"),
+        ({"texts": ["ok", 3]}, 422, "texts[1]: Input should be a valid string"),
+        ({"sentences": ["ok"]}, 422, "texts: Field required"),
+        (["ok"], 422, "body: Input should be a valid dictionary"),
+    ],
+)
+def test_requests_over_the_limits_or_malformed_get_a_clear_json_error(
+    server: str, payload: object, status: int, error: str
+) -> None:
+    response = httpx.post(f"{server}/predict", json=payload)
+    assert response.status_code == status
+    assert response.json()["error"].startswith(error)
+
+
+def test_invalid_json_is_400_an_oversize_body_413_and_the_server_stays_up(server: str) -> None:
+    bad = httpx.post(f"{server}/predict", content=b'{"texts": ["unterminated', timeout=10)
+    assert bad.status_code == 400
+    assert bad.json()["error"].startswith("request body is not valid JSON")
+    big = httpx.post(f"{server}/predict", content=b"x" * 30000, timeout=10)
+    assert (big.status_code, big.json()) == (
+        413,
+        {"error": "request body is 30000 bytes; at most 20000 allowed"},
+    )
+
+    def chunks() -> Iterator[bytes]:  # no content-length: counted while streaming
+        yield b'{"texts": ["'
+        for _ in range(30):
+            yield b"y" * 1000
+        yield b'"]}'
+
+    streamed = httpx.post(f"{server}/predict", content=chunks(), timeout=10)
+    assert streamed.status_code == 413
+    assert httpx.get(f"{server}/health").json() == {"status": "ok"}
+
+
+def test_metadata_describes_the_model_without_local_paths(
+    server: str, exported: ExportResult
+) -> None:
+    meta = httpx.get(f"{server}/metadata").json()
+    assert meta["labels"] == ["negative", "positive"]
+    assert meta["task"] == "text-classification"
+    assert meta["limits"] == {"max_texts": 8, "max_chars": 200, "max_body_bytes": 20000}
+    assert set(meta["models"]) == {"fp32", "int8"}
+    assert str(exported.export_dir) not in json.dumps(meta)
+    assert str(Path.home()) not in json.dumps(meta)
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(
+    server: str, exported: ExportResult
+) -> None:
+    texts = [f"review number {i}: {'great' if i % 2 else 'terrible'} film" for i in range(24)]
+    expected = OnnxClassifier(exported.export_dir, model="fp32").predict(texts)
+
+    def ask(text: str) -> dict:
+        response = httpx.post(f"{server}/predict", json={"texts": [text]}, timeout=30)
+        response.raise_for_status()
+        return response.json()["predictions"][0]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(ask, texts))
+    for got, want in zip(answers, expected, strict=True):
+        assert got["label"] == want.label
+        assert got["probabilities"] == pytest.approx(want.probabilities, abs=1e-5)
