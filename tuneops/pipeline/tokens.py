@@ -1,0 +1,196 @@
+"""Token-classification (NER, slot filling) data: CoNLL/JSONL reading, BIO checks, label alignment.
+
+The tag scheme is IOB2: every entity starts with B-TYPE, continues with I-TYPE; an I-TYPE
+after O, at the start of a sentence, or after a tag of another type is an error.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuneops.errors import DataValidationError
+
+OUTSIDE = "O"
+
+
+@dataclass(frozen=True)
+class Sentence:
+    tokens: list[str]
+    tags: list[str]
+    source: str  # "file:line" of the sentence's first line, for error messages
+    split: str | None = None  # "test" when the dataset ships its own test split
+
+
+def read_conll(path: Path, split: str | None = None) -> list[Sentence]:
+    """One token per line, the tag in the last column, a blank line between sentences.
+
+    `-DOCSTART-` lines are skipped. A non-blank line with a single column is an error
+    naming the line.
+    """
+    sentences: list[Sentence] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+    start = 0
+    text = _read_text(path)
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            if tokens:
+                sentences.append(Sentence(tokens, tags, f"{path.name}:{start}", split))
+            tokens, tags = [], []
+            continue
+        if line.startswith("-DOCSTART-"):
+            continue
+        columns = line.split()
+        if len(columns) < 2:
+            raise DataValidationError(
+                f"{path}:{number}: expected 'token ... tag' (at least two columns), found {line!r}"
+            )
+        if not tokens:
+            start = number
+        tokens.append(columns[0])
+        tags.append(columns[-1])
+    if tokens:
+        sentences.append(Sentence(tokens, tags, f"{path.name}:{start}", split))
+    return sentences
+
+
+def read_token_jsonl(path: Path, tokens_key: str, tags_key: str) -> list[Sentence]:
+    """JSON lines with a list of tokens and a list of tags (and an optional "split")."""
+    sentences = []
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataValidationError(f"{path}:{number}: not valid JSON: {exc.msg}") from exc
+        missing = [k for k in (tokens_key, tags_key) if k not in record]
+        if missing:
+            raise DataValidationError(
+                f"{path}:{number}: missing field(s) {missing}; expected {tokens_key!r} and "
+                f"{tags_key!r} lists, found {sorted(record)}"
+            )
+        for key in (tokens_key, tags_key):
+            value = record[key]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise DataValidationError(
+                    f"{path}:{number}: field {key!r} must be a list of strings, found {value!r}"
+                )
+        sentences.append(
+            Sentence(
+                record[tokens_key], record[tags_key], f"{path.name}:{number}", record.get("split")
+            )
+        )
+    return sentences
+
+
+def read_sentences(
+    path: Path, tokens_key: str = "tokens", tags_key: str = "tags"
+) -> list[Sentence]:
+    if path.suffix.lower() == ".jsonl":
+        return read_token_jsonl(path, tokens_key, tags_key)
+    return read_conll(path)
+
+
+TOKEN_SUFFIXES = (".jsonl", ".conll", ".bio")
+
+
+def read_raw_sentences(
+    dataset_dir: Path, tokens_key: str, tags_key: str, max_rows: int | None = None
+) -> list[Sentence]:
+    """Every batch of a token dataset (JSONL or CoNLL files), in file order."""
+    if not dataset_dir.is_dir():
+        raise DataValidationError(
+            f"{dataset_dir}: raw dataset folder not found (run `tuneops fetch-data`)"
+        )
+    files = sorted(p for p in dataset_dir.iterdir() if p.suffix.lower() in TOKEN_SUFFIXES)
+    if not files:
+        raise DataValidationError(
+            f"{dataset_dir}: no data files; expected {', '.join(TOKEN_SUFFIXES)} files"
+        )
+    sentences = [s for path in files for s in read_sentences(path, tokens_key, tags_key)]
+    if max_rows:  # a hash-chosen slice, as for text datasets
+        import hashlib
+
+        def key(s: Sentence) -> str:
+            return hashlib.sha256(f"slice:{' '.join(s.tokens)}".encode()).hexdigest()
+
+        chosen = {id(s) for s in sorted(sentences, key=key)[:max_rows]}
+        sentences = [s for s in sentences if id(s) in chosen]
+    return sentences
+
+
+def write_jsonl(path: Path, sentences: list[Sentence]) -> None:
+    lines = (
+        json.dumps({"tokens": s.tokens, "tags": s.tags, "split": s.split}, ensure_ascii=False)
+        for s in sentences
+    )
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def bio_error(tags: list[str]) -> str | None:
+    """The first IOB2 violation in a tag sequence, described; None when consistent."""
+    previous = OUTSIDE
+    for i, tag in enumerate(tags):
+        if tag != OUTSIDE and not tag.startswith(("B-", "I-")):
+            return f"tag {i} {tag!r} is neither 'O' nor B-TYPE / I-TYPE"
+        if tag.startswith("I-") and previous[2:] != tag[2:]:
+            after = "the sentence start" if i == 0 else f"{previous!r}"
+            return f"tag {i} {tag!r} follows {after}; an I- tag must continue B-/I- of its type"
+        previous = tag
+    return None
+
+
+def entity_types(tags: list[str] | tuple[str, ...]) -> list[str]:
+    return sorted({t[2:] for t in tags if t != OUTSIDE})
+
+
+def entities(tags: list[str]) -> list[tuple[str, int, int]]:
+    """(type, first word, last word + 1) for every entity of an IOB2 sequence.
+
+    Lenient like seqeval's default mode: an I- tag that does not continue an entity of
+    its type starts a new one.
+    """
+    spans: list[tuple[str, int, int]] = []
+    current: tuple[str, int] | None = None
+    for i, tag in enumerate([*tags, OUTSIDE]):
+        kind = tag[2:] if tag != OUTSIDE else None
+        continues = tag.startswith("I-") and current is not None and current[0] == kind
+        if current is not None and not continues:
+            spans.append((current[0], current[1], i))
+            current = None
+        if kind is not None and not continues:
+            current = (kind, i)
+    return spans
+
+
+def align_labels(
+    word_ids: list[int | None], word_tags: list[int], all_subtokens: bool
+) -> list[int]:
+    """Per-sub-token label ids: the first sub-token of a word carries the word's tag.
+
+    Special tokens get -100 (ignored by the loss); the other sub-tokens of a word get
+    -100 too, or the word's tag when `all_subtokens`.
+    """
+    labels = []
+    previous = None
+    for word in word_ids:
+        if word is None:
+            labels.append(-100)
+        elif word != previous or all_subtokens:
+            labels.append(word_tags[word])
+        else:
+            labels.append(-100)
+        previous = word
+    return labels
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataValidationError(
+            f"{path}: not valid UTF-8 at byte {exc.start}; expected UTF-8 text"
+        ) from exc
