@@ -78,7 +78,8 @@ class TrainConfig(_Section):
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     max_length: int = Field(64, ge=8, le=4096)
     logging_steps: int = Field(20, ge=1)
-    metric_for_best_model: Literal["macro_f1", "accuracy", "loss"] = "macro_f1"
+    # Token classification selects on "entity_f1" (seqeval, entity-level micro-F1).
+    metric_for_best_model: Literal["macro_f1", "accuracy", "loss", "entity_f1"] = "macro_f1"
     early_stopping_patience: int = Field(2, ge=1)
     group_by_length: bool = True
     # Token classification: only a word's first sub-token carries its tag (the rest are

