@@ -138,6 +138,9 @@ class GateConfig(_Section):
     per_class: bool = True
     per_class_metric: Literal["recall", "f1-score"] = "recall"
     per_class_floor: float = Field(0.50, ge=0, le=1)
+    # Classes (entity types) with fewer test examples than this are listed, not judged:
+    # ATIS has slot types seen once or twice in its test split, or never in training.
+    per_class_min_support: int = Field(0, ge=0)
     # ONNX parity from the export step (label agreement and max |logit diff|).
     export_parity: bool = True
     # p95 single-example ONNX latency on this machine; off by default (machine-dependent).

@@ -1,11 +1,14 @@
 """MLflow pyfunc over the ONNX bundle, logged as "model from code" (no pickling).
 
 `mlflow.pyfunc.load_model("models:/NAME@champion").predict(pd.DataFrame({"text": [...]}))`
-returns one row per text: label, score and one probability column per label.
+returns one row per text: for a text classifier label, score and one probability column
+per label; for a token classifier an `entities` column holding a JSON list of
+{type, start, end, text, score}.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import mlflow
@@ -13,11 +16,27 @@ import pandas as pd
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
 
+def predictions_frame(bundle: Any, texts: list[str]) -> pd.DataFrame:
+    """The pyfunc's output for `texts` (also used to log the model's signature)."""
+    from tuneops.runtime import Prediction, as_record
+
+    rows = []
+    for p in bundle.predict(texts):
+        if isinstance(p, Prediction):
+            rows.append(
+                {"label": p.label, "score": p.score}
+                | {f"p_{k}": v for k, v in p.probabilities.items()}
+            )
+        else:
+            rows.append({"entities": json.dumps(as_record(p)["entities"], ensure_ascii=False)})
+    return pd.DataFrame(rows)
+
+
 class OnnxBundleModel(PythonModel):
     def load_context(self, context: PythonModelContext) -> None:
-        from tuneops.runtime import OnnxClassifier
+        from tuneops.runtime import load_bundle
 
-        self.classifier = OnnxClassifier(context.artifacts["bundle"])
+        self.classifier = load_bundle(context.artifacts["bundle"])
 
     def predict(
         self,
@@ -28,14 +47,7 @@ class OnnxBundleModel(PythonModel):
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         if "text" not in frame.columns:
             raise ValueError(f"expected a 'text' column, found {list(frame.columns)}")
-        predictions = self.classifier.predict([str(t) for t in frame["text"]])
-        return pd.DataFrame(
-            [
-                {"label": p.label, "score": p.score}
-                | {f"p_{k}": v for k, v in p.probabilities.items()}
-                for p in predictions
-            ]
-        )
+        return predictions_frame(self.classifier, [str(t) for t in frame["text"]])
 
 
 mlflow.models.set_model(OnnxBundleModel())

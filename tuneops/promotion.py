@@ -20,7 +20,14 @@ from sklearn.metrics import classification_report
 
 from tuneops.config import GateConfig
 from tuneops.pipeline.evaluate import score
-from tuneops.pipeline.gate import ChampionComparison, GateVerdict, gate, paired_bootstrap
+from tuneops.pipeline.gate import (
+    ChampionComparison,
+    GateVerdict,
+    entity_counts,
+    gate,
+    paired_bootstrap,
+    paired_bootstrap_entities,
+)
 from tuneops.pipeline.registry import (
     RegistrationResult,
     champion_version,
@@ -28,27 +35,103 @@ from tuneops.pipeline.registry import (
     register,
     registry_lock,
 )
-from tuneops.runtime import OnnxClassifier
+from tuneops.runtime import load_bundle as load_runtime_bundle
 from tuneops.tracking import MlflowTracker, store_client
 
 
 @dataclass
 class TestSplit:
+    """The current test split of a text classification task, as the gate scores it."""
+
     texts: list[str]
     label_ids: np.ndarray
     labels: list[str]
+    metric = "test_macro_f1"
 
     @classmethod
     def read(cls, prepared_dir: Path, labels: list[str]) -> TestSplit:
         test = pd.read_parquet(prepared_dir / "test.parquet")
         return cls(test["text"].tolist(), test["label_id"].to_numpy(), labels)
 
+    def rescore(self, bundle: Any) -> np.ndarray:
+        """Predicted label ids of a bundle (its own label order mapped to ours)."""
+        predicted = bundle.logits(self.texts, batch_size=64).argmax(axis=1)
+        mapping = np.array([self.labels.index(label) for label in bundle.labels])
+        return np.asarray(mapping[predicted])
 
-def rescore(classifier: OnnxClassifier, split: TestSplit) -> np.ndarray:
-    """Predicted label ids of a bundle on the split (its own label order mapped to ours)."""
-    predicted = classifier.logits(split.texts, batch_size=64).argmax(axis=1)
-    mapping = np.array([split.labels.index(label) for label in classifier.labels])
-    return mapping[predicted]
+    def report(self, predicted: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        metrics: dict[str, Any] = score(self.label_ids, predicted, len(self.labels))
+        per_class = classification_report(
+            self.label_ids,
+            predicted,
+            labels=list(range(len(self.labels))),
+            target_names=self.labels,
+            output_dict=True,
+            zero_division=0,
+        )
+        return metrics, per_class
+
+    def gate_labels(self, per_class: dict[str, Any]) -> list[str]:
+        return self.labels
+
+    def compare(self, cfg: GateConfig, challenger: Any, champion: Any) -> tuple[float, ...]:
+        return paired_bootstrap(
+            self.label_ids,
+            challenger,
+            champion,
+            len(self.labels),
+            cfg.bootstrap_resamples,
+            cfg.bootstrap_confidence,
+            cfg.bootstrap_seed,
+        )
+
+
+@dataclass
+class TokenTestSplit:
+    """The current test split of a token classification task: sentences and gold tags."""
+
+    sentences: list[list[str]]
+    tags: list[list[str]]
+    labels: list[str]
+    metric = "test_entity_f1"
+
+    @classmethod
+    def read(cls, prepared_dir: Path, labels: list[str]) -> TokenTestSplit:
+        test = pd.read_parquet(prepared_dir / "test.parquet")
+        return cls([list(t) for t in test["tokens"]], [list(t) for t in test["tags"]], labels)
+
+    @property
+    def texts(self) -> list[str]:
+        return [" ".join(s) for s in self.sentences]
+
+    def rescore(self, bundle: Any) -> list[list[str]]:
+        return list(bundle.predict_words(self.sentences, batch_size=64))
+
+    def report(self, predicted: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        from seqeval.metrics import classification_report as entity_report
+
+        from tuneops.pipeline.evaluate_tokens import entity_scores
+
+        report = entity_report(self.tags, predicted, output_dict=True, zero_division=0)
+        per_type = {k: {m: float(v) for m, v in row.items()} for k, row in report.items()}
+        return dict(entity_scores(self.tags, predicted)), per_type
+
+    def gate_labels(self, per_class: dict[str, Any]) -> list[str]:
+        return [k for k in per_class if not k.endswith(" avg")]
+
+    def compare(self, cfg: GateConfig, challenger: Any, champion: Any) -> tuple[float, ...]:
+        return paired_bootstrap_entities(
+            entity_counts(self.tags, challenger),
+            entity_counts(self.tags, champion),
+            cfg.bootstrap_resamples,
+            cfg.bootstrap_confidence,
+            cfg.bootstrap_seed,
+        )
+
+
+def read_split(prepared_dir: Path, labels: list[str], task: str) -> TestSplit | TokenTestSplit:
+    kind = TokenTestSplit if task == "token-classification" else TestSplit
+    return kind.read(prepared_dir, labels)
 
 
 def compare_with_champion(
@@ -56,8 +139,8 @@ def compare_with_champion(
     tracking_uri: str,
     model_name: str,
     version: str,
-    split: TestSplit,
-    challenger_pred: np.ndarray,
+    split: TestSplit | TokenTestSplit,
+    challenger_pred: Any,
 ) -> tuple[ChampionComparison | None, str | None]:
     """The champion re-scored on `split` and the paired bootstrap; or (None, why not)."""
     champion = load_bundle(tracking_uri, model_name, version)
@@ -66,30 +149,29 @@ def compare_with_champion(
             f"champion v{version} predicts labels {champion.labels}, the challenger "
             f"{split.labels}: not comparable (promote by hand with --force)"
         )
-    champion_pred = rescore(champion, split)
-    observed, low, high = paired_bootstrap(
-        split.label_ids,
-        challenger_pred,
-        champion_pred,
-        len(split.labels),
-        cfg.bootstrap_resamples,
-        cfg.bootstrap_confidence,
-        cfg.bootstrap_seed,
-    )
-    metrics = score(split.label_ids, champion_pred, len(split.labels))
+    champion_pred = split.rescore(champion)
+    observed, low, high = split.compare(cfg, challenger_pred, champion_pred)
+    metrics, _ = split.report(champion_pred)
     return ChampionComparison(
-        version, metrics, observed, low, high, cfg.bootstrap_confidence, cfg.bootstrap_resamples
+        version,
+        metrics,
+        observed,
+        low,
+        high,
+        cfg.bootstrap_confidence,
+        cfg.bootstrap_resamples,
+        split.metric,
     ), None
 
 
-def p95_latency_ms(classifier: OnnxClassifier, texts: list[str], samples: int) -> float:
+def p95_latency_ms(classifier: Any, texts: list[str], samples: int) -> float:
     """p95 of single-text predict latency (after 5 warm-up calls)."""
     for text in texts[:5]:
-        classifier.logits([text])
+        classifier.predict([text])
     timings = []
     for text in (texts * (samples // max(len(texts), 1) + 1))[:samples]:
         started = time.perf_counter()
-        classifier.logits([text])
+        classifier.predict([text])
         timings.append((time.perf_counter() - started) * 1000)
     return float(np.percentile(timings, 95))
 
@@ -108,9 +190,9 @@ def gate_and_register(
     metrics = json.loads((reports_dir / "metrics.json").read_text(encoding="utf-8"))
     per_class = json.loads((reports_dir / "classification_report.json").read_text("utf-8"))
     bundle_meta = json.loads((export_dir / "bundle.json").read_text(encoding="utf-8"))
-    challenger = OnnxClassifier(export_dir)
-    split = TestSplit.read(prepared_dir, challenger.labels)
-    challenger_pred = rescore(challenger, split)
+    challenger = load_runtime_bundle(export_dir)
+    split = read_split(prepared_dir, challenger.labels, bundle_meta.get("task", ""))
+    challenger_pred = split.rescore(challenger)
     latency = p95_latency_ms(challenger, split.texts, cfg.latency_samples) if cfg.latency else None
 
     with registry_lock(tracker.client, model_name):
@@ -154,20 +236,6 @@ def gate_and_register(
         {"gate.verdict": tags["gate.verdict"], "gate.failed_checks": tags["gate.failed_checks"]}
     )
     return verdict, registered
-
-
-def version_report(split: TestSplit, predicted: np.ndarray) -> tuple[dict[str, Any], dict]:
-    """Metrics and per-class report of predictions on a split (for `promote`)."""
-    metrics: dict[str, Any] = score(split.label_ids, predicted, len(split.labels))
-    per_class = classification_report(
-        split.label_ids,
-        predicted,
-        labels=list(range(len(split.labels))),
-        target_names=split.labels,
-        output_dict=True,
-        zero_division=0,
-    )
-    return metrics, per_class
 
 
 def audit_tags(action: str, reason: str, forced: bool = False) -> dict[str, str]:
@@ -238,9 +306,9 @@ def _gate_version(
     parity_limits: tuple[float, float],
 ) -> GateVerdict:
     bundle = load_bundle(tracking_uri, model_name, version)
-    split = TestSplit.read(prepared_dir, bundle.labels)
-    predicted = rescore(bundle, split)
-    metrics, per_class = version_report(split, predicted)
+    split = read_split(prepared_dir, bundle.labels, bundle.meta.get("task", ""))
+    predicted = split.rescore(bundle)
+    metrics, per_class = split.report(predicted)
     current = json.loads((reports_dir / "metrics.json").read_text(encoding="utf-8"))
     metrics |= {name: current[name] for name in cfg.baselines if name in current}
     run_metrics = client.get_run(run_id).data.metrics if run_id else {}
@@ -275,8 +343,8 @@ def _judge(
     model_name: str,
     champion: str | None,
     has_other_champion: bool,
-    split: TestSplit,
-    predicted: np.ndarray,
+    split: TestSplit | TokenTestSplit,
+    predicted: Any,
     metrics: dict[str, Any],
     per_class: dict[str, Any],
     parity: dict[str, float] | None,
@@ -294,7 +362,7 @@ def _judge(
         cfg,
         metrics,
         per_class,
-        split.labels,
+        split.gate_labels(per_class),
         parity,
         comparison,
         latency,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,17 @@ class Prediction:
     probabilities: dict[str, float]
 
 
-class OnnxClassifier:
-    """A text classifier from a bundle: model.onnx, tokenizer.json, labels.json, bundle.json.
+@dataclass(frozen=True)
+class Entity:
+    type: str
+    start: int  # character offsets in the original text: text[start:end]
+    end: int
+    text: str
+    score: float  # mean probability of the entity's word tags
+
+
+class OnnxBundle:
+    """What every bundle has: model.onnx, tokenizer.json, labels.json, bundle.json.
 
     `model` picks the ONNX file: "fp32", "int8" (names in bundle.json's "models"), a file
     name in the bundle, or None for the bundle's default_model.
@@ -86,14 +95,27 @@ class OnnxClassifier:
         )
         return tokenizer
 
-    def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
-        encodings = self.tokenizer.encode_batch(texts)
+    def _inputs(self, encodings: list[Any]) -> dict[str, np.ndarray]:
         columns = {
             "input_ids": [e.ids for e in encodings],
             "attention_mask": [e.attention_mask for e in encodings],
             "token_type_ids": [e.type_ids for e in encodings],
         }
         return {name: np.asarray(columns[name], dtype=np.int64) for name in self.input_names}
+
+    def predict(self, texts: list[str], batch_size: int = 32) -> list[Any]:
+        """One prediction per text (a Prediction, or a list of Entity for token models)."""
+        raise NotImplementedError
+
+    def run(self, encodings: list[Any]) -> np.ndarray:
+        return np.asarray(self.session.run(["logits"], self._inputs(encodings))[0])
+
+
+class OnnxClassifier(OnnxBundle):
+    """A text classifier: one label per text."""
+
+    def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
+        return self._inputs(self.tokenizer.encode_batch(texts))
 
     def logits(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         """Logits [len(texts), num_labels], in input order.
@@ -120,6 +142,128 @@ class OnnxClassifier:
         ]
 
 
+class OnnxTokenClassifier(OnnxBundle):
+    """A token classifier (NER, slot filling): IOB2 tags per word, entities as spans.
+
+    A word's tag is read at its first sub-token, as in training. Words are the
+    tokenizer's pre-tokenizer words for raw text, or the given tokens when pre-split.
+    """
+
+    def word_logits(self, sentences: list[list[str]], batch_size: int = 32) -> list[np.ndarray]:
+        """Per pre-split sentence, logits [n_words, n_tags]; words cut by max_length: NaN."""
+        rows: list[np.ndarray] = []
+        for start in range(0, len(sentences), batch_size):
+            batch = sentences[start : start + batch_size]
+            encodings = self.tokenizer.encode_batch(batch, is_pretokenized=True)
+            logits = self.run(encodings)
+            rows += [
+                _first_subtoken_rows(e.word_ids, logits[i], len(words))
+                for i, (e, words) in enumerate(zip(encodings, batch, strict=True))
+            ]
+        return rows
+
+    def predict_words(self, sentences: list[list[str]], batch_size: int = 32) -> list[list[str]]:
+        """IOB2 tags per pre-split sentence (O for a word cut off by max_length)."""
+        return [
+            ["O" if np.isnan(r).any() else self.labels[int(r.argmax())] for r in rows]
+            for rows in self.word_logits(sentences, batch_size)
+        ]
+
+    def predict(self, texts: list[str], batch_size: int = 32) -> list[list[Entity]]:
+        """Entities in each raw text, with character offsets into that text."""
+        results: list[list[Entity]] = []
+        for start in range(0, len(texts), batch_size):
+            batch = texts[start : start + batch_size]
+            encodings = self.tokenizer.encode_batch(batch)
+            probabilities = softmax(self.run(encodings))
+            for i, (encoding, text) in enumerate(zip(encodings, batch, strict=True)):
+                results.append(entities_in(encoding, probabilities[i], self.labels, text))
+        return results
+
+
+def entities_in(
+    encoding: Any, probabilities: np.ndarray, labels: list[str], text: str
+) -> list[Entity]:
+    """Entities of one encoded text from per-sub-token tag probabilities [tokens, tags].
+
+    A word (the pre-tokenizer's: punctuation, hyphens and digits runs are words of
+    their own) takes the tag of its first sub-token; its character span runs from that
+    sub-token's start to its last sub-token's end, so "##" pieces merge back into the
+    word, and an entity spans from its first word's start to its last word's end.
+    """
+    spans: dict[int, list[int]] = {}  # word -> [first sub-token, last char end]
+    for position, word in enumerate(encoding.word_ids):
+        if word is None:
+            continue
+        end = encoding.offsets[position][1]
+        if word not in spans:
+            spans[word] = [position, end]
+        spans[word][1] = end
+    words = sorted(spans)
+    tags, scores = [], []
+    for word in words:
+        row = probabilities[spans[word][0]]
+        tags.append(labels[int(row.argmax())])
+        scores.append(float(row.max()))
+    found = []
+    for kind, first, last in iob2_entities(tags):
+        begin = encoding.offsets[spans[words[first]][0]][0]
+        end = spans[words[last - 1]][1]
+        found.append(Entity(kind, begin, end, text[begin:end], float(np.mean(scores[first:last]))))
+    return found
+
+
+def iob2_entities(tags: list[str]) -> list[tuple[str, int, int]]:
+    """(type, first word, last word + 1) for every entity of an IOB2 tag sequence.
+
+    Lenient like seqeval's default mode: an I- tag that does not continue an entity of
+    its type starts a new one.
+    """
+    spans: list[tuple[str, int, int]] = []
+    current: tuple[str, int] | None = None
+    for i, tag in enumerate([*tags, "O"]):
+        kind = tag[2:] if tag != "O" else None
+        continues = tag.startswith("I-") and current is not None and current[0] == kind
+        if current is not None and not continues:
+            spans.append((current[0], current[1], i))
+            current = None
+        if kind is not None and not continues:
+            current = (kind, i)
+    return spans
+
+
+def load_bundle(
+    bundle_dir: str | Path, threads: int | None = None, model: str | None = None
+) -> OnnxClassifier | OnnxTokenClassifier:
+    """The right runtime for the bundle's task."""
+    task = _read_json(Path(bundle_dir) / "bundle.json").get("task", "text-classification")
+    kind = OnnxTokenClassifier if task == "token-classification" else OnnxClassifier
+    return kind(bundle_dir, threads=threads, model=model)
+
+
+def _first_subtoken_rows(
+    word_ids: list[int | None], logits: np.ndarray, n_words: int
+) -> np.ndarray:
+    rows = np.full((n_words, logits.shape[-1]), np.nan, dtype=np.float32)
+    seen: set[int] = set()
+    for position, word in enumerate(word_ids):
+        if word is not None and word not in seen:
+            rows[word] = logits[position]
+            seen.add(word)
+    return rows
+
+
+def as_record(prediction: Prediction | list[Entity]) -> dict[str, Any]:
+    """JSON-ready: label, score, probabilities for a text label; entities for a token model."""
+    if isinstance(prediction, Prediction):
+        return {
+            "label": prediction.label,
+            "score": round(prediction.score, 6),
+            "probabilities": {k: round(v, 6) for k, v in prediction.probabilities.items()},
+        }
+    return {"entities": [asdict(e) | {"score": round(e.score, 6)} for e in prediction]}
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return shifted / shifted.sum(axis=-1, keepdims=True)
@@ -144,12 +288,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="fp32, int8 or a file (default: bundle's)")
     args = parser.parse_args(argv)
     try:
-        classifier = OnnxClassifier(args.bundle, model=args.model)
+        bundle = load_bundle(args.bundle, model=args.model)
     except BundleError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    for text, p in zip(args.texts, classifier.predict(args.texts), strict=True):
-        print(json.dumps({"text": text, "label": p.label, "score": round(p.score, 6)}))
+    predictions: list[Any] = list(bundle.predict(args.texts))
+    for text, p in zip(args.texts, predictions, strict=True):
+        print(json.dumps({"text": text} | as_record(p), ensure_ascii=False))
     return 0
 
 

@@ -21,6 +21,7 @@ from tuneops.config import Params, load_params
 from tuneops.lineage import git_commit, library_versions
 from tuneops.paths import Paths
 from tuneops.pipeline.evaluate import EvaluationResult, evaluate
+from tuneops.pipeline.evaluate_tokens import evaluate_tokens
 from tuneops.pipeline.export import ExportResult, export
 from tuneops.pipeline.fetch_data import FetchResult, fetch_data
 from tuneops.pipeline.gate import GateVerdict, write_reports
@@ -175,8 +176,9 @@ def step_train(ctx: Context) -> tuple[TrainResult, str]:
 
 def step_evaluate(ctx: Context) -> EvaluationResult:
     tracker = _candidate_run(ctx)
+    step = evaluate_tokens if ctx.params.task == "token-classification" else evaluate
     with _run_scope(tracker, finish=False):
-        result = evaluate(
+        result = step(
             ctx.params.evaluate,
             ctx.params.model,
             ctx.params.train.max_length,
@@ -212,13 +214,14 @@ def step_export(ctx: Context) -> ExportResult:
             ctx.paths.data_prepared,
             ctx.paths.export,
             card,
+            ctx.params.task,
         )
         tracker.log_metrics(
             {
                 "export.parity_max_abs_diff": result.parity_max_abs_diff,
                 "export.parity_label_agreement": result.parity_label_agreement,
                 "export.onnx_mb": result.onnx_bytes / 2**20,
-                "export.fp32_test_macro_f1": result.fp32_macro_f1,
+                "export.fp32_test_f1": result.fp32_f1,
             }
             | _int8_metrics(result)
         )
@@ -228,10 +231,10 @@ def step_export(ctx: Context) -> ExportResult:
 
 
 def _int8_metrics(result: ExportResult) -> dict[str, float]:
-    if result.int8_macro_f1 is None:
+    if result.int8_f1 is None:
         return {}
     return {
-        "export.int8_test_macro_f1": result.int8_macro_f1,
+        "export.int8_test_f1": result.int8_f1,
         "export.int8_test_accuracy": result.int8_accuracy or 0.0,
         "export.int8_label_agreement": result.int8_label_agreement or 0.0,
         "export.int8_mb": (result.int8_bytes or 0) / 2**20,

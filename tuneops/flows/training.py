@@ -43,22 +43,13 @@ class RunSummary:
     gate: str
 
     def text(self) -> str:
-        m = self.metrics
-        rows = [
-            ("fine-tuned", m),
-            ("before fine-tuning", m["before_finetuning"]),
-            ("TF-IDF + logistic regression", m["tfidf"]),
-            ("majority class", m["majority"]),
-        ]
-        table = "\n".join(
-            f"  {name:<30} {r['test_accuracy']:>8.4f} {r['test_macro_f1']:>9.4f}"
-            for name, r in rows
-        )
+        accuracy, f1, rows = comparison_rows(self.metrics)
+        table = "\n".join(f"  {name:<30} {r[accuracy]:>8.4f} {r[f1]:>9.4f}" for name, r in rows)
         return (
             f"data version      {self.data_version}\n"
             f"rows              train {self.rows['train']}, validation "
             f"{self.rows['validation']}, test {self.rows['test']}\n"
-            f"test metrics        {'model':<28} {'accuracy':>8} {'macro-F1':>9}\n{table}\n"
+            f"test metrics        {'model':<28} {'accuracy':>8} {f1_name(f1):>9}\n{table}\n"
             f"gate              {self.gate}\n"
             f"registered        {self.model_name} version {self.model_version} "
             f"(aliases: {', '.join(self.aliases) or 'none'}; champion is "
@@ -69,6 +60,33 @@ class RunSummary:
             f"MLflow run        {self.mlflow_run_id} in {redact_uri(self.tracking_uri)}\n"
             f"open the UI       tuneops ui"
         )
+
+
+BASELINE_NAMES = {
+    "before_finetuning": "before fine-tuning",
+    "tfidf": "TF-IDF + logistic regression",
+    "majority": "majority class",
+    "most_frequent_tag": "most frequent tag per word",
+}
+
+
+def comparison_rows(metrics: dict[str, Any]) -> tuple[str, str, list[tuple[str, Any]]]:
+    """(accuracy key, F1 key, [(model, its metrics)]): the model and each baseline."""
+    tokens = "test_entity_f1" in metrics
+    accuracy, f1 = (
+        ("test_token_accuracy", "test_entity_f1")
+        if tokens
+        else (
+            "test_accuracy",
+            "test_macro_f1",
+        )
+    )
+    baselines = [(BASELINE_NAMES.get(k, k), v) for k, v in metrics.items() if isinstance(v, dict)]
+    return accuracy, f1, [("fine-tuned", metrics), *baselines]
+
+
+def f1_name(key: str) -> str:
+    return "entity-F1" if key == "test_entity_f1" else "macro-F1"
 
 
 @task(name="fetch-data", cache_policy=NO_CACHE)
@@ -121,11 +139,8 @@ def train_task(ctx: steps.Context) -> str:
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(ctx: steps.Context) -> dict[str, Any]:
     result = steps.step_evaluate(ctx)
-    rows = [
-        {"model": name, "test_accuracy": r["test_accuracy"], "test_macro_f1": r["test_macro_f1"]}
-        for name, r in [("fine-tuned", result.metrics)]
-        + [(b, result.metrics[b]) for b in ("before_finetuning", "tfidf", "majority")]
-    ]
+    accuracy, f1, compared = comparison_rows(result.metrics)
+    rows = [{"model": name, accuracy: r[accuracy], f1: r[f1]} for name, r in compared]
     create_table_artifact(key="test-metrics", table=rows, description="Test split, same rows")
     return result.metrics
 
@@ -136,7 +151,7 @@ def export_task(ctx: steps.Context) -> tuple[str, float, float, str]:
     if result.int8_kept:
         int8 = (
             f"{result.export_dir / 'model.int8.onnx'} ({(result.int8_bytes or 0) / 2**20:.1f} MB, "
-            f"test macro-F1 {result.int8_macro_f1:.4f} vs fp32 {result.fp32_macro_f1:.4f}, "
+            f"test F1 {result.int8_f1:.4f} vs fp32 {result.fp32_f1:.4f}, "
             f"label agreement {result.int8_label_agreement:.1%}; the bundle's default)"
         )
     else:

@@ -54,8 +54,9 @@ class EvaluationResult:
     def flat_metrics(self) -> dict[str, float]:
         """MLflow names: test_macro_f1, tfidf.test_macro_f1, ... (as `dvc metrics show`)."""
         flat = {k: v for k, v in self.metrics.items() if not isinstance(v, dict)}
-        for name in BASELINES:
-            flat |= {f"{name}.{k}": v for k, v in self.metrics[name].items()}
+        for name, baseline in self.metrics.items():
+            if isinstance(baseline, dict):
+                flat |= {f"{name}.{k}": v for k, v in baseline.items()}
         return flat
 
 

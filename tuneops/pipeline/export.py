@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,10 @@ from tuneops.config import ExportConfig
 from tuneops.errors import ExportParityError
 from tuneops.paths import atomic_dir
 from tuneops.pipeline import quantize
+from tuneops.pipeline.evaluate_tokens import word_outputs
 from tuneops.pipeline.modeling import load_classifier, load_tokenizer, predict_logits
-from tuneops.runtime import OnnxClassifier
+from tuneops.pipeline.token_training import load_token_classifier
+from tuneops.runtime import OnnxBundle, OnnxClassifier, OnnxTokenClassifier, load_bundle
 
 FP32_FILE, INT8_FILE, RUNTIME_FILE = "model.onnx", "model.int8.onnx", "tuneops_runtime.py"
 
@@ -42,13 +44,13 @@ class ExportResult:
     parity_max_abs_diff: float
     parity_label_agreement: float
     optimized: bool
-    fp32_accuracy: float
-    fp32_macro_f1: float
+    fp32_accuracy: float  # token accuracy for token classification
+    fp32_f1: float  # macro-F1, or entity-level micro-F1 for token classification
     int8_kept: bool
     int8_reason: str
     int8_bytes: int | None = None
     int8_accuracy: float | None = None
-    int8_macro_f1: float | None = None
+    int8_f1: float | None = None
     int8_label_agreement: float | None = None
 
 
@@ -71,11 +73,14 @@ def export(
     prepared_dir: Path,
     export_dir: Path,
     card: dict[str, Any] | None = None,
+    task: str = "text-classification",
 ) -> ExportResult:
     """Write the bundle atomically; on a parity mismatch raise ExportParityError."""
+    tokens = task == "token-classification"
     # Eager attention exports as plain MatMul/Softmax, which onnxruntime's optimizer
     # fuses into one Attention kernel; the SDPA graph it cannot fuse. Same weights.
-    model = load_classifier(candidate_dir, attn_implementation="eager").eval()
+    load = load_token_classifier if tokens else load_classifier
+    model = load(candidate_dir, attn_implementation="eager").eval()
     tokenizer = load_tokenizer(candidate_dir)
     labels = json.loads((candidate_dir / "labels.json").read_text(encoding="utf-8"))
     input_names = [
@@ -88,7 +93,7 @@ def export(
     with atomic_dir(export_dir) as tmp:
         raw = tmp.parent / f".{tmp.name}.raw.onnx"
         try:
-            _export_onnx(model, tokenizer, input_names, cfg.opset, raw)
+            _export_onnx(model, tokenizer, input_names, cfg.opset, raw, tokens)
             optimized = cfg.optimize and _optimize(model.config, raw, tmp / FP32_FILE)
             if not optimized:
                 shutil.move(raw, tmp / FP32_FILE)
@@ -98,7 +103,7 @@ def export(
         (tmp / "labels.json").write_text(json.dumps(labels) + "\n", encoding="utf-8")
         shutil.copyfile(runtime.__file__, tmp / RUNTIME_FILE)
         meta = {
-            "task": "text-classification",
+            "task": task,
             "max_length": max_length,
             "input_names": input_names,
             "output_names": ["logits"],
@@ -110,16 +115,15 @@ def export(
         } | (card or {})
         _write_meta(tmp, meta)
 
-        fp32 = OnnxClassifier(tmp, model="fp32")
+        fp32 = load_bundle(tmp, model="fp32")
         parity = _check_parity(cfg, model, tokenizer, fp32, test, max_length, export_dir)
-        y_true = test["label_id"].to_numpy()
-        fp32_pred = quantize.predicted_ids(fp32, test["text"].tolist())
-        fp32_scores = quantize.score(y_true, fp32_pred, len(labels))
-        meta["models"]["fp32"] |= {"bytes": (tmp / FP32_FILE).stat().st_size} | asdict(fp32_scores)
+        fp32_scores, fp32_pred = _score(fp32, test, len(labels))
+        meta["models"]["fp32"] |= {"bytes": (tmp / FP32_FILE).stat().st_size}
+        meta["models"]["fp32"] |= fp32_scores.figures
         meta["parity"] = parity
         meta["test_examples"] = len(test)
 
-        int8 = _int8(cfg, tmp, test, fp32_pred, fp32_scores, len(labels))
+        int8, int8_scores = _int8(cfg, tmp, test, fp32_pred, fp32_scores, len(labels))
         meta["models"]["int8"] = int8
         if int8["kept"]:
             meta["default_model"] = "int8"
@@ -134,12 +138,12 @@ def export(
             parity_label_agreement=parity["label_agreement"],
             optimized=optimized,
             fp32_accuracy=fp32_scores.accuracy,
-            fp32_macro_f1=fp32_scores.macro_f1,
+            fp32_f1=fp32_scores.f1,
             int8_kept=int8["kept"],
             int8_reason=int8["reason"],
             int8_bytes=int8.get("bytes"),
-            int8_accuracy=int8.get("accuracy"),
-            int8_macro_f1=int8.get("macro_f1"),
+            int8_accuracy=int8_scores.accuracy if int8_scores else None,
+            int8_f1=int8_scores.f1 if int8_scores else None,
             int8_label_agreement=int8.get("label_agreement"),
         )
         (tmp / "README.md").write_text(_model_card(meta, labels), encoding="utf-8")
@@ -161,24 +165,50 @@ def _check_parity(
     cfg: ExportConfig,
     model: PreTrainedModel,
     tokenizer: Any,
-    exported: OnnxClassifier,
+    exported: OnnxBundle,
     test: pd.DataFrame,
     max_length: int,
     export_dir: Path,
 ) -> dict[str, Any]:
-    texts = test["text"].head(cfg.parity_examples).tolist()
-    reference = predict_logits(model, tokenizer, texts, max_length, batch_size=64)
-    logits = exported.logits(texts, batch_size=64)
-    max_diff = float(np.abs(reference - logits).max()) if texts else 0.0
-    agreement = float((reference.argmax(1) == logits.argmax(1)).mean()) if texts else 1.0
+    """PyTorch vs onnxruntime logits on real test examples (per word for token models)."""
+    head = test.head(cfg.parity_examples)
+    if isinstance(exported, OnnxTokenClassifier):
+        sentences = [list(t) for t in head["tokens"]]
+        reference = _stack(word_outputs(model, tokenizer, sentences, max_length, 64))
+        logits = _stack(exported.word_logits(sentences, batch_size=64))
+    else:
+        texts = head["text"].tolist()
+        reference = predict_logits(model, tokenizer, texts, max_length, batch_size=64)
+        assert isinstance(exported, OnnxClassifier)
+        logits = exported.logits(texts, batch_size=64)
+    n = len(head)
+    max_diff = float(np.abs(reference - logits).max()) if len(reference) else 0.0
+    agreement = float((reference.argmax(1) == logits.argmax(1)).mean()) if len(reference) else 1.0
     if max_diff > cfg.parity_max_abs_diff or agreement < cfg.parity_min_label_agreement:
         raise ExportParityError(
-            f"ONNX parity failed on {len(texts)} test examples: max |logit diff| "
+            f"ONNX parity failed on {n} test examples: max |logit diff| "
             f"{max_diff:.2e} (allowed {cfg.parity_max_abs_diff:.0e}), label agreement "
             f"{agreement:.2%} (required {cfg.parity_min_label_agreement:.0%}); "
             f"the previous bundle in {export_dir} was kept"
         )
-    return {"examples": len(texts), "max_abs_diff": max_diff, "label_agreement": agreement}
+    return {"examples": n, "max_abs_diff": max_diff, "label_agreement": agreement}
+
+
+def _stack(rows: list[np.ndarray]) -> np.ndarray:
+    """Per-word rows of every sentence, words cut by max_length (NaN) left out."""
+    stacked = np.concatenate(rows) if rows else np.zeros((0, 1), np.float32)
+    return stacked[~np.isnan(stacked).any(axis=1)]
+
+
+def _score(bundle: OnnxBundle, test: pd.DataFrame, n_labels: int) -> tuple[quantize.Scores, Any]:
+    """Test figures and the flat predictions two models' agreement is measured on."""
+    if isinstance(bundle, OnnxTokenClassifier):
+        predicted = bundle.predict_words([list(t) for t in test["tokens"]], batch_size=64)
+        scores = quantize.score_tags([list(t) for t in test["tags"]], predicted)
+        return scores, np.array([t for row in predicted for t in row])
+    assert isinstance(bundle, OnnxClassifier)
+    ids = quantize.predicted_ids(bundle, test["text"].tolist())
+    return quantize.score(test["label_id"].to_numpy(), ids, n_labels), ids
 
 
 def _int8(
@@ -188,28 +218,26 @@ def _int8(
     fp32_pred: np.ndarray,
     fp32_scores: quantize.Scores,
     n_labels: int,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], quantize.Scores | None]:
     """Quantise, score on the whole test split, keep or remove model.int8.onnx."""
     if not cfg.quantize_int8:
-        return {"kept": False, "reason": "not built: export.quantize_int8 is false"}
+        return {"kept": False, "reason": "not built: export.quantize_int8 is false"}, None
     path = bundle / INT8_FILE
     quantize.quantize_int8(bundle / FP32_FILE, path, cfg.int8_weight_type, cfg.int8_per_channel)
-    int8_model = OnnxClassifier(bundle, model=INT8_FILE)
-    int8_pred = quantize.predicted_ids(int8_model, test["text"].tolist())
-    int8_scores = quantize.score(test["label_id"].to_numpy(), int8_pred, n_labels)
-    agreement = float((int8_pred == fp32_pred).mean()) if len(test) else 1.0
+    int8_scores, int8_pred = _score(load_bundle(bundle, model=INT8_FILE), test, n_labels)
+    agreement = float((int8_pred == fp32_pred).mean()) if len(int8_pred) else 1.0
     decision = quantize.decide(fp32_scores, int8_scores, agreement, cfg.int8_max_f1_drop)
-    figures = asdict(int8_scores) | {
+    figures = int8_scores.figures | {
         "weight_type": cfg.int8_weight_type,
         "per_channel": cfg.int8_per_channel,
         "label_agreement": agreement,
-        "macro_f1_drop": decision.macro_f1_drop,
+        "f1_drop": decision.macro_f1_drop,
         "bytes": path.stat().st_size,
     }
     if not decision.kept:
         path.unlink()
-        return {"kept": False, "reason": decision.reason} | figures
-    return {"kept": True, "file": INT8_FILE, "reason": decision.reason} | figures
+        return {"kept": False, "reason": decision.reason} | figures, int8_scores
+    return {"kept": True, "file": INT8_FILE, "reason": decision.reason} | figures, int8_scores
 
 
 def _write_meta(bundle: Path, meta: dict[str, Any]) -> None:
@@ -217,7 +245,12 @@ def _write_meta(bundle: Path, meta: dict[str, Any]) -> None:
 
 
 def _export_onnx(
-    model: torch.nn.Module, tokenizer: Any, input_names: list[str], opset: int, path: Path
+    model: torch.nn.Module,
+    tokenizer: Any,
+    input_names: list[str],
+    opset: int,
+    path: Path,
+    per_token: bool = False,
 ) -> None:
     # The TorchScript exporter (dynamo=False): for BERT-class encoders it gives a clean
     # graph with dynamic batch and sequence axes in about a second, without the extra
@@ -228,7 +261,8 @@ def _export_onnx(
         return_tensors="pt",
     )
     args = tuple(sample[name] for name in input_names)
-    axes = {name: {0: "batch", 1: "sequence"} for name in input_names} | {"logits": {0: "batch"}}
+    axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
+    axes["logits"] = {0: "batch", 1: "sequence"} if per_token else {0: "batch"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -248,7 +282,8 @@ def _model_card(meta: dict[str, Any], labels: list[str]) -> str:
     models = meta["models"]
     rows = [
         f"| {name} | {m.get('file', '—')} | {m.get('bytes', 0) / 2**20:.1f} MB | "
-        f"{_fmt(m.get('accuracy'))} | {_fmt(m.get('macro_f1'))} | "
+        f"{_fmt(m.get('accuracy', m.get('token_accuracy')))} | "
+        f"{_fmt(m.get('macro_f1', m.get('entity_f1')))} | "
         f"{_fmt(m.get('label_agreement', 1.0 if name == 'fp32' else None))} | "
         f"{'yes' if name == 'fp32' or m.get('kept') else 'no: ' + m['reason']} |"
         for name, m in models.items()
@@ -257,15 +292,19 @@ def _model_card(meta: dict[str, Any], labels: list[str]) -> str:
     fact_rows = "\n".join(f"| {k} | {v} |" for k, v in facts.items())
     return (
         "# tuneops model bundle\n\n"
-        f"Text classifier over {len(labels)} labels: {', '.join(labels)}. "
-        f"Default model: {meta['default_model']}.\n\n"
+        + (
+            f"Token classifier (IOB2) over {len(labels)} tags. "
+            if meta["task"] == "token-classification"
+            else f"Text classifier over {len(labels)} labels: {', '.join(labels)}. "
+        )
+        + f"Default model: {meta['default_model']}.\n\n"
         "Runs with onnxruntime + tokenizers + numpy only (no torch, no tuneops):\n\n"
         "```bash\npip install onnxruntime tokenizers numpy\n"
         'python tuneops_runtime.py --bundle . "some text"\n```\n\n'
         "```python\nfrom tuneops_runtime import OnnxClassifier\n"
         "OnnxClassifier('path/to/bundle').predict(['some text'])\n```\n\n"
         f"## Models, scored on the {meta['test_examples']} test examples\n\n"
-        "| model | file | size | accuracy | macro-F1 | agreement with fp32 | kept |\n"
+        "| model | file | size | accuracy | F1 | agreement with fp32 | kept |\n"
         "| --- | --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n\n"
         f"ONNX vs PyTorch on {meta['parity']['examples']} test examples: max |logit diff| "
         f"{meta['parity']['max_abs_diff']:.2e}, label agreement "

@@ -44,6 +44,7 @@ class ChampionComparison:
     ci_high: float
     confidence: float
     resamples: int
+    metric: str = "test_macro_f1"
 
 
 @dataclass
@@ -99,6 +100,50 @@ def paired_bootstrap(
     diffs = _macro_f1(weights, y_true, challenger, n_labels) - _macro_f1(
         weights, y_true, champion, n_labels
     )
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(diffs, [tail, 100 - tail])
+    return observed, float(low), float(high)
+
+
+def entity_counts(gold: list[list[str]], predicted: list[list[str]]) -> np.ndarray:
+    """Per sentence [true positives, predicted entities, gold entities] (exact spans+type)."""
+    from tuneops.runtime import iob2_entities
+
+    counts = np.zeros((len(gold), 3), dtype=np.int64)
+    for i, (g, p) in enumerate(zip(gold, predicted, strict=True)):
+        gold_set, predicted_set = set(iob2_entities(g)), set(iob2_entities(p))
+        counts[i] = (len(gold_set & predicted_set), len(predicted_set), len(gold_set))
+    return counts
+
+
+def paired_bootstrap_entities(
+    challenger: np.ndarray,
+    champion: np.ndarray,
+    resamples: int,
+    confidence: float,
+    seed: int,
+) -> tuple[float, float, float]:
+    """As paired_bootstrap, for entity-level micro-F1 over sentences (rows of
+    entity_counts): micro-F1 = 2 TP / (predicted + gold), summed over the drawn sentences."""
+
+    def micro_f1(weights: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        totals = weights @ counts
+        denominator = totals[..., 1] + totals[..., 2]
+        return np.divide(
+            2.0 * totals[..., 0],
+            denominator,
+            out=np.zeros(denominator.shape),
+            where=denominator > 0,
+        )
+
+    n = len(challenger)
+    ones = np.ones(n)
+    observed = float(micro_f1(ones, challenger) - micro_f1(ones, champion))
+    rng = np.random.default_rng(seed)
+    weights = np.stack(
+        [np.bincount(rng.integers(0, n, size=n), minlength=n) for _ in range(resamples)]
+    )
+    diffs = micro_f1(weights, challenger) - micro_f1(weights, champion)
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(diffs, [tail, 100 - tail])
     return observed, float(low), float(high)
@@ -180,8 +225,18 @@ def _floors(cfg: GateConfig, metrics: dict[str, Any]) -> list[GateCheck]:
     return checks
 
 
+def primary_metric(metrics: dict[str, Any]) -> str:
+    """The F1 the gate compares: entity-level micro-F1 for token classification."""
+    return "test_entity_f1" if "test_entity_f1" in metrics else "test_macro_f1"
+
+
+def _metric_name(metric: str) -> str:
+    return "entity-F1" if metric == "test_entity_f1" else "macro-F1"
+
+
 def _baselines(cfg: GateConfig, metrics: dict[str, Any]) -> list[GateCheck]:
-    ours = float(metrics["test_macro_f1"])
+    metric = primary_metric(metrics)
+    ours = float(metrics[metric])
     checks = []
     for baseline in cfg.baselines:
         if not isinstance(metrics.get(baseline), dict):
@@ -189,7 +244,7 @@ def _baselines(cfg: GateConfig, metrics: dict[str, Any]) -> list[GateCheck]:
             raise ConfigError(
                 f"gate.baselines: unknown baseline {baseline!r}; expected one of {known}"
             )
-        theirs = float(metrics[baseline]["test_macro_f1"])
+        theirs = float(metrics[baseline][metric])
         needed = theirs + cfg.baseline_margin
         checks.append(
             GateCheck(
@@ -197,7 +252,8 @@ def _baselines(cfg: GateConfig, metrics: dict[str, Any]) -> list[GateCheck]:
                 ours >= needed,
                 round(ours - theirs, 4),
                 cfg.baseline_margin,
-                f"macro-F1 {ours:.4f} vs {baseline} {theirs:.4f} (+{cfg.baseline_margin} needed)",
+                f"{_metric_name(metric)} {ours:.4f} vs {baseline} {theirs:.4f} "
+                f"(+{cfg.baseline_margin} needed)",
             )
         )
     return checks
@@ -220,7 +276,7 @@ def _champion(
             "ci_high": round(c.ci_high, 4),
         },
         -cfg.champion_tolerance,
-        f"macro-F1 diff vs champion v{c.champion_version} {c.observed_diff:+.4f}, "
+        f"{_metric_name(c.metric)} diff vs champion v{c.champion_version} {c.observed_diff:+.4f}, "
         f"{c.confidence:.0%} CI [{c.ci_low:+.4f}, {c.ci_high:+.4f}], lower bound must be "
         f">= {-cfg.champion_tolerance}",
     )
@@ -229,17 +285,30 @@ def _champion(
 def _per_class(
     cfg: GateConfig, per_class: dict[str, dict[str, float]], labels: list[str]
 ) -> GateCheck:
-    values = {label: float(per_class[label][cfg.per_class_metric]) for label in labels}
-    worst = min(values, key=lambda label: values[label])
+    judged = [
+        label
+        for label in labels
+        if float(per_class.get(label, {}).get("support", 0)) >= cfg.per_class_min_support
+    ]
+    skipped = sorted(set(labels) - set(judged))
+    values = {label: float(per_class[label][cfg.per_class_metric]) for label in judged}
     low = {k: round(v, 4) for k, v in values.items() if v < cfg.per_class_floor}
+    note = (
+        f"; {len(skipped)} with support < {cfg.per_class_min_support} not judged" if skipped else ""
+    )
+    if low:
+        detail = f"below {cfg.per_class_floor}: {low}{note}"
+    elif values:
+        worst = min(values, key=lambda label: values[label])
+        detail = f"lowest {worst} {values[worst]:.4f} vs floor {cfg.per_class_floor}{note}"
+    else:
+        detail = f"no class has support >= {cfg.per_class_min_support}"
     return GateCheck(
         f"per_class_{cfg.per_class_metric}",
         not low,
         {k: round(v, 4) for k, v in values.items()},
         cfg.per_class_floor,
-        f"below {cfg.per_class_floor}: {low}"
-        if low
-        else f"lowest {worst} {values[worst]:.4f} vs floor {cfg.per_class_floor}",
+        detail,
     )
 
 

@@ -53,7 +53,7 @@ def register(
     client = tracker.client
     info = _log_bundle(export_dir, tracker)
     try:
-        client.create_registered_model(model_name, description="tuneops text classifier")
+        client.create_registered_model(model_name, description="tuneops fine-tuned model")
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
@@ -103,15 +103,17 @@ def _log_bundle(export_dir: Path, tracker: MlflowTracker) -> Any:
     from mlflow.models import infer_signature
 
     import tuneops
-    from tuneops.runtime import OnnxClassifier
+    from tuneops.mlflow_model import predictions_frame
+    from tuneops.runtime import load_bundle
 
-    example = pd.DataFrame({"text": ["a great, moving film", "dull and far too long"]})
-    output = pd.DataFrame(
-        [
-            {"label": p.label, "score": p.score} | {f"p_{k}": v for k, v in p.probabilities.items()}
-            for p in OnnxClassifier(export_dir).predict(example["text"].tolist())
-        ]
+    bundle = load_bundle(export_dir)
+    texts = (
+        ["show me flights from boston to denver", "a morning flight to dallas"]
+        if bundle.meta.get("task") == "token-classification"
+        else ["a great, moving film", "dull and far too long"]
     )
+    example = pd.DataFrame({"text": texts})
+    output = predictions_frame(bundle, texts)
     requirements = [
         f"{name}=={package_version(name)}"
         for name in ("onnxruntime", "tokenizers", "numpy", "pandas")
@@ -186,7 +188,7 @@ def champion_version(client: Any, model_name: str) -> str | None:
 
 
 def load_bundle(tracking_uri: str, model_name: str, version: str) -> Any:
-    """The OnnxClassifier inside a registered version (downloaded by MLflow)."""
+    """The runtime bundle (OnnxClassifier or OnnxTokenClassifier) of a registered version."""
     import mlflow
 
     with mlflow_store(tracking_uri):

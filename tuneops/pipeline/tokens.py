@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuneops.errors import DataValidationError
+from tuneops.runtime import iob2_entities as entities  # noqa: F401  (one implementation)
 
 OUTSIDE = "O"
 
@@ -145,25 +146,6 @@ def bio_error(tags: list[str]) -> str | None:
 
 def entity_types(tags: list[str] | tuple[str, ...]) -> list[str]:
     return sorted({t[2:] for t in tags if t != OUTSIDE})
-
-
-def entities(tags: list[str]) -> list[tuple[str, int, int]]:
-    """(type, first word, last word + 1) for every entity of an IOB2 sequence.
-
-    Lenient like seqeval's default mode: an I- tag that does not continue an entity of
-    its type starts a new one.
-    """
-    spans: list[tuple[str, int, int]] = []
-    current: tuple[str, int] | None = None
-    for i, tag in enumerate([*tags, OUTSIDE]):
-        kind = tag[2:] if tag != OUTSIDE else None
-        continues = tag.startswith("I-") and current is not None and current[0] == kind
-        if current is not None and not continues:
-            spans.append((current[0], current[1], i))
-            current = None
-        if kind is not None and not continues:
-            current = (kind, i)
-    return spans
 
 
 def align_labels(

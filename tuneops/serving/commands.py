@@ -63,16 +63,17 @@ def _bundle_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _classifier(args: argparse.Namespace) -> Any:
-    from tuneops.runtime import BundleError, OnnxClassifier
+    from tuneops.runtime import BundleError, load_bundle
 
     try:
-        return OnnxClassifier(args.bundle, threads=args.threads, model=args.model)
+        return load_bundle(args.bundle, threads=args.threads, model=args.model)
     except BundleError as exc:
         raise ConfigError(str(exc)) from exc
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from tuneops.serving.predict import as_record, predict_file, write_records
+    from tuneops.runtime import as_record
+    from tuneops.serving.predict import predict_file, write_records
 
     if bool(args.texts) == bool(args.input):
         raise ConfigError("predict: give either texts or --input FILE, not both and not neither")

@@ -10,7 +10,7 @@ import pandas as pd
 
 from tuneops.errors import ConfigError, DataValidationError
 from tuneops.paths import atomic_write_text
-from tuneops.runtime import OnnxClassifier, Prediction
+from tuneops.runtime import OnnxBundle, as_record
 
 READERS = {".csv": "csv", ".jsonl": "jsonl"}
 
@@ -47,11 +47,11 @@ def read_texts(path: Path, text_column: str) -> pd.DataFrame:
 
 
 def predict_file(
-    classifier: OnnxClassifier, input_path: Path, text_column: str, batch_size: int
+    classifier: OnnxBundle, input_path: Path, text_column: str, batch_size: int
 ) -> list[dict[str, Any]]:
     """Every input row with its label, score and probabilities added."""
     frame = read_texts(input_path, text_column)
-    predictions = classifier.predict(frame[text_column].tolist(), batch_size)
+    predictions: list[Any] = list(classifier.predict(frame[text_column].tolist(), batch_size))
     return [
         row | as_record(p) for row, p in zip(frame.to_dict("records"), predictions, strict=True)
     ]
@@ -64,19 +64,16 @@ def write_records(records: list[dict[str, Any]], output_path: Path) -> None:
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     elif suffix == ".csv":
         flat = [
-            {k: v for k, v in r.items() if k != "probabilities"}
-            | {f"p_{label}": p for label, p in r["probabilities"].items()}
+            {k: v for k, v in r.items() if k not in ("probabilities", "entities")}
+            | {f"p_{label}": p for label, p in r.get("probabilities", {}).items()}
+            | (
+                {"entities": json.dumps(r["entities"], ensure_ascii=False)}
+                if "entities" in r
+                else {}
+            )
             for r in records
         ]
         text = pd.DataFrame(flat).to_csv(index=False)
     else:
         raise ConfigError(f"{output_path}: expected a .csv or .jsonl output file")
     atomic_write_text(output_path, text)
-
-
-def as_record(prediction: Prediction) -> dict[str, Any]:
-    return {
-        "label": prediction.label,
-        "score": round(prediction.score, 6),
-        "probabilities": {k: round(v, 6) for k, v in prediction.probabilities.items()},
-    }

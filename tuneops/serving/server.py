@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tuneops import __version__
-from tuneops.runtime import OnnxClassifier, Prediction
+from tuneops.runtime import OnnxBundle, as_record
 from tuneops.serving.batching import MicroBatcher
 
 log = logging.getLogger("tuneops.serve")
@@ -51,7 +51,7 @@ class _RequestError(Exception):
 
 
 def create_app(
-    classifier: OnnxClassifier, limits: Limits, batch_wait_ms: float = 0.0, max_batch: int = 32
+    classifier: OnnxBundle, limits: Limits, batch_wait_ms: float = 0.0, max_batch: int = 32
 ) -> FastAPI:
     """The app; with `batch_wait_ms` > 0 concurrent requests share onnxruntime calls."""
     batcher = MicroBatcher(classifier.predict, max_batch, batch_wait_ms / 1000.0)
@@ -88,7 +88,7 @@ def create_app(
         predictions = await batcher.predict(texts)
         return {
             "model": metadata["model_file"],
-            "predictions": [_as_json(p) for p in predictions],
+            "predictions": [as_record(p) for p in predictions],
         }
 
     return app
@@ -134,11 +134,7 @@ def _parse(body: bytes, limits: Limits) -> list[str]:
     return texts
 
 
-def _as_json(prediction: Prediction) -> dict[str, Any]:
-    return asdict(prediction)
-
-
-def public_metadata(classifier: OnnxClassifier, limits: Limits) -> dict[str, Any]:
+def public_metadata(classifier: OnnxBundle, limits: Limits) -> dict[str, Any]:
     """What /metadata shows: facts about the model, never a local path."""
     meta = classifier.meta
     base_model = str(meta.get("base_model", ""))

@@ -1,0 +1,81 @@
+"""Named-entity recognition through the same flow: params.ner.yaml on a slice of ATIS, the
+real packaged model cut to 2 layers, a real Prefect flow run, DVC, MLflow and the registry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, make_dvc_project, set_dotted, store_client
+from tuneops.cli import main as cli_main
+from tuneops.flows.training import RunSummary, training_flow
+
+pytestmark = pytest.mark.integration
+
+NER_SLICE = {
+    "data.max_rows": 1500,
+    "model.num_hidden_layers": 2,
+    "train.epochs": 3,
+    "train.learning_rate": 3.0e-4,
+    "train.max_length": 48,
+    "train.batch_size": 16,
+    "evaluate.frozen_baseline_train_rows": 200,
+    "export.parity_examples": 64,
+    "gate.floors": {"test_entity_f1": 0.5},
+    "gate.beat_baselines": False,
+    "gate.per_class_min_support": 20,
+    "gate.per_class_floor": 0.2,
+}
+
+
+@pytest.fixture(scope="module")
+def ner_run(tmp_path_factory: pytest.TempPathFactory, prefect_server: None) -> dict[str, Any]:
+    root = make_dvc_project(tmp_path_factory.mktemp("ner"))
+    params = yaml.safe_load((REPO / "params.ner.yaml").read_text(encoding="utf-8"))
+    for key, value in NER_SLICE.items():
+        set_dotted(params, key, value)
+    (root / "params.ner.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    state = training_flow(root=str(root), params_file="params.ner.yaml", return_state=True)
+    return {"root": root, "state": state, "params": params}
+
+
+def test_the_ner_flow_registers_a_gated_version_with_entity_metrics(
+    ner_run: dict[str, Any],
+) -> None:
+    state, root = ner_run["state"], ner_run["root"]
+    assert state.is_completed(), state.message
+    summary: RunSummary = state.result()
+    metrics = json.loads((root / "reports/metrics.json").read_text())
+    assert metrics["test_entity_f1"] >= 0.5
+    assert set(metrics) >= {"most_frequent_tag", "before_finetuning", "test_entity_macro_f1"}
+    per_type = json.loads((root / "reports/classification_report.json").read_text())
+    assert {"micro avg", "macro avg"} <= set(per_type)
+    assert per_type["micro avg"]["f1-score"] == pytest.approx(metrics["test_entity_f1"], abs=1e-6)
+    version = store_client(f"sqlite:///{root / 'mlflow.db'}").get_model_version_by_alias(
+        "tuneops-atis-slots", "champion"
+    )
+    assert str(version.version) == summary.model_version == "1"
+    assert version.tags["task"] == "token-classification"
+    assert version.tags["gate.verdict"] == "passed"
+    gate = json.loads((root / "reports/gate.json").read_text())
+    assert "floor:test_entity_f1" in {c["name"] for c in gate["checks"]}
+
+
+def test_the_bundle_predicts_spans_with_offsets(
+    ner_run: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root: Path = ner_run["root"]
+    bundle = root / "models/export"
+    meta = json.loads((bundle / "bundle.json").read_text())
+    assert meta["task"] == "token-classification"
+    text = "show me flights from boston to denver on monday"
+    assert cli_main(["predict", "--bundle", str(bundle), "--model", "fp32", text]) == 0
+    record = json.loads(capsys.readouterr().out)
+    spans = {(e["type"], e["text"]) for e in record["entities"]}
+    assert all(text[e["start"] : e["end"]] == e["text"] for e in record["entities"])
+    assert ("fromloc.city_name", "boston") in spans
+    assert ("toloc.city_name", "denver") in spans
