@@ -216,3 +216,19 @@ def test_paired_bootstrap_matches_sklearn_on_every_resample() -> None:
         - f1_score(y_true, champion, average="macro", zero_division=0)
     )
     assert (low, high) == pytest.approx(tuple(np.percentile(expected, [5, 95])), abs=1e-12)
+
+
+def test_entity_bootstrap_observed_diff_is_seqevals_micro_f1_difference() -> None:
+    from seqeval.metrics import f1_score as entity_f1
+
+    from tuneops.pipeline.gate import entity_counts, paired_bootstrap_entities
+
+    gold = [["B-LOC", "I-LOC", "O"], ["B-PER", "O"], ["O", "B-LOC"], ["B-PER", "I-PER"]] * 5
+    better = [["B-LOC", "I-LOC", "O"], ["B-PER", "O"], ["O", "B-LOC"], ["B-PER", "O"]] * 5
+    worse = [["B-LOC", "O", "O"], ["O", "O"], ["O", "B-LOC"], ["B-PER", "O"]] * 5
+    a, b = entity_counts(gold, better), entity_counts(gold, worse)
+    observed, low, high = paired_bootstrap_entities(a, b, 500, 0.95, 0)
+    assert observed == pytest.approx(entity_f1(gold, better) - entity_f1(gold, worse))
+    assert 0 < low <= observed <= high
+    same = paired_bootstrap_entities(a, a, 200, 0.95, 0)
+    assert same == (0.0, 0.0, 0.0)
