@@ -17,7 +17,7 @@ from tuneops.flows.training import RunSummary, training_flow
 pytestmark = pytest.mark.integration
 
 NER_SLICE = {
-    "data.max_rows": 1500,
+    "data.max_rows": 1200,
     "model.num_hidden_layers": 2,
     "train.epochs": 3,
     "train.learning_rate": 3.0e-4,
@@ -39,7 +39,8 @@ def ner_run(tmp_path_factory: pytest.TempPathFactory, prefect_server: None) -> d
     for key, value in NER_SLICE.items():
         set_dotted(params, key, value)
     (root / "params.ner.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    state = training_flow(root=str(root), params_file="params.ner.yaml", return_state=True)
+    params_file = str(root / "params.ner.yaml")
+    state = training_flow(root=str(root), params_file=params_file, return_state=True)
     return {"root": root, "state": state, "params": params}
 
 
