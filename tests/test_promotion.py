@@ -44,6 +44,10 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
         str(port),
         "--workers",
         "2",
+        # uvicorn kills a worker that misses a 5 s health ping; on a loaded 2-core CI
+        # machine that took both workers down mid-test.
+        "--uvicorn-opts",
+        "--timeout-worker-healthcheck 60",
     ]
     uri = f"http://127.0.0.1:{port}"
     log = tmp_path / "mlflow-server.log"
