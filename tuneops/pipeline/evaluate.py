@@ -51,6 +51,21 @@ class EvaluationResult:
     confusion_matrix_path: Path
     predictions_path: Path
 
+    @classmethod
+    def in_reports(
+        cls, metrics: dict[str, Any], per_class: dict[str, Any], reports_dir: Path
+    ) -> EvaluationResult:
+        """A result whose files go to the standard names in `reports_dir` (as dvc.yaml says)."""
+        reports_dir.mkdir(parents=True, exist_ok=True)
+        return cls(
+            metrics=metrics,
+            per_class=per_class,
+            metrics_path=reports_dir / "metrics.json",
+            report_path=reports_dir / "classification_report.json",
+            confusion_matrix_path=reports_dir / "confusion_matrix.png",
+            predictions_path=reports_dir / "test_predictions.parquet",
+        )
+
     def flat_metrics(self) -> dict[str, float]:
         """MLflow names: test_macro_f1, tfidf.test_macro_f1, ... (as `dvc metrics show`)."""
         flat = {k: v for k, v in self.metrics.items() if not isinstance(v, dict)}
@@ -109,15 +124,7 @@ def evaluate(
         output_dict=True,
         zero_division=0,
     )
-    reports_dir.mkdir(parents=True, exist_ok=True)
-    result = EvaluationResult(
-        metrics=metrics,
-        per_class=per_class,
-        metrics_path=reports_dir / "metrics.json",
-        report_path=reports_dir / "classification_report.json",
-        confusion_matrix_path=reports_dir / "confusion_matrix.png",
-        predictions_path=reports_dir / "test_predictions.parquet",
-    )
+    result = EvaluationResult.in_reports(metrics, per_class, reports_dir)
     atomic_write_text(result.report_path, json.dumps(per_class, indent=2) + "\n")
     _plot_confusion(y_test, predicted, labels, result.confusion_matrix_path)
     _write_predictions(test, logits, labels, result.predictions_path)

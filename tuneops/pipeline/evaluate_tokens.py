@@ -127,15 +127,7 @@ def evaluate_tokens(
     flat_predicted = [t for row in predicted for t in row]
     per_tag = tag_report(flat_gold, flat_predicted, output_dict=True, zero_division=0)
 
-    reports_dir.mkdir(parents=True, exist_ok=True)
-    result = EvaluationResult(
-        metrics=metrics,
-        per_class=per_type,
-        metrics_path=reports_dir / "metrics.json",
-        report_path=reports_dir / "classification_report.json",
-        confusion_matrix_path=reports_dir / "confusion_matrix.png",
-        predictions_path=reports_dir / "test_predictions.parquet",
-    )
+    result = EvaluationResult.in_reports(metrics, per_type, reports_dir)
     atomic_write_text(result.report_path, json.dumps(per_type, indent=2) + "\n")
     atomic_write_text(reports_dir / "token_report.json", json.dumps(per_tag, indent=2) + "\n")
     _plot_type_confusion(flat_gold, flat_predicted, result.confusion_matrix_path)

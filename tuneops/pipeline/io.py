@@ -45,16 +45,16 @@ def read_table(path: Path) -> pd.DataFrame:
     return frame
 
 
-def raw_files(dataset_dir: Path) -> list[Path]:
+def raw_files(dataset_dir: Path, suffixes: tuple[str, ...] = SUPPORTED_SUFFIXES) -> list[Path]:
     """The dataset's batch files in name order (batches are appended, never rewritten)."""
     if not dataset_dir.is_dir():
         raise DataValidationError(
             f"{dataset_dir}: raw dataset folder not found (run `tuneops fetch-data`)"
         )
-    files = sorted(p for p in dataset_dir.iterdir() if p.suffix.lower() in SUPPORTED_SUFFIXES)
+    files = sorted(p for p in dataset_dir.iterdir() if p.suffix.lower() in suffixes)
     if not files:
         raise DataValidationError(
-            f"{dataset_dir}: no data files; expected {', '.join(SUPPORTED_SUFFIXES)} files"
+            f"{dataset_dir}: no data files; expected {', '.join(suffixes)} files"
         )
     return files
 

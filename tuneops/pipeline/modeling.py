@@ -57,8 +57,10 @@ def load_classifier(
     labels: tuple[str, ...] | None = None,
     num_hidden_layers: int | None = None,
     attn_implementation: str | None = None,
+    auto_class: Any = AutoModelForSequenceClassification,
 ) -> PreTrainedModel:
-    """A sequence classifier from safetensors only (never pickles, never remote code).
+    """A classifier (sequence, or token with AutoModelForTokenClassification) from
+    safetensors only: never pickles, never remote code.
 
     With `labels` a new head of that size is attached (the base model case); without,
     the head and label map stored in the folder are used (a fine-tuned model).
@@ -77,7 +79,7 @@ def load_classifier(
     if num_hidden_layers is not None:
         kwargs["num_hidden_layers"] = num_hidden_layers
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
+        model = auto_class.from_pretrained(str(path), **kwargs)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot load a model from {path}: {exc}") from exc
     return model

@@ -15,7 +15,7 @@ import numpy as np
 from seqeval.metrics import f1_score, precision_score, recall_score
 from transformers import AutoModelForTokenClassification, PreTrainedModel
 
-from tuneops.errors import ConfigError
+from tuneops.pipeline.modeling import load_classifier
 from tuneops.pipeline.tokens import align_labels
 
 
@@ -25,22 +25,10 @@ def load_token_classifier(
     num_hidden_layers: int | None = None,
     attn_implementation: str | None = None,
 ) -> PreTrainedModel:
-    """A token classifier from safetensors only (never pickles, never remote code)."""
-    kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": False}
-    if labels is not None:
-        kwargs |= {
-            "num_labels": len(labels),
-            "id2label": dict(enumerate(labels)),
-            "label2id": {label: i for i, label in enumerate(labels)},
-        }
-    if num_hidden_layers is not None:
-        kwargs["num_hidden_layers"] = num_hidden_layers
-    if attn_implementation is not None:
-        kwargs["attn_implementation"] = attn_implementation
-    try:
-        return AutoModelForTokenClassification.from_pretrained(str(path), **kwargs)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot load a model from {path}: {exc}") from exc
+    """A token classifier, loaded like the sequence classifier (safetensors only)."""
+    return load_classifier(
+        path, labels, num_hidden_layers, attn_implementation, AutoModelForTokenClassification
+    )
 
 
 def tokenise_words(

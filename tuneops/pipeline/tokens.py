@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuneops.errors import DataValidationError
+from tuneops.pipeline.io import raw_files
 from tuneops.runtime import iob2_entities as entities  # noqa: F401  (one implementation)
 
 OUTSIDE = "O"
@@ -102,15 +103,7 @@ def read_raw_sentences(
     dataset_dir: Path, tokens_key: str, tags_key: str, max_rows: int | None = None
 ) -> list[Sentence]:
     """Every batch of a token dataset (JSONL or CoNLL files), in file order."""
-    if not dataset_dir.is_dir():
-        raise DataValidationError(
-            f"{dataset_dir}: raw dataset folder not found (run `tuneops fetch-data`)"
-        )
-    files = sorted(p for p in dataset_dir.iterdir() if p.suffix.lower() in TOKEN_SUFFIXES)
-    if not files:
-        raise DataValidationError(
-            f"{dataset_dir}: no data files; expected {', '.join(TOKEN_SUFFIXES)} files"
-        )
+    files = raw_files(dataset_dir, TOKEN_SUFFIXES)
     sentences = [s for path in files for s in read_sentences(path, tokens_key, tags_key)]
     if max_rows:  # a hash-chosen slice, as for text datasets
         import hashlib

@@ -15,7 +15,7 @@ import great_expectations as gx
 import pandas as pd
 
 from tuneops.config import DataConfig, ValidateConfig
-from tuneops.pipeline.io import read_label_file
+from tuneops.pipeline.io import raw_files, read_label_file
 from tuneops.pipeline.tokens import OUTSIDE, TOKEN_SUFFIXES, bio_error, read_raw_sentences
 from tuneops.pipeline.validate import ValidationResult, run_suite, write_reports
 
@@ -46,7 +46,7 @@ def validate_tokens(
         frame, _suite(cfg), COLUMNS, reports_dir / "data_docs", "token_classification_raw"
     )
     counts = Counter(t for s in sentences for t in s.tags)
-    files = sorted(p for p in dataset_dir.iterdir() if p.suffix.lower() in TOKEN_SUFFIXES)
+    files = raw_files(dataset_dir, TOKEN_SUFFIXES)
     result = ValidationResult(
         success=all(c.success for c in checks),
         rows=len(frame),
