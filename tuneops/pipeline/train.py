@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,6 @@ from sklearn.metrics import accuracy_score, f1_score
 from transformers import (
     DataCollatorWithPadding,
     EarlyStoppingCallback,
-    Trainer,
     TrainerCallback,
     TrainingArguments,
     set_seed,
@@ -28,12 +28,15 @@ from transformers import (
 
 from tuneops.config import ModelConfig, TrainConfig
 from tuneops.paths import atomic_dir
+from tuneops.pipeline.memory import peak_memory
 from tuneops.pipeline.modeling import (
     load_classifier,
     load_tokenizer,
     pick_device,
     resolve_model_path,
 )
+from tuneops.pipeline.schedules import ScheduledTrainer, trainer_scheduler_type
+from tuneops.pipeline.strategies import apply_strategy, count_parameters, merged, save_adapter
 from tuneops.tracking import NullTracker, Tracker
 
 
@@ -51,6 +54,9 @@ class TrainResult:
     trainable_params: int
     total_params: int
     best_validation: dict[str, float]
+    strategy: str = "full"
+    peak_memory_mb: float = 0.0
+    adapter_dir: Path | None = None
 
 
 def read_manifest(prepared_dir: Path) -> dict[str, Any]:
@@ -66,20 +72,26 @@ def train(
     cache_dir: Path,
     tracker: Tracker | None = None,
     extra_summary: dict[str, Any] | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
 ) -> TrainResult:
-    """Fine-tune on train, select on validation (early stopping, best checkpoint kept)."""
+    """Fine-tune on train, select on validation (early stopping, best checkpoint kept).
+
+    `cfg.strategy` picks the parameters that train (see strategies.py); a LoRA adapter is
+    saved to candidate_dir/adapter/ and merged into the weights saved beside it.
+    """
     tracker = tracker or NullTracker()
     set_seed(cfg.seed)
     labels = tuple(read_manifest(prepared_dir)["labels"])
     base_path = resolve_model_path(model_cfg.name_or_path)
     tokenizer = load_tokenizer(base_path)
-    model = load_classifier(base_path, labels, model_cfg.num_hidden_layers)
+    model = apply_strategy(load_classifier(base_path, labels, model_cfg.num_hidden_layers), cfg)
+    counts = count_parameters(model)
     splits = _tokenised_splits(prepared_dir, cache_dir, tokenizer, cfg.max_length)
     device = pick_device()
     precision = _precision(device)
 
     shutil.rmtree(checkpoints_dir, ignore_errors=True)
-    trainer = Trainer(
+    trainer = ScheduledTrainer(
         model=model,
         args=_training_arguments(cfg, checkpoints_dir, precision, device),
         train_dataset=splits["train"],
@@ -87,10 +99,16 @@ def train(
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=_validation_metrics,
-        callbacks=[EarlyStoppingCallback(cfg.early_stopping_patience), _TrackerCallback(tracker)],
+        callbacks=[
+            EarlyStoppingCallback(cfg.early_stopping_patience),
+            _TrackerCallback(tracker),
+            *callbacks,
+        ],
+        train_cfg=cfg,
     )
     started = time.perf_counter()
-    output = trainer.train()
+    with peak_memory(device) as memory:
+        output = trainer.train()
     runtime = time.perf_counter() - started
     epochs_run = float(trainer.state.epoch or 0.0)
     train_tokens = int(sum(splits["train"]["length"]) * epochs_run)
@@ -105,11 +123,17 @@ def train(
         train_runtime_s=round(runtime, 2),
         train_tokens=train_tokens,
         tokens_per_s=round(train_tokens / runtime, 1) if runtime > 0 else 0.0,
-        trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
-        total_params=sum(p.numel() for p in model.parameters()),
+        trainable_params=counts.trainable,
+        total_params=counts.total,
         best_validation=best,
+        strategy=cfg.strategy,
+        peak_memory_mb=round(memory.peak_mb, 1),
+        adapter_dir=candidate_dir / "adapter" if cfg.strategy == "lora" else None,
     )
     with atomic_dir(candidate_dir) as tmp:
+        if cfg.strategy == "lora":
+            save_adapter(model, tmp / "adapter")
+        model = merged(model)
         # Not trainer.save_model: it also writes training_args.bin, a pickle, and the
         # candidate folder must hold nothing that is unpickled on load.
         model.save_pretrained(str(tmp), safe_serialization=True)  # best checkpoint, loaded in place
@@ -156,7 +180,7 @@ def _training_arguments(
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of the total steps
         weight_decay=cfg.weight_decay,
-        lr_scheduler_type=cfg.lr_scheduler,
+        lr_scheduler_type=trainer_scheduler_type(cfg),
         eval_strategy="epoch",
         save_strategy="epoch",
         save_total_limit=2,
