@@ -27,6 +27,7 @@ def tuned(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dic
     """Two trials in one call, then one more through the CLI (the study resumes)."""
     root = tmp_path_factory.mktemp("tune")
     overrides = tiny_overrides(tiny_model_dir) | {
+        "data.max_rows": 200,
         "train.epochs": 2,
         "tune.space": SPACE,
         "tune.study_name": "tiny",

@@ -43,7 +43,7 @@ def test_lora_run_is_gated_registered_and_champion(lora_flow: dict[str, Any]) ->
     summary: RunSummary = state.result()
     assert summary.model_version == "1"
     assert summary.aliases == ["challenger", "champion"]
-    assert summary.gate.startswith("passed")
+    assert summary.gate.startswith("gate passed")
     client = store_client(f"sqlite:///{lora_flow['root'] / 'mlflow.db'}")
     version = client.get_model_version(MODEL, "1")
     assert version.tags["strategy"] == "lora"
