@@ -45,7 +45,7 @@ def test_the_study_is_stored_in_sqlite_and_resumed(tuned: dict[str, Any]) -> Non
     assert (root / "optuna.db").exists()
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{root / 'optuna.db'}")
     assert len(study.trials) == 3
-    assert tuned["first"].trials_in_study == 2
+    assert tuned["first"].trials_in_study == tuned["first"].trials_run == 2
     assert {t.state for t in study.trials} <= {
         optuna.trial.TrialState.COMPLETE,
         optuna.trial.TrialState.PRUNED,

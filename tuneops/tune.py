@@ -157,9 +157,10 @@ def tune(ctx: Context, trials: int) -> TuneResult:
             load_if_exists=True,
         )
         parent = _parent_run(ctx, study, storage)
-    before = len(study.trials)
+    started: list[int] = []  # this process's trials (other workers may add theirs)
 
     def objective(trial: optuna.Trial) -> float:
+        started.append(trial.number)
         values = {name: suggest(trial, name, dim) for name, dim in cfg.space.items()}
         return _run_trial(ctx, with_values(ctx.params, values), values, trial, parent, metric)
 
@@ -168,7 +169,7 @@ def tune(ctx: Context, trials: int) -> TuneResult:
     except BaseException:
         parent.end("FAILED")
         raise
-    return _finish(ctx, study, parent, storage, metric, len(study.trials) - before)
+    return _finish(ctx, study, parent, storage, metric, len(started))
 
 
 def _ensure_prepared(ctx: Context) -> None:
