@@ -117,7 +117,7 @@ def table(rows: dict[str, dict[str, Any]]) -> str:
     ]
     for name, r in rows.items():
         lines.append(
-            f"| {name} | {r['test_macro_f1']:.4f} | {r['trainable_pct']:.2f} | "
+            f"| {name} | {r['test_macro_f1']:.4f} | {r['trainable_pct']:.3g} | "
             f"{r['peak_memory_mb']:.0f} | {r['tokens_per_s']:.0f} | {r['wall_s']:.1f} | "
             f"{r['onnx_mb']:.1f} |"
         )
