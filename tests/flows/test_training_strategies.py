@@ -62,7 +62,7 @@ def test_candidate_and_onnx_are_a_plain_model_with_the_adapter_merged(
     texts = pd.read_parquet(root / "data/prepared/test.parquet")["text"].tolist()
     reference = predict_logits(load_classifier(candidate), load_tokenizer(candidate), texts, 32, 16)
     np.testing.assert_allclose(
-        OnnxClassifier(root / "models/export").logits(texts), reference, atol=1e-4
+        OnnxClassifier(root / "models/export", model="fp32").logits(texts), reference, atol=1e-4
     )
 
 
