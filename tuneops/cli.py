@@ -116,6 +116,14 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("b", nargs="?", default="challenger", help="version or alias")
     compare.set_defaults(handler=_compare)
 
+    tune = sub.add_parser(
+        "tune",
+        parents=[common],
+        help="Optuna search over tune.space (validation split only); resumable, parallel-safe",
+    )
+    tune.add_argument("--trials", type=int, required=True, help="trials to run in this process")
+    tune.set_defaults(handler=_tune)
+
     add_commands(sub, common)
     return parser
 
@@ -307,6 +315,17 @@ def _compare(args: argparse.Namespace) -> int:
 
     ctx = steps.load_context(args.root, args.params, overrides(args.overrides))
     print(compare(ctx.tracking_uri, ctx.params.registry.model_name, args.a, args.b))
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from tuneops import steps
+    from tuneops.tune import tune
+
+    if args.trials < 1:
+        raise ConfigError(f"--trials {args.trials}: expected at least 1")
+    ctx = steps.load_context(args.root, args.params, overrides(args.overrides))
+    print(tune(ctx, args.trials).text())
     return 0
 
 

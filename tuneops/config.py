@@ -65,6 +65,23 @@ class ModelConfig(_Section):
     num_hidden_layers: int | None = Field(None, ge=1)
 
 
+class FreezeConfig(_Section):
+    """train.strategy=freeze: which parts of the encoder still train (the head always does)."""
+
+    # Top encoder layers that train (the pooler trains with them); 0 = the head only.
+    trainable_layers: int = Field(0, ge=0)
+    train_embeddings: bool = False
+
+
+class LoraConfig(_Section):
+    """train.strategy=lora: low-rank adapters (peft) on these linear layers; head trains."""
+
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    target_modules: tuple[str, ...] = Field(("query", "value"), min_length=1)
+
+
 class TrainConfig(_Section):
     seed: int = 42
     epochs: float = Field(1.0, gt=0)
@@ -75,7 +92,17 @@ class TrainConfig(_Section):
     gradient_accumulation_steps: int = Field(1, ge=1)
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
     weight_decay: float = Field(0.01, ge=0)
-    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "exponential"] = (
+        "linear"
+    )
+    # exponential: lr_t = lr_0 * lr_decay_rate ** (t / lr_decay_steps), after warmup.
+    lr_decay_rate: float = Field(0.5, gt=0, le=1)
+    lr_decay_steps: int = Field(100, ge=1)
+    # Layer-wise LR decay: lr * this ** (depth from the top); 1.0 = off.
+    layerwise_lr_decay: float = Field(1.0, gt=0, le=1)
+    strategy: Literal["full", "freeze", "lora", "bitfit"] = "full"
+    freeze: FreezeConfig = FreezeConfig()
+    lora: LoraConfig = LoraConfig()
     max_length: int = Field(64, ge=8, le=4096)
     logging_steps: int = Field(20, ge=1)
     # Token classification selects on "entity_f1" (seqeval, entity-level micro-F1).
@@ -157,6 +184,48 @@ class TrackingConfig(_Section):
     experiment: str | None = None
 
 
+class SearchDimension(_Section):
+    """One dimension of the `tune.space`: a float or int range, or a list of choices."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple[bool | int | float | str, ...] | None = None
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> SearchDimension:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical dimension needs `choices`")
+        elif self.low is None or self.high is None or self.low >= self.high:
+            raise ValueError(f"a {self.type} dimension needs `low` < `high`")
+        elif self.log and self.low <= 0:
+            raise ValueError("a log-scaled dimension needs `low` > 0")
+        return self
+
+
+class TuneConfig(_Section):
+    """`tuneops tune`: Optuna study (TPE, median pruning) over dotted params.yaml keys."""
+
+    study_name: str = "tuneops"
+    # Optuna RDB storage; several `tuneops tune` processes may share one study in it.
+    storage: str = "sqlite:///optuna.db"
+    sampler_seed: int = 0
+    # MedianPruner: no pruning before this many trials finished / epochs reported.
+    pruner_startup_trials: int = Field(2, ge=0)
+    pruner_warmup_epochs: int = Field(1, ge=0)
+    best_params_file: str = "params.best.yaml"
+    # Dotted params.yaml key -> dimension (e.g. train.learning_rate).
+    space: dict[str, SearchDimension] = Field(
+        default_factory=lambda: {
+            "train.learning_rate": SearchDimension(type="float", low=2e-5, high=5e-4, log=True),
+            "train.warmup_ratio": SearchDimension(type="float", low=0.0, high=0.2),
+            "train.batch_size": SearchDimension(type="categorical", choices=(16, 32)),
+        }
+    )
+
+
 class Params(_Section):
     """The whole of params.yaml."""
 
@@ -171,6 +240,7 @@ class Params(_Section):
     registry: RegistryConfig = RegistryConfig()
     gate: GateConfig = GateConfig()
     tracking: TrackingConfig = TrackingConfig()
+    tune: TuneConfig = TuneConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -130,7 +130,7 @@ def lineage_tags(ctx: Context) -> dict[str, str]:
         "params.hash": ctx.params.params_hash(),
         "task": ctx.params.task,
         "base_model": ctx.params.model.name_or_path,
-        "strategy": "full",
+        "strategy": ctx.params.train.strategy,
     }
 
 
@@ -168,9 +168,13 @@ def step_train(ctx: Context) -> tuple[TrainResult, str]:
                 "train_tokens_per_s": result.tokens_per_s,
                 "trainable_params": result.trainable_params,
                 "total_params": result.total_params,
+                "trainable_fraction": result.trainable_params / max(result.total_params, 1),
+                "peak_memory_mb": result.peak_memory_mb,
             }
             | {f"best_validation_{k}": v for k, v in result.best_validation.items()}
         )
+        if result.adapter_dir is not None:  # the LoRA adapter alone, before the merge
+            tracker.log_artifact(result.adapter_dir, "adapter")
     return result, tracker.run_id
 
 

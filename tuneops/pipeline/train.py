@@ -10,7 +10,7 @@ import json
 import shutil
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,6 @@ from transformers import (
     DataCollatorForTokenClassification,
     DataCollatorWithPadding,
     EarlyStoppingCallback,
-    Trainer,
     TrainerCallback,
     TrainingArguments,
     set_seed,
@@ -31,12 +30,15 @@ from transformers import (
 
 from tuneops.config import ModelConfig, TrainConfig
 from tuneops.paths import atomic_dir
+from tuneops.pipeline.memory import peak_memory
 from tuneops.pipeline.modeling import (
     load_classifier,
     load_tokenizer,
     pick_device,
     resolve_model_path,
 )
+from tuneops.pipeline.schedules import ScheduledTrainer, trainer_scheduler_type
+from tuneops.pipeline.strategies import apply_strategy, count_parameters, merged, save_adapter
 from tuneops.pipeline.token_training import (
     load_token_classifier,
     tokenise_words,
@@ -61,6 +63,9 @@ class TrainResult:
     trainable_params: int
     total_params: int
     best_validation: dict[str, float]
+    strategy: str = "full"
+    peak_memory_mb: float = 0.0
+    adapter_dir: Path | None = None
 
 
 def read_manifest(prepared_dir: Path) -> dict[str, Any]:
@@ -77,8 +82,13 @@ def train(
     tracker: Tracker | None = None,
     extra_summary: dict[str, Any] | None = None,
     task: str = "text-classification",
+    callbacks: Sequence[TrainerCallback] = (),
 ) -> TrainResult:
-    """Fine-tune on train, select on validation (early stopping, best checkpoint kept)."""
+    """Fine-tune on train, select on validation (early stopping, best checkpoint kept).
+
+    `cfg.strategy` picks the parameters that train (see strategies.py); a LoRA adapter is
+    saved to candidate_dir/adapter/ and merged into the weights saved beside it.
+    """
     tracker = tracker or NullTracker()
     set_seed(cfg.seed)
     labels = tuple(read_manifest(prepared_dir)["labels"])
@@ -105,22 +115,30 @@ def train(
                 stacklevel=2,
             )
         splits = splits.remove_columns("truncated")
+    trained_model = apply_strategy(model, cfg)
+    counts = count_parameters(trained_model)
     device = pick_device()
     precision = _precision(device)
 
     shutil.rmtree(checkpoints_dir, ignore_errors=True)
-    trainer = Trainer(
-        model=model,
+    trainer = ScheduledTrainer(
+        model=trained_model,
         args=_training_arguments(cfg, checkpoints_dir, precision, device),
         train_dataset=splits["train"],
         eval_dataset=splits["validation"],
         processing_class=tokenizer,
         data_collator=collator,
         compute_metrics=compute_metrics,
-        callbacks=[EarlyStoppingCallback(cfg.early_stopping_patience), _TrackerCallback(tracker)],
+        callbacks=[
+            EarlyStoppingCallback(cfg.early_stopping_patience),
+            _TrackerCallback(tracker),
+            *callbacks,
+        ],
+        train_cfg=cfg,
     )
     started = time.perf_counter()
-    output = trainer.train()
+    with peak_memory(device) as memory:
+        output = trainer.train()
     runtime = time.perf_counter() - started
     epochs_run = float(trainer.state.epoch or 0.0)
     train_tokens = int(sum(splits["train"]["length"]) * epochs_run)
@@ -135,14 +153,20 @@ def train(
         train_runtime_s=round(runtime, 2),
         train_tokens=train_tokens,
         tokens_per_s=round(train_tokens / runtime, 1) if runtime > 0 else 0.0,
-        trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
-        total_params=sum(p.numel() for p in model.parameters()),
+        trainable_params=counts.trainable,
+        total_params=counts.total,
         best_validation=best,
+        strategy=cfg.strategy,
+        peak_memory_mb=round(memory.peak_mb, 1),
+        adapter_dir=candidate_dir / "adapter" if cfg.strategy == "lora" else None,
     )
     with atomic_dir(candidate_dir) as tmp:
+        if cfg.strategy == "lora":
+            save_adapter(trained_model, tmp / "adapter")
         # Not trainer.save_model: it also writes training_args.bin, a pickle, and the
         # candidate folder must hold nothing that is unpickled on load.
-        model.save_pretrained(str(tmp), safe_serialization=True)  # best checkpoint, loaded in place
+        # The best checkpoint, loaded in place (a LoRA adapter merged into the base).
+        merged(trained_model).save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         (tmp / "labels.json").write_text(json.dumps(list(labels)) + "\n", encoding="utf-8")
         summary = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(result).items()}
@@ -186,7 +210,7 @@ def _training_arguments(
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of the total steps
         weight_decay=cfg.weight_decay,
-        lr_scheduler_type=cfg.lr_scheduler,
+        lr_scheduler_type=trainer_scheduler_type(cfg),
         eval_strategy="epoch",
         save_strategy="epoch",
         save_total_limit=2,

@@ -1,0 +1,112 @@
+"""Learning-rate schedules and layer-wise LR decay beyond the Trainer's built-ins.
+
+`linear`, `cosine`, `constant` and `constant_with_warmup` are the Trainer's own. Added here:
+- `exponential`: lr_t = lr_0 * decay_rate ** (t / decay_steps), times a linear warmup
+  factor min(1, t / warmup_steps) during warmup;
+- layer-wise LR decay: each trainable parameter's lr is lr_0 * decay ** depth, where depth
+  counts from the top (head and pooler 0, last encoder layer 1, …, embeddings L + 1).
+Both hook into the Trainer through `ScheduledTrainer`'s create_optimizer/create_scheduler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+from transformers import Trainer
+
+from tuneops.config import TrainConfig
+from tuneops.pipeline.strategies import encoder_depth
+
+
+def trainer_scheduler_type(cfg: TrainConfig) -> str:
+    """The `lr_scheduler_type` handed to TrainingArguments (ours replace a placeholder)."""
+    return "constant" if cfg.lr_scheduler == "exponential" else cfg.lr_scheduler
+
+
+def exponential_factor(
+    decay_rate: float, decay_steps: int, warmup_steps: int = 0
+) -> Callable[[int], float]:
+    """The LambdaLR multiplier: min(1, t / warmup_steps) * decay_rate ** (t / decay_steps)."""
+
+    def factor(step: int) -> float:
+        warmup = min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0
+        return float(warmup * decay_rate ** (step / decay_steps))
+
+    return factor
+
+
+def layerwise_param_groups(
+    model: nn.Module,
+    learning_rate: float,
+    layer_decay: float,
+    weight_decay: float,
+    decay_names: set[str],
+) -> list[dict[str, Any]]:
+    """Optimizer param groups with lr = learning_rate * layer_decay ** depth.
+
+    Only trainable parameters are grouped; weight decay applies to `decay_names` only (the
+    Trainer's choice: not biases or LayerNorm weights).
+    """
+    num_layers = int(getattr(model, "config").num_hidden_layers)  # noqa: B009
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        depth = encoder_depth(name, num_layers) or 0
+        decays = name in decay_names
+        group = groups.setdefault(
+            (depth, decays),
+            {
+                "params": [],
+                "lr": learning_rate * layer_decay**depth,
+                "weight_decay": weight_decay if decays else 0.0,
+                "depth": depth,
+            },
+        )
+        group["params"].append(param)
+    return [groups[key] for key in sorted(groups)]
+
+
+class ScheduledTrainer(Trainer):
+    """The Trainer with the exponential schedule and layer-wise LR decay of `train_cfg`."""
+
+    def __init__(self, *args: Any, train_cfg: TrainConfig, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.train_cfg = train_cfg
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        if self.train_cfg.layerwise_lr_decay == 1.0 or self.optimizer is not None:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        assert opt_model is not None  # the Trainer was built with a model
+        groups = layerwise_param_groups(
+            opt_model,
+            self.args.learning_rate,
+            self.train_cfg.layerwise_lr_decay,
+            self.args.weight_decay,
+            set(self.get_decay_parameter_names(opt_model)),
+        )
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args)
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
+    def create_scheduler(
+        self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None
+    ) -> torch.optim.lr_scheduler.LRScheduler:
+        cfg = self.train_cfg
+        if cfg.lr_scheduler != "exponential" or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        factor = exponential_factor(
+            cfg.lr_decay_rate,
+            cfg.lr_decay_steps,
+            self.args.get_warmup_steps(num_training_steps),
+        )
+        target = optimizer or self.optimizer
+        assert target is not None  # create_optimizer ran first
+        self.lr_scheduler = LambdaLR(target, factor)
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
