@@ -55,11 +55,22 @@ def write_params(root: Path, overrides: dict[str, Any]) -> Path:
     return path
 
 
+ENDPOINT_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "PREFECT_API_URL")
+
+
 @pytest.fixture(autouse=True)
-def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test may reach a user's tracking server or Prefect API."""
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "PREFECT_API_URL"):
-        monkeypatch.delenv(name, raising=False)
+def _isolated_environment() -> Iterator[None]:
+    """No test may reach a user's tracking server or Prefect API, or leave one behind.
+
+    Cleared before and after every test, never restored: `mlflow.set_tracking_uri`
+    exports MLFLOW_TRACKING_URI, and a restored leak would point the next module-scoped
+    fixture (set up before this function-scoped one) at another test's store.
+    """
+    for name in ENDPOINT_VARIABLES:
+        os.environ.pop(name, None)
+    yield
+    for name in ENDPOINT_VARIABLES:
+        os.environ.pop(name, None)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from tests.conftest import store_client
 from tuneops.errors import ConfigError, ExternalToolError
 from tuneops.pipeline.export import ExportResult
 from tuneops.pipeline.registry import register, registry_lock, rollback
-from tuneops.tracking import MlflowTracker
+from tuneops.tracking import MlflowTracker, mlflow_store
 
 NAME = "tiny-sentiment"
 TAGS = {"data.version": "abc123", "git.commit": "deadbeef", "params.hash": "0123"}
@@ -86,8 +86,8 @@ def test_champion_loads_as_pyfunc_and_predicts_on_a_text_column(
     register(
         NAME, exported.export_dir, TAGS, True, new_run(tracking_uri, tmp_path), tmp_path / "r.json"
     )
-    mlflow.set_tracking_uri(tracking_uri)
-    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    with mlflow_store(tracking_uri):  # scoped: MLflow's global URI is restored after
+        model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
     out = model.predict(pd.DataFrame({"text": ["lovely", "awful", "fine"]}))
     assert list(out.columns) == ["label", "score", "p_negative", "p_positive"]
     assert len(out) == 3
