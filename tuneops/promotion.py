@@ -108,13 +108,10 @@ class TokenTestSplit:
         return list(bundle.predict_words(self.sentences, batch_size=64))
 
     def report(self, predicted: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-        from seqeval.metrics import classification_report as entity_report
+        from tuneops.pipeline.evaluate_tokens import entity_scores, entity_type_report
 
-        from tuneops.pipeline.evaluate_tokens import entity_scores
-
-        report = entity_report(self.tags, predicted, output_dict=True, zero_division=0)
-        per_type = {k: {m: float(v) for m, v in row.items()} for k, row in report.items()}
-        return dict(entity_scores(self.tags, predicted)), per_type
+        scores = dict(entity_scores(self.tags, predicted))
+        return scores, entity_type_report(self.tags, predicted)
 
     def gate_labels(self, per_class: dict[str, Any]) -> list[str]:
         return [k for k in per_class if not k.endswith(" avg")]

@@ -157,17 +157,14 @@ class OnnxTokenClassifier(OnnxBundle):
             encodings = self.tokenizer.encode_batch(batch, is_pretokenized=True)
             logits = self.run(encodings)
             rows += [
-                _first_subtoken_rows(e.word_ids, logits[i], len(words))
+                first_subtoken_rows(e.word_ids, logits[i], len(words))
                 for i, (e, words) in enumerate(zip(encodings, batch, strict=True))
             ]
         return rows
 
     def predict_words(self, sentences: list[list[str]], batch_size: int = 32) -> list[list[str]]:
         """IOB2 tags per pre-split sentence (O for a word cut off by max_length)."""
-        return [
-            ["O" if np.isnan(r).any() else self.labels[int(r.argmax())] for r in rows]
-            for rows in self.word_logits(sentences, batch_size)
-        ]
+        return tags_from_rows(self.word_logits(sentences, batch_size), self.labels)
 
     def predict(self, texts: list[str], batch_size: int = 32) -> list[list[Entity]]:
         """Entities in each raw text, with character offsets into that text."""
@@ -241,9 +238,17 @@ def load_bundle(
     return kind(bundle_dir, threads=threads, model=model)
 
 
-def _first_subtoken_rows(
-    word_ids: list[int | None], logits: np.ndarray, n_words: int
-) -> np.ndarray:
+def tags_from_rows(rows: list[np.ndarray], labels: list[str]) -> list[list[str]]:
+    """Argmax tag per word of each sentence; a word with no logits (truncated) is O."""
+    return [
+        ["O" if np.isnan(row).any() else labels[int(row.argmax())] for row in sentence]
+        for sentence in rows
+    ]
+
+
+def first_subtoken_rows(word_ids: list[int | None], logits: np.ndarray, n_words: int) -> np.ndarray:
+    """One row per word: `logits` (or any per-position values) at the word's first
+    sub-token; NaN rows for words cut off by max_length."""
     rows = np.full((n_words, logits.shape[-1]), np.nan, dtype=np.float32)
     seen: set[int] = set()
     for position, word in enumerate(word_ids):

@@ -35,6 +35,7 @@ from tuneops.pipeline.evaluate import EvaluationResult
 from tuneops.pipeline.modeling import load_tokenizer, resolve_model_path
 from tuneops.pipeline.token_training import load_token_classifier
 from tuneops.pipeline.tokens import OUTSIDE
+from tuneops.runtime import first_subtoken_rows, tags_from_rows
 
 
 def entity_scores(gold: list[list[str]], predicted: list[list[str]]) -> dict[str, float]:
@@ -78,23 +79,19 @@ def word_outputs(
         )
         output = model(**encoded, output_hidden_states=hidden)
         values = (output.hidden_states[-1] if hidden else output.logits).float().numpy()
-        for i, words in enumerate(batch):
-            per_word = np.full((len(words), values.shape[-1]), np.nan, dtype=np.float32)
-            seen: set[int] = set()
-            for position, word in enumerate(encoded.word_ids(i)):
-                if word is not None and word not in seen:
-                    per_word[word] = values[i, position]
-                    seen.add(word)
-            rows.append(per_word)
+        rows += [
+            first_subtoken_rows(encoded.word_ids(i), values[i], len(words))
+            for i, words in enumerate(batch)
+        ]
     return rows
 
 
-def tags_from_logits(rows: list[np.ndarray], labels: tuple[str, ...]) -> list[list[str]]:
-    """Argmax tag per word; a word with no logits (truncated) is O."""
-    return [
-        [OUTSIDE if np.isnan(row).any() else labels[int(row.argmax())] for row in sentence]
-        for sentence in rows
-    ]
+def entity_type_report(
+    gold: list[list[str]], predicted: list[list[str]]
+) -> dict[str, dict[str, float]]:
+    """seqeval's per-type precision/recall/F1/support with micro/macro/weighted averages."""
+    report = entity_report(gold, predicted, output_dict=True, zero_division=0)
+    return {k: {m: float(v) for m, v in row.items()} for k, row in report.items()}
 
 
 def evaluate_tokens(
@@ -115,14 +112,14 @@ def evaluate_tokens(
     model = load_token_classifier(candidate_dir)
     tokenizer = load_tokenizer(candidate_dir)
     logits = word_outputs(model, tokenizer, sentences, max_length, cfg.batch_size)
-    predicted = tags_from_logits(logits, labels)
+    predicted = tags_from_rows(logits, list(labels))
 
     metrics: dict[str, Any] = entity_scores(gold, predicted) | {"test_rows": len(test)}
     metrics["most_frequent_tag"] = entity_scores(gold, _most_frequent_tag(train, sentences))
     metrics["before_finetuning"] = _frozen_encoder_baseline(
         cfg, base, max_length, seed, train, sentences, gold, labels
     )
-    per_type = _as_floats(entity_report(gold, predicted, output_dict=True, zero_division=0))
+    per_type = entity_type_report(gold, predicted)
     flat_gold = [t for row in gold for t in row]
     flat_predicted = [t for row in predicted for t in row]
     per_tag = tag_report(flat_gold, flat_predicted, output_dict=True, zero_division=0)
@@ -206,7 +203,3 @@ def _plot_type_confusion(gold: list[str], predicted: list[str], path: Path, top:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def _as_floats(report: dict[str, Any]) -> dict[str, dict[str, float]]:
-    return {k: {m: float(v) for m, v in row.items()} for k, row in report.items()}

