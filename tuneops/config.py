@@ -295,13 +295,18 @@ def load_params(path: Path, overrides: dict[str, Any] | None = None) -> Params:
         )
     for dotted, value in (overrides or {}).items():
         _set_dotted(raw, dotted, value)
+    return validate_params(raw, str(path))
+
+
+def validate_params(raw: dict[str, Any], where: str) -> Params:
+    """The typed Params of a raw mapping; every problem in one ConfigError, after `where`."""
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
-        raise ConfigError(f"{path}: {problems}") from exc
+        raise ConfigError(f"{where}: {problems}") from exc
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

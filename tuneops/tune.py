@@ -22,10 +22,9 @@ from typing import Any
 
 import yaml
 from filelock import FileLock
-from pydantic import ValidationError
 from transformers import TrainerCallback
 
-from tuneops.config import Params, SearchDimension
+from tuneops.config import Params, SearchDimension, validate_params
 from tuneops.errors import ConfigError
 from tuneops.paths import atomic_write_text
 from tuneops.steps import Context, step_fetch, step_prepare, step_validate
@@ -86,13 +85,7 @@ def with_values(params: Params, values: dict[str, Any]) -> Params:
         if leaf not in node:
             raise ConfigError(f"tune.space: {dotted!r} is not a params.yaml key")
         node[leaf] = value
-    try:
-        return Params.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        raise ConfigError(f"tune.space: {problems}") from exc
+    return validate_params(raw, "tune.space")
 
 
 def suggest(trial: Any, name: str, dim: SearchDimension) -> Any:

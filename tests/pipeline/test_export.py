@@ -110,7 +110,7 @@ def test_an_int8_model_losing_more_than_the_allowed_macro_f1_is_left_out() -> No
     fp32, int8 = Scores({}, 0.8633, 0.87), Scores({}, 0.8412, 0.85)
     decision = decide(fp32, int8, agreement=0.95, max_f1_drop=0.01)
     assert not decision.kept
-    assert decision.macro_f1_drop == pytest.approx(0.0221)
+    assert decision.f1_drop == pytest.approx(0.0221)
     assert decision.reason == (
         "left out: F1 0.8412 vs fp32 0.8633 is a drop of 0.0221, more than "
         "export.int8_max_f1_drop=0.0100"

@@ -231,7 +231,7 @@ def _int8(
         "weight_type": cfg.int8_weight_type,
         "per_channel": cfg.int8_per_channel,
         "label_agreement": agreement,
-        "f1_drop": decision.macro_f1_drop,
+        "f1_drop": decision.f1_drop,
         "bytes": path.stat().st_size,
     }
     if not decision.kept:

@@ -13,6 +13,7 @@ import re
 import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -86,13 +87,21 @@ def prepare(
         max_stratification_gap=round(gap, 4),
         stratification_ok=gap <= cfg.max_stratification_gap,
     )
-    with atomic_dir(prepared_dir) as tmp:
-        for split in SPLITS:
-            part = frame[frame["split"] == split][["text", "label", "label_id", "source"]]
-            part.reset_index(drop=True).to_parquet(tmp / f"{split}.parquet", index=False)
-        manifest = asdict(result) | {"prepared_dir": str(prepared_dir)}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    write_prepared(frame, ["text", "label", "label_id", "source"], result, {})
     return result
+
+
+def write_prepared(
+    frame: pd.DataFrame, columns: list[str], result: PrepareResult, extra: dict[str, Any]
+) -> None:
+    """{train,validation,test}.parquet (`columns` of each split) and manifest.json, whole
+    or not at all (atomic_dir)."""
+    with atomic_dir(result.prepared_dir) as tmp:
+        for split in SPLITS:
+            part = frame[frame["split"] == split][columns]
+            part.reset_index(drop=True).to_parquet(tmp / f"{split}.parquet", index=False)
+        manifest = asdict(result) | {"prepared_dir": str(result.prepared_dir)} | extra
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
 
 def _deduplicate(frame: pd.DataFrame) -> tuple[pd.DataFrame, int, list[dict[str, str]]]:

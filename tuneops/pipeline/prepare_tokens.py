@@ -11,15 +11,19 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 
 from tuneops.config import DataConfig, PrepareConfig
 from tuneops.errors import DataValidationError
-from tuneops.paths import atomic_dir
-from tuneops.pipeline.prepare import SPLITS, PrepareResult, normalise_text, split_of
+from tuneops.pipeline.prepare import (
+    SPLITS,
+    PrepareResult,
+    normalise_text,
+    split_of,
+    write_prepared,
+)
 from tuneops.pipeline.tokens import read_raw_sentences
 
 
@@ -42,11 +46,11 @@ def prepare_tokens(
     frame["text"] = frame["tokens"].map(" ".join)
     frame, duplicates, conflicts = _deduplicate(frame)
     has_test = bool(frame["official_test"].any())
-    train_fraction_of_rest = cfg.validation_fraction / (1 - cfg.test_fraction)
+    validation_share_of_rest = cfg.validation_fraction / (1 - cfg.test_fraction)
     frame["split"] = [
         "test"
         if official
-        else split_of(text, train_fraction_of_rest, 0.0)
+        else split_of(text, validation_share_of_rest, 0.0)
         if has_test
         else split_of(text, cfg.validation_fraction, cfg.test_fraction)
         for text, official in zip(frame["text"], frame["official_test"], strict=True)
@@ -66,16 +70,9 @@ def prepare_tokens(
         dropped_conflicts=len(conflicts),
         conflict_examples=conflicts[:10],
     )
-    with atomic_dir(prepared_dir) as tmp:
-        for split in SPLITS:
-            part = frame[frame["split"] == split][["text", "tokens", "tags", "tag_ids", "source"]]
-            part.reset_index(drop=True).to_parquet(tmp / f"{split}.parquet", index=False)
-        manifest = asdict(result) | {
-            "prepared_dir": str(prepared_dir),
-            "task": "token-classification",
-            "official_test_split": has_test,
-        }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    columns = ["text", "tokens", "tags", "tag_ids", "source"]
+    extra = {"task": "token-classification", "official_test_split": has_test}
+    write_prepared(frame, columns, result, extra)
     return result
 
 

@@ -33,7 +33,7 @@ class Scores:
 class Int8Decision:
     kept: bool
     reason: str
-    macro_f1_drop: float
+    f1_drop: float
     label_agreement: float
 
 
