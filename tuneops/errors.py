@@ -45,6 +45,13 @@ class NotReproduced(TuneopsError):
     exit_code = 7
 
 
+class ModelFileError(TuneopsError):
+    """A model file (safetensors weights, ONNX graph, bundle metadata) is missing, truncated,
+    corrupt or of a refused kind (pickled weights); the message names the file."""
+
+    exit_code = 8
+
+
 EXIT_CODES: dict[str, int] = {
     cls.__name__: cls.exit_code
     for cls in (
@@ -55,5 +62,6 @@ EXIT_CODES: dict[str, int] = {
         ExportParityError,
         ExternalToolError,
         NotReproduced,
+        ModelFileError,
     )
 }

@@ -62,27 +62,52 @@ class Paths:
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield a temporary sibling of `target`; on success it replaces `target` whole.
 
-    On an exception the temporary folder is removed and `target` is left as it was,
-    so a crash never leaves half-written outputs where the next step would read them.
+    On an exception (while writing, or in either rename) the temporary folder is removed
+    and `target` is left as it was, so a crash never leaves half-written outputs where the
+    next step would read them. A kill (SIGKILL) between the two renames, a window of
+    microseconds, leaves the previous folder beside it as `.<name>.old-<pid>`.
     """
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         yield tmp
-    except BaseException:
+        _replace_dir(tmp, target)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+
+def _replace_dir(tmp: Path, target: Path) -> None:
     old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    if target.exists():
-        target.rename(old)
-    tmp.rename(target)
     shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.rename(target, old)
+    try:
+        os.rename(tmp, target)
+    except BaseException:
+        if old.exists():
+            os.rename(old, target)  # the previous outputs, back where they were
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def atomic_file(target: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `target` to write; on success it replaces `target`.
+
+    On an exception `target` keeps its previous content and the temporary file is removed.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # The suffix stays last: writers such as savefig pick the format from it.
+    tmp = target.with_name(f".{target.stem}.tmp-{os.getpid()}{target.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def atomic_write_text(target: Path, text: str) -> None:
     """Write `text` to `target` through a temporary file and an atomic rename."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(target)
+    with atomic_file(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")

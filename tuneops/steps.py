@@ -90,6 +90,7 @@ def step_ingest(ctx: Context, source: Path) -> tuple[IngestResult, DataVersion |
         ctx.paths.data_lock,
         lambda: versions.append(version_data(ctx.paths.root, ctx.paths.data_raw)),
         (ctx.paths.data_raw.with_name("raw.dvc"),),
+        task=ctx.params.task,
     )
     return result, (versions[0] if versions else None)
 

@@ -31,7 +31,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from tuneops.config import EvaluateConfig, ModelConfig
-from tuneops.paths import atomic_write_text
+from tuneops.paths import atomic_file, atomic_write_text
 from tuneops.pipeline.modeling import (
     load_classifier,
     load_tokenizer,
@@ -200,7 +200,8 @@ def _plot_confusion(
     )
     ax.set_title("test split")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
 
@@ -214,4 +215,5 @@ def _write_predictions(
     frame["predicted_id"] = logits.argmax(axis=1)
     frame["predicted"] = [labels[i] for i in frame["predicted_id"]]
     frame["confidence"] = probabilities.max(axis=1)
-    frame.to_parquet(path, index=False)
+    with atomic_file(path) as tmp:
+        frame.to_parquet(tmp, index=False)

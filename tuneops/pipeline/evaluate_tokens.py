@@ -30,7 +30,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from tuneops.config import EvaluateConfig, ModelConfig
-from tuneops.paths import atomic_write_text
+from tuneops.paths import atomic_file, atomic_write_text
 from tuneops.pipeline.evaluate import EvaluationResult
 from tuneops.pipeline.modeling import load_tokenizer, resolve_model_path
 from tuneops.pipeline.token_training import load_token_classifier
@@ -130,7 +130,8 @@ def evaluate_tokens(
     _plot_type_confusion(flat_gold, flat_predicted, result.confusion_matrix_path)
     frame = test[["text", "tokens", "tags", "source"]].copy()
     frame["predicted"] = predicted
-    frame.to_parquet(result.predictions_path, index=False)
+    with atomic_file(result.predictions_path) as tmp:
+        frame.to_parquet(tmp, index=False)
     atomic_write_text(result.metrics_path, json.dumps(metrics, indent=2) + "\n")
     return result
 
@@ -201,5 +202,6 @@ def _plot_type_confusion(gold: list[str], predicted: list[str], path: Path, top:
     )
     ax.set_title("test words by entity type")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)

@@ -21,8 +21,10 @@ from filelock import FileLock, Timeout
 
 from tuneops.config import DataConfig, ValidateConfig
 from tuneops.errors import DataValidationError, ExternalToolError
-from tuneops.pipeline.io import SUPPORTED_SUFFIXES, raw_files, read_table
-from tuneops.pipeline.validate import validate
+from tuneops.pipeline.io import SUPPORTED_SUFFIXES, raw_files, read_raw
+from tuneops.pipeline.tokens import TOKEN_SUFFIXES
+from tuneops.pipeline.validate import conflicting_labels_check, validate
+from tuneops.pipeline.validate_tokens import validate_tokens
 
 BATCH_NAME = re.compile(r"^batch-(\d{4,})\.")
 
@@ -45,23 +47,27 @@ def ingest(
     version: Callable[[], object],
     version_files: tuple[Path, ...] = (),
     lock_timeout_s: float = 600.0,
+    task: str = "text-classification",
 ) -> IngestResult:
     """Validate `source` alone, then copy it in as the next batch and call `version()`
     (dvc add + push) under the lock. If versioning fails, the new batch is removed and
-    `version_files` (data/raw.dvc) are restored, so the data version is what it was."""
-    if source.suffix.lower() not in SUPPORTED_SUFFIXES:
+    `version_files` (data/raw.dvc) are restored, so the data version is what it was.
+
+    A text batch must also not label a text differently from the batches already there.
+    """
+    suffixes = TOKEN_SUFFIXES if task == "token-classification" else SUPPORTED_SUFFIXES
+    if source.suffix.lower() not in suffixes:
         raise DataValidationError(
-            f"{source}: unsupported file type {source.suffix!r}; expected one of "
-            f"{SUPPORTED_SUFFIXES}"
+            f"{source}: unsupported file type {source.suffix!r}; expected one of {suffixes}"
         )
     if not source.is_file():
         raise DataValidationError(f"{source}: no such file")
-    rows = _validate_alone(source, data, cfg, dataset_dir, reports_dir)
+    rows = _validate_alone(source, data, cfg, dataset_dir, reports_dir, task)
     digest = _sha256(source)
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     try:
         with FileLock(lock_file, timeout=lock_timeout_s):
-            existing = _same_bytes(dataset_dir, digest)
+            existing = _same_bytes(dataset_dir, digest, suffixes)
             if existing is not None:
                 return IngestResult(source, existing, rows, added=False)
             batch = dataset_dir / f"batch-{_next_number(dataset_dir):04d}{source.suffix.lower()}"
@@ -82,10 +88,16 @@ def ingest(
 
 
 def _validate_alone(
-    source: Path, data: DataConfig, cfg: ValidateConfig, dataset_dir: Path, reports_dir: Path
+    source: Path,
+    data: DataConfig,
+    cfg: ValidateConfig,
+    dataset_dir: Path,
+    reports_dir: Path,
+    task: str,
 ) -> int:
-    """The task's suite on this batch only, against the dataset's frozen label set."""
-    frame = read_table(source)  # unreadable files fail here, naming the file
+    """The task's suite on this batch only, against the dataset's frozen label set; then,
+    for text batches, no text labelled differently from the batches already there."""
+    tokens = task == "token-classification"
     with tempfile.TemporaryDirectory(prefix="tuneops-ingest-") as scratch:
         alone = Path(scratch) / dataset_dir.name
         alone.mkdir()
@@ -93,9 +105,28 @@ def _validate_alone(
         labels_file = dataset_dir / "labels.json"
         if labels_file.exists():
             shutil.copy2(labels_file, alone / "labels.json")
-        result = validate(data, cfg, alone, reports_dir / "ingest")
-    result.raise_for_failures()
-    return len(frame)
+        result = (validate_tokens if tokens else validate)(data, cfg, alone, reports_dir / "ingest")
+        result.raise_for_failures()
+        if not tokens:
+            _no_conflicts_with_existing(source, data, dataset_dir, alone)
+    return result.rows
+
+
+def _no_conflicts_with_existing(
+    source: Path, data: DataConfig, dataset_dir: Path, alone: Path
+) -> None:
+    """Validation of the whole dataset would fail on a text labelled two ways, and batches
+    are immutable: such a batch is refused here, naming both rows."""
+    import pandas as pd
+
+    frames = [read_raw(d, data.text_column, data.label_column) for d in (dataset_dir, alone)]
+    combined = pd.concat(frames, ignore_index=True)
+    combined["label"] = combined["label"].map(lambda v: v if pd.isna(v) else str(v))
+    check = conflicting_labels_check(combined, involving=source.name)
+    if not check.success:
+        raise DataValidationError(
+            f"{source}: labels a text differently from the batches in {dataset_dir}: {check.line()}"
+        )
 
 
 def _sha256(path: Path) -> str:
@@ -106,8 +137,8 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _same_bytes(dataset_dir: Path, digest: str) -> Path | None:
-    for existing in raw_files(dataset_dir):
+def _same_bytes(dataset_dir: Path, digest: str, suffixes: tuple[str, ...]) -> Path | None:
+    for existing in raw_files(dataset_dir, suffixes):
         if _sha256(existing) == digest:
             return existing
     return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,19 @@ SUPPORTED_SUFFIXES = (".csv", ".jsonl", ".parquet")
 
 
 def read_table(path: Path) -> pd.DataFrame:
-    """Read one CSV (UTF-8, optional BOM), JSONL or Parquet file into a DataFrame of objects."""
+    """Read one CSV (UTF-8, optional BOM), JSONL or Parquet file into a DataFrame of objects.
+
+    CSV: RFC 4180 quoting (a quoted field may hold commas, quotes and newlines), LF or
+    CRLF line ends. JSONL: one JSON object per line, values kept as parsed (a number stays
+    a number, so validation can see a label column that mixes numbers and strings).
+    """
     suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise DataValidationError(
+            f"{path}: unsupported file type {suffix!r}; expected one of {SUPPORTED_SUFFIXES}"
+        )
+    if path.is_file() and path.stat().st_size == 0:
+        raise DataValidationError(f"{path}: empty file (0 bytes); expected a header and rows")
     try:
         if suffix == ".csv":
             frame = pd.read_csv(
@@ -29,20 +41,53 @@ def read_table(path: Path) -> pd.DataFrame:
                 quoting=csv.QUOTE_MINIMAL,
             )
         elif suffix == ".jsonl":
-            frame = pd.read_json(path, lines=True, dtype=False, encoding="utf-8")
-        elif suffix == ".parquet":
-            frame = pd.read_parquet(path)
+            frame = _read_jsonl(path)
         else:
-            raise DataValidationError(
-                f"{path}: unsupported file type {suffix!r}; expected one of {SUPPORTED_SUFFIXES}"
-            )
-    except UnicodeDecodeError as exc:
-        raise DataValidationError(
-            f"{path}: not valid UTF-8 at byte {exc.start}; expected UTF-8 text"
-        ) from exc
+            frame = pd.read_parquet(path)
+    except UnicodeDecodeError:
+        read_utf8(path)  # raises, naming the line and byte
+        raise
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, OSError) as exc:
         raise DataValidationError(f"{path}: cannot be read as {suffix[1:]}: {exc}") from exc
     return frame
+
+
+def read_utf8(path: Path) -> str:
+    """The file as text (UTF-8, a leading BOM dropped); an error names the first bad line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataValidationError(
+            f"{path}:{line}: not valid UTF-8 (byte {exc.start}: {data[exc.start : exc.end]!r}); "
+            f"expected UTF-8 text (re-save the file as UTF-8)"
+        ) from exc
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    records = [record for _, record in jsonl_records(path)]
+    # dtype=object: an int column with a null must not turn into floats (1 -> 1.0).
+    return pd.DataFrame(records, dtype=object)
+
+
+def jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line; an error names the line."""
+    for number, line in enumerate(read_utf8(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataValidationError(
+                f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno}); "
+                f"expected one JSON object per line"
+            ) from exc
+        if not isinstance(record, dict):
+            raise DataValidationError(
+                f"{path}:{number}: expected a JSON object, found {type(record).__name__}"
+            )
+        yield number, record
 
 
 def raw_files(dataset_dir: Path, suffixes: tuple[str, ...] = SUPPORTED_SUFFIXES) -> list[Path]:
@@ -75,6 +120,10 @@ def read_raw(
             raise DataValidationError(
                 f"{path}: missing column(s) {missing}; expected {text_column!r} and "
                 f"{label_column!r}, found {list(frame.columns)}"
+            )
+        if frame.empty:
+            raise DataValidationError(
+                f"{path}: no data rows (a header only); expected at least one labelled row"
             )
         frames.append(
             pd.DataFrame(

@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
-from tuneops.errors import ConfigError
+from tuneops.errors import ConfigError, ModelFileError
 
 # The per-key load report (e.g. "classifier.weight MISSING" for a new head) is expected
 # for every base model and would bury the run's own log lines.
@@ -78,11 +78,43 @@ def load_classifier(
         }
     if num_hidden_layers is not None:
         kwargs["num_hidden_layers"] = num_hidden_layers
+    if Path(path).is_dir():
+        check_weights(Path(path))
     try:
         model = auto_class.from_pretrained(str(path), **kwargs)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot load a model from {path}: {exc}") from exc
     return model
+
+
+PICKLED_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def check_weights(folder: Path) -> None:
+    """Every *.safetensors file of a model folder opens (its header matches its size).
+
+    A folder with only pickled weights (pytorch_model.bin, ...) is refused, never loaded.
+    Raises ModelFileError naming the file, instead of the loader's bare SafetensorError.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        pickled = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLED_WEIGHTS)
+        found = f"; found {pickled}, which tuneops never unpickles" if pickled else ""
+        raise ModelFileError(
+            f"{folder}: no *.safetensors weights{found}; expected model.safetensors "
+            f"(save the model with save_pretrained(safe_serialization=True))"
+        )
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as exc:
+            raise ModelFileError(
+                f"{file}: cannot be read as safetensors weights ({exc}); the file is "
+                f"truncated or corrupt: rebuild it (the train step writes models/candidate/)"
+            ) from exc
 
 
 @torch.inference_mode()

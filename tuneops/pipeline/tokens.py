@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuneops.errors import DataValidationError
-from tuneops.pipeline.io import raw_files
+from tuneops.pipeline.io import jsonl_records, raw_files, read_utf8
 from tuneops.runtime import iob2_entities as entities  # noqa: F401  (one implementation)
 
 OUTSIDE = "O"
@@ -35,7 +35,7 @@ def read_conll(path: Path, split: str | None = None) -> list[Sentence]:
     tokens: list[str] = []
     tags: list[str] = []
     start = 0
-    text = _read_text(path)
+    text = read_utf8(path)
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             if tokens:
@@ -61,13 +61,7 @@ def read_conll(path: Path, split: str | None = None) -> list[Sentence]:
 def read_token_jsonl(path: Path, tokens_key: str, tags_key: str) -> list[Sentence]:
     """JSON lines with a list of tokens and a list of tags (and an optional "split")."""
     sentences = []
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataValidationError(f"{path}:{number}: not valid JSON: {exc.msg}") from exc
+    for number, record in jsonl_records(path):
         missing = [k for k in (tokens_key, tags_key) if k not in record]
         if missing:
             raise DataValidationError(
@@ -103,8 +97,12 @@ def read_raw_sentences(
     dataset_dir: Path, tokens_key: str, tags_key: str, max_rows: int | None = None
 ) -> list[Sentence]:
     """Every batch of a token dataset (JSONL or CoNLL files), in file order."""
-    files = raw_files(dataset_dir, TOKEN_SUFFIXES)
-    sentences = [s for path in files for s in read_sentences(path, tokens_key, tags_key)]
+    sentences = []
+    for path in raw_files(dataset_dir, TOKEN_SUFFIXES):
+        found = read_sentences(path, tokens_key, tags_key)
+        if not found:
+            raise DataValidationError(f"{path}: no sentences; expected at least one")
+        sentences += found
     if max_rows:  # a hash-chosen slice, as for text datasets
         import hashlib
 
@@ -160,12 +158,3 @@ def align_labels(
             labels.append(-100)
         previous = word
     return labels
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DataValidationError(
-            f"{path}: not valid UTF-8 at byte {exc.start}; expected UTF-8 text"
-        ) from exc

@@ -75,12 +75,18 @@ def validate(
 ) -> ValidationResult:
     """Run the task's expectation suite on every batch of `dataset_dir`; write the reports."""
     frame = read_raw(dataset_dir, data.text_column, data.label_column, data.max_rows)
+    label_types = _label_type_check(frame)
     frame["label"] = frame["label"].map(lambda v: v if pd.isna(v) else str(v))
     labels, label_source = _label_set(data, dataset_dir, frame)
     checks = run_suite(
         frame, _suite(labels, cfg), ["text", "label"], reports_dir / "data_docs", "text_raw"
     )
-    checks.append(_min_examples_check(frame, labels, cfg.min_examples_per_class))
+    checks += [
+        label_types,
+        _min_examples_check(frame, labels, cfg.min_examples_per_class),
+        _two_labels_check(labels),
+        conflicting_labels_check(frame),
+    ]
     counts = frame["label"].value_counts().reindex(list(labels), fill_value=0)
     result = ValidationResult(
         success=all(c.success for c in checks),
@@ -208,6 +214,83 @@ def _min_examples_check(frame: pd.DataFrame, labels: tuple[str, ...], minimum: i
         observed={str(k): int(v) for k, v in counts.items()},
         unexpected_count=len(short),
         examples=[{"source": "label counts", "value": f"{k}: {v}"} for k, v in short.items()],
+    )
+
+
+def _label_type_check(frame: pd.DataFrame) -> CheckResult:
+    """Labels all strings, or all numbers: a mix (1 next to "1", or "positive") is a sign of
+    a broken export, and str() would silently make 1.0 and "1" different labels."""
+    kinds: dict[str, tuple[str, Any]] = {}  # kind -> (source, value) of its first row
+    for source, value in zip(frame["source"], frame["label"], strict=True):
+        if not pd.isna(value):
+            kinds.setdefault(_kind(value), (source, value))
+    mixed = len(kinds) > 1
+    return CheckResult(
+        name="expect_label_values_to_share_one_type",
+        column="label",
+        success=not mixed,
+        expected="every label a string, or every label a number",
+        observed=sorted(kinds),
+        unexpected_count=len(kinds) if mixed else 0,
+        examples=[
+            {"source": source, "value": f"{value!r}, a {kind}"}
+            for kind, (source, value) in kinds.items()
+        ]
+        if mixed
+        else [],
+    )
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    return type(value).__name__
+
+
+def _two_labels_check(labels: tuple[str, ...]) -> CheckResult:
+    return CheckResult(
+        name="expect_at_least_two_labels",
+        column="label",
+        success=len(labels) >= 2,
+        expected="at least 2 labels (a classifier needs two classes to tell apart)",
+        observed=list(labels),
+    )
+
+
+def conflicting_labels_check(frame: pd.DataFrame, involving: str | None = None) -> CheckResult:
+    """No text (after prepare's normalisation) appears with two different labels.
+
+    `involving`: only conflicts that touch rows of this file name (an ingested batch
+    checked against the batches already there).
+    """
+    from tuneops.pipeline.prepare import normalise_text
+
+    labelled = frame.dropna(subset=["text", "label"])
+    labelled = labelled[labelled["text"].map(lambda v: isinstance(v, str))]
+    key = labelled["text"].map(normalise_text)
+    per_text = labelled.groupby(key)["label"].transform("nunique")
+    conflicting = labelled[per_text > 1]
+    examples = [
+        {
+            "source": ", ".join(
+                f"{s} ({label})" for s, label in zip(g["source"], g["label"], strict=True)
+            ),
+            "value": _short(text),
+        }
+        for text, g in conflicting.groupby(key[per_text > 1], sort=True)
+        if involving is None or any(s.startswith(f"{involving}:") for s in g["source"])
+    ]
+    return CheckResult(
+        name="expect_no_text_with_conflicting_labels",
+        column="text",
+        success=not examples,
+        expected="each text to have one label (the same text labelled twice differently)",
+        unexpected_count=len(examples),
+        examples=examples[:EXAMPLES_PER_CHECK],
     )
 
 

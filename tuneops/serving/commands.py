@@ -63,12 +63,13 @@ def _bundle_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _classifier(args: argparse.Namespace) -> Any:
+    from tuneops.errors import ModelFileError
     from tuneops.runtime import BundleError, load_bundle
 
     try:
         return load_bundle(args.bundle, threads=args.threads, model=args.model)
-    except BundleError as exc:
-        raise ConfigError(str(exc)) from exc
+    except BundleError as exc:  # names the file: missing, truncated or not a model
+        raise ModelFileError(str(exc)) from exc
 
 
 def _predict(args: argparse.Namespace) -> int:
