@@ -185,22 +185,53 @@ def mlflow_store(uri: str) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def check_tracking_server(tracking_uri: str) -> None:
-    """Fail fast, before any compute, when the tracking store cannot be reached."""
-    from mlflow import MlflowClient
+# Stores tuneops documents (README "Scale out"); a "+driver" suffix is allowed
+# (postgresql+psycopg2://). MLflow 3's file store is in maintenance mode: use sqlite.
+TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 
-    try:
-        MlflowClient(tracking_uri=tracking_uri).search_experiments(max_results=1)
-    except Exception as exc:  # MLflow raises many types (HTTP, SQL, URI): one message for all
+
+def check_tracking_server(tracking_uri: str, timeout_s: int = 10) -> None:
+    """Fail fast, before any compute, when the tracking store cannot be used.
+
+    One request with no retries and a `timeout_s` limit: MLflow's client on its own
+    retries an unreachable server with backoff for about four minutes. Raises
+    ExternalToolError with one line naming the (redacted) URI and the cause.
+    """
+    shown = redact_uri(tracking_uri)
+    scheme = tracking_uri.partition("://")[0].split("+")[0] if "://" in tracking_uri else ""
+    if scheme not in TRACKING_SCHEMES:
         raise ExternalToolError(
-            f"MLflow tracking store {redact_uri(tracking_uri)} is not reachable: "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            f"MLflow tracking URI {shown!r} has an unsupported scheme {scheme!r}; expected one "
+            f"of {', '.join(TRACKING_SCHEMES)} (e.g. sqlite:///mlflow.db or "
+            f"http://host:5000), set by tracking.uri or MLFLOW_TRACKING_URI"
+        )
+    limits = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)}
+    saved = {name: os.environ.get(name) for name in limits}
+    os.environ.update(limits)
+    try:
+        store_client(tracking_uri).search_experiments(max_results=1)
+    except Exception as exc:  # MLflow raises many types (HTTP, SQL, URI): one message for all
+        cause = redact_text((str(exc).strip().splitlines() or [""])[0][:300], tracking_uri)
+        raise ExternalToolError(
+            f"MLflow tracking store {shown} is not usable: {type(exc).__name__}: {cause}"
         ) from exc
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def redact_uri(uri: str) -> str:
     """The URI with any user:password@ part replaced, for messages and logs."""
-    scheme, sep, rest = uri.partition("://")
-    if sep and "@" in rest.split("/", 1)[0]:
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return uri
+    return redact_text(uri, uri)
+
+
+def redact_text(text: str, uri: str) -> str:
+    """`text` with the user:password@ part of `uri` (if it has one) replaced by ***@."""
+    _scheme, sep, rest = uri.partition("://")
+    host = rest.split("/", 1)[0]
+    if sep and "@" in host:
+        return text.replace(host.rsplit("@", 1)[0] + "@", "***@")
+    return text

@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed, State
 
 from tuneops import steps
-from tuneops.flows.training import RunSummary, training_flow, version_task
+from tuneops.flows.training import RunSummary, preflight_task, training_flow, version_task
 from tuneops.pipeline.registry import version_by_alias
 from tuneops.tracking import store_client
 
@@ -66,6 +66,7 @@ def retrain_flow(
 ) -> State[Any]:
     """Retrain when data/raw changed since the last model was trained; otherwise skip."""
     ctx = steps.load_context(Path(root), Path(params_file) if params_file else None, overrides)
+    preflight_task(ctx)
     current = version_task(ctx)
     trained = trained_task(ctx)
     logger = get_run_logger()

@@ -7,6 +7,7 @@ and retrying a deterministic failure only wastes time. Reports become artifacts.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,25 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
 from tuneops import steps
-from tuneops.errors import DataValidationError, GateRejected
+from tuneops.errors import DataValidationError, GateRejected, TuneopsError
 from tuneops.pipeline.gate import GateVerdict, to_markdown
 from tuneops.pipeline.validate import ValidationResult
-from tuneops.tracking import redact_uri
+from tuneops.tracking import check_tracking_server, redact_uri
+
+
+class _NoTracebackForTuneopsErrors(logging.Filter):
+    """Prefect logs a failed task or flow run with its traceback. A TuneopsError (bad data,
+    an unreachable store, a rejected gate) is an outcome whose message says what to fix:
+    its log line keeps the message and drops the traceback. Other errors (bugs) keep it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], TuneopsError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+for _name in ("prefect.task_runs", "prefect.flow_runs"):
+    logging.getLogger(_name).addFilter(_NoTracebackForTuneopsErrors())
 
 
 @dataclass
@@ -87,6 +103,13 @@ def comparison_rows(metrics: dict[str, Any]) -> tuple[str, str, list[tuple[str, 
 
 def f1_name(key: str) -> str:
     return "entity-F1" if key == "test_entity_f1" else "macro-F1"
+
+
+@task(name="preflight", cache_policy=NO_CACHE)
+def preflight_task(ctx: steps.Context) -> None:
+    """The tracking store answers (seconds), before any step that costs minutes."""
+    check_tracking_server(ctx.tracking_uri)
+    get_run_logger().info(f"MLflow tracking store {redact_uri(ctx.tracking_uri)} answers")
 
 
 @task(name="fetch-data", cache_policy=NO_CACHE)
@@ -181,6 +204,7 @@ def training_flow(
 ) -> RunSummary:
     """Run the whole chain once on params.yaml (plus dotted `overrides`)."""
     ctx = steps.load_context(Path(root), Path(params_file) if params_file else None, overrides)
+    preflight_task(ctx)
     fetch_task(ctx)
     data_version = version_task(ctx)
     validate_task(ctx)
