@@ -105,6 +105,9 @@ class TrainConfig(_Section):
     lora: LoraConfig = LoraConfig()
     max_length: int = Field(64, ge=8, le=4096)
     logging_steps: int = Field(20, ge=1)
+    # Also save a resumable checkpoint every N optimiser steps (null: only at the end of
+    # each epoch). A killed run resumes from the last one.
+    checkpoint_steps: int | None = Field(None, ge=1)
     # Token classification selects on "entity_f1" (seqeval, entity-level micro-F1).
     metric_for_best_model: Literal["macro_f1", "accuracy", "loss", "entity_f1"] = "macro_f1"
     early_stopping_patience: int = Field(2, ge=1)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,8 +136,12 @@ def lineage_tags(ctx: Context) -> dict[str, str]:
     }
 
 
-def step_train(ctx: Context) -> tuple[TrainResult, str]:
-    """Start the MLflow run, log params, tags and datasets, then fine-tune."""
+def step_train(ctx: Context, callbacks: Sequence[Any] = ()) -> tuple[TrainResult, str]:
+    """Start the MLflow run, log params, tags and datasets, then fine-tune.
+
+    A resumed run (the last one was killed) is tagged `train.resumed_from`; the killed
+    run, left RUNNING by its process, is marked KILLED. `callbacks`: extra Trainer callbacks.
+    """
     check_tracking_server(ctx.tracking_uri)  # fail before compute, not after it
     tags = lineage_tags(ctx) | {"seed": str(ctx.params.train.seed)}
     tracker = MlflowTracker.start(
@@ -161,8 +166,11 @@ def step_train(ctx: Context) -> tuple[TrainResult, str]:
             tracker,
             extra_summary={"mlflow_run_id": tracker.run_id} | tags,
             task=ctx.params.task,
+            callbacks=callbacks,
         )
         tracker.set_tags({"device": result.device, "precision": result.precision})
+        if result.resumed_from:
+            _record_resume(ctx, tracker, result)
         tracker.log_metrics(
             {
                 "train_runtime_s": result.train_runtime_s,
@@ -275,6 +283,24 @@ def step_register(ctx: Context) -> tuple[GateVerdict, RegistrationResult]:
             {"registered_model": result.model_name, "registered_version": result.version}
         )
     return verdict, result
+
+
+def _record_resume(ctx: Context, tracker: MlflowTracker, result: TrainResult) -> None:
+    tracker.set_tags(
+        {
+            "train.resumed_from": result.resumed_from,
+            "train.resumed_run_id": result.resumed_run_id or "",
+        }
+    )
+    killed = result.resumed_run_id
+    if killed and killed != tracker.run_id:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            if tracker.client.get_run(killed).info.status == "RUNNING":
+                tracker.client.set_terminated(killed, status="KILLED")
+        except MlflowException as exc:  # e.g. that run lived in another tracking store
+            warnings.warn(f"could not mark the killed run {killed} KILLED: {exc}", stacklevel=2)
 
 
 def _log_resolved_params(ctx: Context, tracker: MlflowTracker) -> None:

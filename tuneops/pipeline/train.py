@@ -1,13 +1,13 @@
 """train: fine-tune the base model with the Hugging Face Trainer on the prepared splits.
 
 Writes models/candidate/ (safetensors weights, tokenizer, labels.json,
-training_summary.json) atomically; checkpoints go to models/checkpoints/.
+training_summary.json) atomically; checkpoints go to models/checkpoints/, and a run that
+was killed is resumed from its last complete checkpoint (see checkpoints.py).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -30,6 +30,7 @@ from transformers import (
 
 from tuneops.config import ModelConfig, TrainConfig
 from tuneops.paths import atomic_dir
+from tuneops.pipeline import checkpoints
 from tuneops.pipeline.memory import peak_memory
 from tuneops.pipeline.modeling import (
     load_classifier,
@@ -66,6 +67,8 @@ class TrainResult:
     strategy: str = "full"
     peak_memory_mb: float = 0.0
     adapter_dir: Path | None = None
+    resumed_from: str | None = None  # checkpoint folder name, when a killed run was resumed
+    resumed_run_id: str | None = None  # the killed run's tracker run id
 
 
 def read_manifest(prepared_dir: Path) -> dict[str, Any]:
@@ -88,10 +91,13 @@ def train(
 
     `cfg.strategy` picks the parameters that train (see strategies.py); a LoRA adapter is
     saved to candidate_dir/adapter/ and merged into the weights saved beside it.
+    An interrupted run with the same config and data resumes from its last checkpoint
+    (on CPU it ends with the same weights as an uninterrupted run).
     """
     tracker = tracker or NullTracker()
     set_seed(cfg.seed)
-    labels = tuple(read_manifest(prepared_dir)["labels"])
+    manifest = read_manifest(prepared_dir)
+    labels = tuple(manifest["labels"])
     base_path = resolve_model_path(model_cfg.name_or_path)
     tokenizer = load_tokenizer(base_path)
     tokens = task == "token-classification"
@@ -120,7 +126,10 @@ def train(
     device = pick_device()
     precision = _precision(device)
 
-    shutil.rmtree(checkpoints_dir, ignore_errors=True)
+    key = checkpoints.run_key(model_cfg, cfg, task, manifest)
+    resume = checkpoints.start(checkpoints_dir, key, tracker.run_id)
+    if cfg.checkpoint_steps:
+        callbacks = [*callbacks, checkpoints.StepCheckpoints(cfg.checkpoint_steps)]
     trainer = ScheduledTrainer(
         model=trained_model,
         args=_training_arguments(cfg, checkpoints_dir, precision, device),
@@ -138,7 +147,7 @@ def train(
     )
     started = time.perf_counter()
     with peak_memory(device) as memory:
-        output = trainer.train()
+        output = trainer.train(resume_from_checkpoint=str(resume.checkpoint) if resume else None)
     runtime = time.perf_counter() - started
     epochs_run = float(trainer.state.epoch or 0.0)
     train_tokens = int(sum(splits["train"]["length"]) * epochs_run)
@@ -159,6 +168,8 @@ def train(
         strategy=cfg.strategy,
         peak_memory_mb=round(memory.peak_mb, 1),
         adapter_dir=candidate_dir / "adapter" if cfg.strategy == "lora" else None,
+        resumed_from=resume.checkpoint.name if resume else None,
+        resumed_run_id=resume.run_id if resume else None,
     )
     with atomic_dir(candidate_dir) as tmp:
         if cfg.strategy == "lora":
@@ -172,6 +183,7 @@ def train(
         summary = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(result).items()}
         summary |= (extra_summary or {}) | ({"truncated_sentences": truncated} if tokens else {})
         (tmp / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    checkpoints.finish(checkpoints_dir)
     return result
 
 
