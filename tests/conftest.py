@@ -74,6 +74,15 @@ def _isolated_environment() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
+def prefect_server() -> Iterator[None]:
+    """Prefect's real temporary server (SQLite in a temp dir) for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, hidden-32 BERT built in memory from a config and saved as safetensors."""
     import torch

@@ -105,10 +105,15 @@ def _validate_alone(
         labels_file = dataset_dir / "labels.json"
         if labels_file.exists():
             shutil.copy2(labels_file, alone / "labels.json")
-        result = (validate_tokens if tokens else validate)(data, cfg, alone, reports_dir / "ingest")
-        result.raise_for_failures()
-        if not tokens:
-            _no_conflicts_with_existing(source, data, dataset_dir, alone)
+        step = validate_tokens if tokens else validate
+        try:
+            result = step(data, cfg, alone, reports_dir / "ingest")
+            result.raise_for_failures()
+            if not tokens:
+                _no_conflicts_with_existing(source, data, dataset_dir, alone)
+        except DataValidationError as exc:  # name the user's file, not the scratch copy
+            message = str(exc).replace(str(alone / source.name), str(source))
+            raise DataValidationError(message) from exc
     return result.rows
 
 

@@ -80,7 +80,7 @@ def jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataValidationError(
-                f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno}); "
+                f"{path}:{number}: not valid JSON ({exc.msg}, column {exc.colno}); "
                 f"expected one JSON object per line"
             ) from exc
         if not isinstance(record, dict):

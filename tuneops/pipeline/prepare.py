@@ -73,7 +73,7 @@ def prepare(
     label_ids = {label: i for i, label in enumerate(labels)}
     frame["label_id"] = frame["label"].map(label_ids).astype("int64")
     counts = {s: _label_counts(frame[frame["split"] == s], labels) for s in SPLITS}
-    _require_every_label(counts, ("train", "test"))
+    _require_every_label(counts, frame, ("train", "test"))
     gap = _stratification_gap(frame, labels)
     result = PrepareResult(
         prepared_dir=prepared_dir,
@@ -131,13 +131,18 @@ def _label_counts(part: pd.DataFrame, labels: tuple[str, ...]) -> dict[str, int]
     return {label: int(counts.get(label, 0)) for label in labels}
 
 
-def _require_every_label(counts: dict[str, dict[str, int]], splits: tuple[str, ...]) -> None:
+def _require_every_label(
+    counts: dict[str, dict[str, int]], frame: pd.DataFrame, splits: tuple[str, ...]
+) -> None:
     for split in splits:
         empty = [label for label, n in counts[split].items() if n == 0]
         if empty:
+            rows = frame.loc[frame["label"] == empty[0], "source"].tolist()
+            shown = ", ".join(rows[:5]) + (", ..." if len(rows) > 5 else "")
             raise DataValidationError(
                 f"the {split} split has no rows of label(s) {empty}; expected every label in "
-                f"{split} (add data for those labels, or raise prepare.{split}_fraction)"
+                f"{split}: the {len(rows)} row(s) of {empty[0]!r} ({shown}) all hash to other "
+                f"splits (add data for those labels, or raise prepare.{split}_fraction)"
             )
 
 

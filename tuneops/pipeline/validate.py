@@ -195,10 +195,17 @@ def _check_from_gx(result: Any, frame: pd.DataFrame) -> CheckResult:
         column=column,
         success=bool(result.success),
         expected=", ".join(f"{k}={_short(v)}" for k, v in kwargs.items()) or "to hold",
-        observed=_jsonable(details.get("observed_value")),
+        observed=_jsonable(_observed(details)),
         unexpected_count=int(details.get("unexpected_count") or 0),
         examples=examples,
     )
+
+
+def _observed(details: dict[str, Any]) -> Any:
+    # ExpectColumnDistinctValuesToContainSet reports what is missing, not what it saw.
+    if details.get("observed_value") is None and details.get("partial_missing_list"):
+        return {"missing": details["partial_missing_list"]}
+    return details.get("observed_value")
 
 
 def _min_examples_check(frame: pd.DataFrame, labels: tuple[str, ...], minimum: int) -> CheckResult:
