@@ -89,7 +89,9 @@ def step_ingest(ctx: Context, source: Path) -> tuple[IngestResult, DataVersion |
         ctx.paths.raw_dataset(ctx.params.data.name),
         ctx.paths.reports,
         ctx.paths.data_lock,
-        lambda: versions.append(version_data(ctx.paths.root, ctx.paths.data_raw)),
+        lambda: versions.append(
+            version_data(ctx.paths.root, ctx.paths.data_raw, require_remote=True)
+        ),
         (ctx.paths.data_raw.with_name("raw.dvc"),),
         task=ctx.params.task,
     )

@@ -18,14 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
 
 from tuneops.config import ModelConfig, TrainConfig
 from tuneops.paths import atomic_write_text
 
 RESUME_FILE = "resume.json"
-# Trainer writes trainer_state.json last: a checkpoint without it was cut off mid-save.
-COMPLETE_MARKER = "trainer_state.json"
+EPOCH_RNG_FILE = "epoch_rng.safetensors"
+# Trainer writes trainer_state.json last, then EpochStartRng its file: a checkpoint
+# without both was cut off mid-save.
+COMPLETE_MARKERS = ("trainer_state.json", EPOCH_RNG_FILE)
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -80,7 +84,7 @@ def _resumable(checkpoints_dir: Path, key: str) -> Resume | None:
     for folder in checkpoints_dir.iterdir():
         match = _CHECKPOINT.match(folder.name)
         if match and folder.is_dir():
-            if (folder / COMPLETE_MARKER).is_file():
+            if all((folder / name).is_file() for name in COMPLETE_MARKERS):
                 complete.append((int(match.group(1)), folder))
             else:
                 shutil.rmtree(folder)  # cut off mid-save: it must not be resumed or kept
@@ -102,3 +106,40 @@ class StepCheckpoints(TrainerCallback):
         if state.global_step % self.steps == 0:
             control.should_save = True
         return control
+
+
+class EpochStartRng(TrainerCallback):
+    """Makes a mid-epoch resumption see the batches the killed run would have seen.
+
+    The Trainer draws an epoch's batch order (the length-grouped sampler) from torch's
+    global RNG when the epoch starts. Resuming mid-epoch, it draws it from the new
+    process's RNG, so the rest of the epoch would get other batches. This records the
+    RNG state at each epoch start, saves it with every checkpoint (safetensors: nothing
+    is unpickled) and restores it at the start of the resumed epoch, before the order is
+    drawn; the Trainer then restores the checkpoint's own RNG state (dropout) as usual.
+    Training that is not resumed is unchanged: nothing is drawn or reseeded.
+    """
+
+    def __init__(self, resume_from: Path | None) -> None:
+        self.pending: tuple[int, torch.Tensor] | None = None
+        if resume_from is not None:
+            saved = load_file(str(resume_from / EPOCH_RNG_FILE))
+            self.pending = (int(saved["epoch"].item()), saved["torch_cpu_rng"])
+        self.current: tuple[int, torch.Tensor] | None = None
+
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        epoch = int((state.epoch or 0.0) + 1e-9)  # the epoch that starts now, from 0
+        if self.pending is not None and self.pending[0] == epoch:
+            torch.set_rng_state(self.pending[1])
+        self.pending = None
+        self.current = (epoch, torch.get_rng_state())
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.current is None:
+            return
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        epoch, rng = self.current
+        save_file(
+            {"epoch": torch.tensor([epoch]), "torch_cpu_rng": rng},
+            str(folder / EPOCH_RNG_FILE),
+        )

@@ -128,8 +128,10 @@ def train(
 
     key = checkpoints.run_key(model_cfg, cfg, task, manifest)
     resume = checkpoints.start(checkpoints_dir, key, tracker.run_id)
+    # Before the caller's callbacks: a checkpoint is complete before anyone hears of it.
+    callbacks = [checkpoints.EpochStartRng(resume.checkpoint if resume else None), *callbacks]
     if cfg.checkpoint_steps:
-        callbacks = [*callbacks, checkpoints.StepCheckpoints(cfg.checkpoint_steps)]
+        callbacks = [checkpoints.StepCheckpoints(cfg.checkpoint_steps), *callbacks]
     trainer = ScheduledTrainer(
         model=trained_model,
         args=_training_arguments(cfg, checkpoints_dir, precision, device),

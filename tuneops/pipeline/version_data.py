@@ -45,17 +45,26 @@ def default_remote(root: Path) -> str | None:
         return None
 
 
-def version_data(root: Path, data_raw: Path, push: bool = True) -> DataVersion:
+def version_data(
+    root: Path, data_raw: Path, push: bool = True, require_remote: bool = False
+) -> DataVersion:
     """`dvc add` data/raw (a no-op when unchanged) and `dvc push` it to the default remote.
 
     Outside a DVC repository the version is a sha256 of the files, marked "untracked-".
+    `require_remote`: a DVC repository without a default remote is an error (an ingested
+    batch must be pushed, or its data version could never be pulled again).
     """
     if not (root / ".dvc").is_dir():
         return DataVersion(f"untracked-{_tree_sha256(data_raw)}", None, False, None)
+    remote = default_remote(root)
+    if push and require_remote and remote is None:
+        raise ExternalToolError(
+            f"{root}: no DVC default remote, so the new data version could not be pushed; "
+            f"expected one (`dvc remote add -d NAME URL`)"
+        )
     target = data_raw.relative_to(root)
     run_dvc(root, "add", "--quiet", str(target))
     dvc_file = data_raw.with_name(data_raw.name + ".dvc")
-    remote = default_remote(root)
     if push and remote:
         run_dvc(root, "push", "--quiet", str(dvc_file.relative_to(root)))
     return DataVersion(read_dvc_md5(dvc_file), dvc_file, bool(push and remote), remote)
