@@ -6,6 +6,8 @@ tokenisation path is the real one while training takes seconds.
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import shutil
 import signal
@@ -15,7 +17,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -167,6 +169,38 @@ def local_server(
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=60)
+
+
+@contextmanager
+def prefect_console_to(stream: Any) -> Iterator[None]:
+    """Prefect's console log handlers write to the stderr of the moment they were made,
+    which under pytest is an earlier test's (closed) capture: point them at this one."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [logging.root, *map(logging.getLogger, logging.root.manager.loggerDict)]
+    handlers = [h for lg in loggers for h in lg.handlers if isinstance(h, PrefectConsoleHandler)]
+    saved = [(h, h.console.file) for h in handlers]
+    for handler in handlers:
+        handler.console.file = stream
+    try:
+        yield
+    finally:
+        for handler, file in saved:
+            handler.console.file = file
+
+
+@contextmanager
+def captured_output() -> Iterator[io.StringIO]:
+    """Everything a run in this process prints or logs (any logger), as one text."""
+    log = io.StringIO()
+    handler = logging.StreamHandler(log)
+    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    logging.root.addHandler(handler)
+    try:
+        with redirect_stdout(log), redirect_stderr(log), prefect_console_to(log):
+            yield log
+    finally:
+        logging.root.removeHandler(handler)
 
 
 def tool_env() -> dict[str, str]:

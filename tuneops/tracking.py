@@ -205,6 +205,8 @@ def check_tracking_server(tracking_uri: str, timeout_s: int = 10) -> None:
             f"of {', '.join(TRACKING_SCHEMES)} (e.g. sqlite:///mlflow.db or "
             f"http://host:5000), set by tracking.uri or MLFLOW_TRACKING_URI"
         )
+    if scheme == "sqlite" and _new_sqlite_file(tracking_uri, shown):
+        return  # creatable; not created here, so a run that stops early leaves no store
     limits = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)}
     saved = {name: os.environ.get(name) for name in limits}
     os.environ.update(limits)
@@ -221,6 +223,21 @@ def check_tracking_server(tracking_uri: str, timeout_s: int = 10) -> None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def _new_sqlite_file(tracking_uri: str, shown: str) -> bool:
+    """True when the SQLite file does not exist yet but can be created (MLflow creates it
+    and its folders on first use); raises when it cannot be."""
+    database = Path(tracking_uri.partition(":///")[2])
+    if str(database) in ("", ".", ":memory:") or database.exists():
+        return False
+    existing = next(p for p in database.parents if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise ExternalToolError(
+            f"MLflow tracking store {shown} is not usable: {existing} is not a writable "
+            f"folder, so {database} cannot be created"
+        )
+    return True
 
 
 def redact_uri(uri: str) -> str:

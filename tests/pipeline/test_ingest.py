@@ -5,11 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
 
 from tests.conftest import REPO, run_tool, tool_env, write_params
+from tests.reliability.conftest import record
 from tuneops import steps
 from tuneops.errors import DataValidationError, ExternalToolError
 
@@ -109,7 +111,7 @@ def test_a_bad_batch_is_rejected_whole_with_its_rows_named_and_nothing_appended(
 
 
 def test_a_failed_push_restores_the_previous_data_version(
-    project: steps.Context, tmp_path: Path
+    project: steps.Context, tmp_path: Path, record_property: Any
 ) -> None:
     dvc_file = project.paths.root / "data" / "raw.dvc"
     before = dvc_file.read_bytes()
@@ -126,10 +128,20 @@ def test_a_failed_push_restores_the_previous_data_version(
         "url",
         str(blocked),
     )
-    with pytest.raises(ExternalToolError, match="dvc push"):
+    with pytest.raises(ExternalToolError, match="dvc push") as caught:
         steps.step_ingest(project, batch(tmp_path, "new.csv", "fresh"))
-    assert dvc_file.read_bytes() == before
-    assert not (project.paths.root / DATASET / "batch-0001.csv").exists()
+    restored = dvc_file.read_bytes() == before
+    added = (project.paths.root / DATASET / "batch-0001.csv").exists()
+    record(
+        record_property,
+        "fault",
+        "DVC remote during ingest: the remote URL is a file, not a folder (unwritable)",
+        "survived" if restored and not added else "half-added",
+        f"ExternalToolError; data/raw.dvc {'restored' if restored else 'CHANGED'}, batch "
+        f"{'LEFT' if added else 'removed'}: {caught.value}",
+    )
+    assert restored
+    assert not added
 
 
 def test_two_ingests_at_once_each_get_a_batch_and_one_consistent_version(

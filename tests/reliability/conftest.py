@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import store_client
+from tests.conftest import prefect_console_to, store_client
 from tuneops.cli import main as cli_main
 
 TEXT_MODEL = "tuneops-movie-sentiment"
@@ -87,28 +84,10 @@ def run_cli(capfd: pytest.CaptureFixture[str], *argv: str) -> CliRun:
     """`tuneops ARGV` in this process (its real entry point); stdout and stderr as the
     user sees them, Prefect's and the libraries' log lines included."""
     capfd.readouterr()
-    with _prefect_console_to(sys.stderr):
+    with prefect_console_to(sys.stderr):
         code = cli_main(list(argv))
     out, err = capfd.readouterr()
     return CliRun(code, out, err)
-
-
-@contextmanager
-def _prefect_console_to(stream: Any) -> Iterator[None]:
-    """Prefect's console log handlers write to the stderr of the moment they were made,
-    which under pytest is an earlier test's (closed) capture: point them at this one."""
-    from prefect.logging.handlers import PrefectConsoleHandler
-
-    loggers = [logging.root, *map(logging.getLogger, logging.root.manager.loggerDict)]
-    handlers = [h for lg in loggers for h in lg.handlers if isinstance(h, PrefectConsoleHandler)]
-    saved = [(h, h.console.file) for h in handlers]
-    for handler in handlers:
-        handler.console.file = stream
-    try:
-        yield
-    finally:
-        for handler, file in saved:
-            handler.console.file = file
 
 
 def record(

@@ -54,7 +54,7 @@ STORES = [
     (
         "SQLite path that cannot be created (under a regular file)",
         lambda tmp: f"sqlite:///{tmp}/a-file/mlflow.db",
-        "is not usable: FileExistsError",
+        "a-file is not a writable folder",
     ),
 ]
 
