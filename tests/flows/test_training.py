@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -69,17 +68,10 @@ def flow_run(tmp_path_factory: pytest.TempPathFactory, prefect_server: None) -> 
     """The whole flow once, with SECRETS in the environment and its output captured."""
     root = make_dvc_project(tmp_path_factory.mktemp("flow"))
     write_params(root, REAL_SLICE)
-    saved = {name: os.environ.get(name) for name in SECRETS}
-    os.environ.update(SECRETS)
-    try:
-        with captured_output() as log:
-            state = training_flow(root=str(root), return_state=True)
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    with pytest.MonkeyPatch.context() as env, captured_output() as log:
+        for name, value in SECRETS.items():
+            env.setenv(name, value)
+        state = training_flow(root=str(root), return_state=True)
     return {"root": root, "state": state, "log": log.getvalue()}
 
 
