@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from tuneops.cli import main
-from tuneops.errors import DataValidationError
+from tuneops.errors import DataValidationError, ModelFileError
 from tuneops.pipeline.export import ExportResult
 from tuneops.runtime import OnnxClassifier
 
@@ -76,5 +76,5 @@ def test_a_missing_column_or_an_empty_text_names_the_file_row_and_field(
 def test_a_folder_that_is_not_a_bundle_is_a_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["predict", "--bundle", str(tmp_path), "some text"]) == 2
+    assert main(["predict", "--bundle", str(tmp_path), "some text"]) == ModelFileError.exit_code
     assert f"{tmp_path / 'bundle.json'}: missing from the bundle" in capsys.readouterr().err
