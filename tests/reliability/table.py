@@ -4,7 +4,9 @@ Every reliability test records one row (`record()` in tests/reliability/conftest
 case, outcome, what happened) as a JUnit property, and pytest's pass or fail says whether
 it held. So the counts in the document are counted, not typed:
 
-    pytest tests/reliability tests/flows/test_training.py tests/pipeline/test_ingest.py \\
+    pytest tests/reliability \\
+        tests/flows/test_training.py::test_no_secret_from_the_environment_is_recorded \\
+        tests/pipeline/test_ingest.py::test_a_failed_push_restores_the_previous_data_version \\
         --junitxml=reports/reliability.xml
     python tests/reliability/table.py reports/reliability.xml docs/reliability.md
 
