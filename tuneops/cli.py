@@ -70,7 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     ingest = sub.add_parser(
         "ingest", parents=[common], help="validate a new batch and add it to data/raw/ (DVC)"
     )
-    ingest.add_argument("path", type=Path, help="a CSV, JSONL or Parquet file")
+    ingest.add_argument(
+        "path",
+        type=Path,
+        help="a CSV, JSONL or Parquet file (token tasks: JSONL tokens/tags or CoNLL)",
+    )
     ingest.set_defaults(handler=_ingest)
 
     sub.add_parser(
@@ -265,8 +269,9 @@ def _ingest(args: argparse.Namespace) -> int:
         print(f"{args.path}: already ingested as {where}; nothing to do")
         return 0
     pushed = f", pushed to DVC remote {version.remote!r}" if version and version.pushed else ""
+    unit = "sentences" if ctx.params.task == "token-classification" else "rows"
     print(
-        f"{args.path}: {result.rows} rows validated and added as {where}; "
+        f"{args.path}: {result.rows} {unit} validated and added as {where}; "
         f"data version {version.version if version else 'unknown'}{pushed}"
     )
     return 0

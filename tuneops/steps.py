@@ -26,9 +26,11 @@ from tuneops.pipeline.export import ExportResult, export
 from tuneops.pipeline.fetch_data import FetchResult, fetch_data
 from tuneops.pipeline.gate import GateVerdict, write_reports
 from tuneops.pipeline.ingest import IngestResult, ingest
+from tuneops.pipeline.io import SUPPORTED_SUFFIXES
 from tuneops.pipeline.prepare import PrepareResult, prepare
 from tuneops.pipeline.prepare_tokens import prepare_tokens
 from tuneops.pipeline.registry import RegistrationResult
+from tuneops.pipeline.tokens import TOKEN_SUFFIXES
 from tuneops.pipeline.train import TrainResult, read_manifest, train
 from tuneops.pipeline.validate import ValidationResult, validate
 from tuneops.pipeline.validate_tokens import validate_tokens
@@ -79,17 +81,20 @@ def step_version_data(ctx: Context, push: bool = True) -> DataVersion:
 
 
 def step_ingest(ctx: Context, source: Path) -> tuple[IngestResult, DataVersion | None]:
-    """Validate `source` alone, append it as the next batch, version and push data/raw."""
+    """Validate `source` alone, append it as the next batch, version and push data/raw.
+    Token datasets take JSONL or CoNLL batches, checked by the token suite."""
     versions: list[DataVersion] = []
+    tokens = ctx.params.task == "token-classification"
+    step = validate_tokens if tokens else validate
     result = ingest(
         source,
-        ctx.params.data,
-        ctx.params.validate_,
+        lambda folder, reports: step(ctx.params.data, ctx.params.validate_, folder, reports),
         ctx.paths.raw_dataset(ctx.params.data.name),
         ctx.paths.reports,
         ctx.paths.data_lock,
         lambda: versions.append(version_data(ctx.paths.root, ctx.paths.data_raw)),
         (ctx.paths.data_raw.with_name("raw.dvc"),),
+        suffixes=TOKEN_SUFFIXES if tokens else SUPPORTED_SUFFIXES,
     )
     return result, (versions[0] if versions else None)
 

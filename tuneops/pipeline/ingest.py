@@ -1,9 +1,10 @@
 """ingest: add a new labelled batch to data/raw/<name>/ as an immutable, DVC-versioned file.
 
-The batch is validated alone, with the task's suite and the dataset's frozen label set,
-before anything is written; a failure names the rows and appends nothing. A batch whose
-bytes equal an existing batch file is a no-op. Ingests hold a file lock, so two at once
-are serialised: each gets its own batch number and `dvc add` sees a complete folder.
+The batch is validated alone, with the task's suite (text rows or token sentences) and
+the dataset's frozen label set, before anything is written; a failure names the rows and
+appends nothing. A batch whose bytes equal an existing batch file is a no-op. Ingests
+hold a file lock, so two at once are serialised: each gets its own batch number and
+`dvc add` sees a complete folder.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from tuneops.config import DataConfig, ValidateConfig
 from tuneops.errors import DataValidationError, ExternalToolError
-from tuneops.pipeline.io import SUPPORTED_SUFFIXES, raw_files, read_table
-from tuneops.pipeline.validate import validate
+from tuneops.pipeline.io import SUPPORTED_SUFFIXES, raw_files
+from tuneops.pipeline.validate import ValidationResult
+
+# validate(dataset_dir, reports_dir): the task's validation step over one dataset folder.
+Validator = Callable[[Path, Path], ValidationResult]
 
 BATCH_NAME = re.compile(r"^batch-(\d{4,})\.")
 
@@ -37,26 +40,26 @@ class IngestResult:
 
 def ingest(
     source: Path,
-    data: DataConfig,
-    cfg: ValidateConfig,
+    validate: Validator,
     dataset_dir: Path,
     reports_dir: Path,
     lock_file: Path,
     version: Callable[[], object],
     version_files: tuple[Path, ...] = (),
     lock_timeout_s: float = 600.0,
+    suffixes: tuple[str, ...] = SUPPORTED_SUFFIXES,
 ) -> IngestResult:
     """Validate `source` alone, then copy it in as the next batch and call `version()`
     (dvc add + push) under the lock. If versioning fails, the new batch is removed and
-    `version_files` (data/raw.dvc) are restored, so the data version is what it was."""
-    if source.suffix.lower() not in SUPPORTED_SUFFIXES:
+    `version_files` (data/raw.dvc) are restored, so the data version is what it was.
+    `rows` in the result counts what validation counted: rows, or sentences for tokens."""
+    if source.suffix.lower() not in suffixes:
         raise DataValidationError(
-            f"{source}: unsupported file type {source.suffix!r}; expected one of "
-            f"{SUPPORTED_SUFFIXES}"
+            f"{source}: unsupported file type {source.suffix!r}; expected one of {suffixes}"
         )
     if not source.is_file():
         raise DataValidationError(f"{source}: no such file")
-    rows = _validate_alone(source, data, cfg, dataset_dir, reports_dir)
+    rows = _validate_alone(source, validate, dataset_dir, reports_dir)
     digest = _sha256(source)
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -81,11 +84,9 @@ def ingest(
     return IngestResult(source, batch, rows, added=True)
 
 
-def _validate_alone(
-    source: Path, data: DataConfig, cfg: ValidateConfig, dataset_dir: Path, reports_dir: Path
-) -> int:
-    """The task's suite on this batch only, against the dataset's frozen label set."""
-    frame = read_table(source)  # unreadable files fail here, naming the file
+def _validate_alone(source: Path, validate: Validator, dataset_dir: Path, reports_dir: Path) -> int:
+    """The task's suite on this batch only, against the dataset's frozen label set.
+    Unreadable files fail in the reader, naming the file (and line)."""
     with tempfile.TemporaryDirectory(prefix="tuneops-ingest-") as scratch:
         alone = Path(scratch) / dataset_dir.name
         alone.mkdir()
@@ -93,9 +94,9 @@ def _validate_alone(
         labels_file = dataset_dir / "labels.json"
         if labels_file.exists():
             shutil.copy2(labels_file, alone / "labels.json")
-        result = validate(data, cfg, alone, reports_dir / "ingest")
+        result = validate(alone, reports_dir / "ingest")
     result.raise_for_failures()
-    return len(frame)
+    return result.rows
 
 
 def _sha256(path: Path) -> str:
