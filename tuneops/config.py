@@ -10,10 +10,17 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from tuneops.errors import ConfigError
 
@@ -168,6 +175,9 @@ class GateConfig(_Section):
     # Classes (entity types) with fewer test examples than this are listed, not judged:
     # ATIS has slot types seen once or twice in its test split, or never in training.
     per_class_min_support: int = Field(0, ge=0)
+    # Classes the model owner exempts from the floor, each with the reason (a known label
+    # problem, say). Their figures stay in the report, marked exempt; they cannot fail it.
+    per_class_exempt: dict[str, Annotated[str, StringConstraints(min_length=10)]] = {}
     # ONNX parity from the export step (label agreement and max |logit diff|).
     export_parity: bool = True
     # p95 single-example ONNX latency on this machine; off by default (machine-dependent).
