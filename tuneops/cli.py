@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     quiet.apply()
     try:
+        _refuse_data_parallel(args)
         return int(args.handler(args) or 0)
     except TuneopsError as exc:
         print(f"tuneops: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -44,6 +45,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tuneops: interrupted", file=sys.stderr)
         return 130
+
+
+def _refuse_data_parallel(args: argparse.Namespace) -> None:
+    """Only the train step runs data-parallel: N copies of a whole flow would each
+    validate, evaluate and register."""
+    from tuneops.pipeline.devices import world_size
+
+    processes = world_size()
+    if processes > 1 and (args.command, getattr(args, "name", None)) != ("stage", "train"):
+        raise ConfigError(
+            f"`tuneops {args.command}` was started as {processes} processes (torchrun or "
+            "accelerate launch); only `tuneops stage train` runs data-parallel. Launch that, "
+            "then run evaluate, export and register once each (see the README, Scale out)"
+        )
 
 
 def _parser() -> argparse.ArgumentParser:
