@@ -119,6 +119,14 @@ class TrainConfig(_Section):
     # Token classification: only a word's first sub-token carries its tag (the rest are
     # ignored by the loss); true labels every sub-token with the word's tag.
     label_all_subtokens: bool = False
+    # auto: bf16 autocast on a CUDA GPU that has it, else fp16 with loss scaling; fp32 on
+    # CPU and MPS. bf16/fp16 need CUDA (an error elsewhere, not a silent fall-back).
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # CUDA only: data-loader worker processes (CPU trains in the main process, as the
+    # compute threads already use every core).
+    dataloader_workers: int = Field(4, ge=0)
+    # torch.compile the model (any device; the first steps pay for the compilation).
+    torch_compile: bool = False
 
 
 class EvaluateConfig(_Section):

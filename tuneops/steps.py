@@ -20,6 +20,7 @@ from filelock import FileLock
 from tuneops.config import Params, load_params
 from tuneops.lineage import git_commit, library_versions
 from tuneops.paths import Paths
+from tuneops.pipeline.devices import process_rank
 from tuneops.pipeline.evaluate import EvaluationResult, evaluate
 from tuneops.pipeline.evaluate_tokens import evaluate_tokens
 from tuneops.pipeline.export import ExportResult, export
@@ -36,7 +37,7 @@ from tuneops.pipeline.validate import ValidationResult, validate
 from tuneops.pipeline.validate_tokens import validate_tokens
 from tuneops.pipeline.version_data import DataVersion, read_dvc_md5, version_data
 from tuneops.promotion import gate_and_register
-from tuneops.tracking import MlflowTracker, check_tracking_server
+from tuneops.tracking import MlflowTracker, NullTracker, Tracker, check_tracking_server
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,15 @@ class Context:
     params: Params
     paths: Paths
     tracking_uri: str
+
+    @property
+    def artifact_location(self) -> str | None:
+        """Artifact root for new experiments: `tracking.artifact_location` in the project for
+        a local store; None for a tracking server, whose own artifact root (proxied, or object
+        storage) every client can reach, unlike a folder on this machine."""
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return None
+        return (self.paths.root / self.params.tracking.artifact_location).resolve().as_uri()
 
 
 def tracking_uri_for(params: Params, root: Path) -> str:
@@ -139,14 +149,20 @@ def lineage_tags(ctx: Context) -> dict[str, str]:
     }
 
 
-def step_train(ctx: Context) -> tuple[TrainResult, str]:
-    """Start the MLflow run, log params, tags and datasets, then fine-tune."""
+def step_train(ctx: Context) -> tuple[TrainResult, str | None]:
+    """Start the MLflow run, log params, tags and datasets, then fine-tune.
+
+    Under torchrun / accelerate launch only rank 0 does all that; the other processes
+    train their share of each batch and record nothing (their run id is None).
+    """
+    if process_rank() != 0:
+        return _train(ctx, NullTracker(), {}), None
     check_tracking_server(ctx.tracking_uri)  # fail before compute, not after it
     tags = lineage_tags(ctx) | {"seed": str(ctx.params.train.seed)}
     tracker = MlflowTracker.start(
         ctx.tracking_uri,
         ctx.params.experiment_name,
-        (ctx.paths.root / ctx.params.tracking.artifact_location).resolve().as_uri(),
+        ctx.artifact_location,
         run_name=f"train-{tags['data.version'][:8]}-{tags['params.hash'][:8]}",
         tags=tags,
     )
@@ -155,18 +171,15 @@ def step_train(ctx: Context) -> tuple[TrainResult, str]:
         _log_resolved_params(ctx, tracker)
         tracker.set_tags({f"lib.{k}": v for k, v in library_versions().items()})
         _log_datasets(ctx, tracker)
-        result = train(
-            ctx.params.model,
-            ctx.params.train,
-            ctx.paths.data_prepared,
-            ctx.paths.candidate,
-            ctx.paths.checkpoints,
-            ctx.paths.data_cache,
-            tracker,
-            extra_summary={"mlflow_run_id": tracker.run_id} | tags,
-            task=ctx.params.task,
+        result = _train(ctx, tracker, {"mlflow_run_id": tracker.run_id} | tags)
+        tracker.set_tags(
+            {
+                "device": result.device,
+                "precision": result.precision,
+                "world_size": result.world_size,
+                "global_batch_size": ctx.params.train.batch_size * result.world_size,
+            }
         )
-        tracker.set_tags({"device": result.device, "precision": result.precision})
         tracker.log_metrics(
             {
                 "train_runtime_s": result.train_runtime_s,
@@ -181,6 +194,20 @@ def step_train(ctx: Context) -> tuple[TrainResult, str]:
         if result.adapter_dir is not None:  # the LoRA adapter alone, before the merge
             tracker.log_artifact(result.adapter_dir, "adapter")
     return result, tracker.run_id
+
+
+def _train(ctx: Context, tracker: Tracker, extra_summary: dict[str, Any]) -> TrainResult:
+    return train(
+        ctx.params.model,
+        ctx.params.train,
+        ctx.paths.data_prepared,
+        ctx.paths.candidate,
+        ctx.paths.checkpoints,
+        ctx.paths.data_cache,
+        tracker,
+        extra_summary=extra_summary,
+        task=ctx.params.task,
+    )
 
 
 def step_evaluate(ctx: Context) -> EvaluationResult:

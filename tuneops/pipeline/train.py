@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from datasets import load_dataset
 from sklearn.metrics import accuracy_score, f1_score
 from transformers import (
@@ -30,6 +29,7 @@ from transformers import (
 
 from tuneops.config import ModelConfig, TrainConfig
 from tuneops.paths import atomic_dir
+from tuneops.pipeline.devices import resolve_precision, trainer_options, world_size
 from tuneops.pipeline.memory import peak_memory
 from tuneops.pipeline.modeling import (
     load_classifier,
@@ -66,6 +66,9 @@ class TrainResult:
     strategy: str = "full"
     peak_memory_mb: float = 0.0
     adapter_dir: Path | None = None
+    # Data-parallel processes (torchrun / accelerate launch); the global batch is
+    # batch_size x world_size, and the token counts are over all of them.
+    world_size: int = 1
 
 
 def read_manifest(prepared_dir: Path) -> dict[str, Any]:
@@ -87,11 +90,18 @@ def train(
     """Fine-tune on train, select on validation (early stopping, best checkpoint kept).
 
     `cfg.strategy` picks the parameters that train (see strategies.py); a LoRA adapter is
-    saved to candidate_dir/adapter/ and merged into the weights saved beside it.
+    saved to candidate_dir/adapter/ and merged into the weights saved beside it. Under
+    torchrun / accelerate launch every process trains its share of each batch; only rank 0
+    writes checkpoints and the candidate (pass it the tracker, the others none).
     """
     tracker = tracker or NullTracker()
     set_seed(cfg.seed)
     labels = tuple(read_manifest(prepared_dir)["labels"])
+    device, processes = pick_device(), world_size()
+    precision = resolve_precision(cfg.precision, device)
+    # Built first: it joins the process group, so rank 0 can tokenise (and fill the
+    # cache) before the others read it.
+    args = _training_arguments(cfg, checkpoints_dir, precision, device, processes)
     base_path = resolve_model_path(model_cfg.name_or_path)
     tokenizer = load_tokenizer(base_path)
     tokens = task == "token-classification"
@@ -104,7 +114,8 @@ def train(
         model = load_classifier(base_path, labels, model_cfg.num_hidden_layers)
         tokenise = _tokenise_texts(tokenizer, cfg.max_length)
         collator, compute_metrics = DataCollatorWithPadding(tokenizer), _validation_metrics
-    splits = _tokenised_splits(prepared_dir, cache_dir, tokenise, cfg.max_length)
+    with args.main_process_first(desc="tokenise"):
+        splits = _tokenised_splits(prepared_dir, cache_dir, tokenise, cfg.max_length)
     truncated = {}
     if tokens:
         truncated = {s: int(sum(splits[s]["truncated"])) for s in splits}
@@ -117,13 +128,12 @@ def train(
         splits = splits.remove_columns("truncated")
     trained_model = apply_strategy(model, cfg)
     counts = count_parameters(trained_model)
-    device = pick_device()
-    precision = _precision(device)
 
-    shutil.rmtree(checkpoints_dir, ignore_errors=True)
+    if args.process_index == 0:
+        shutil.rmtree(checkpoints_dir, ignore_errors=True)
     trainer = ScheduledTrainer(
         model=trained_model,
-        args=_training_arguments(cfg, checkpoints_dir, precision, device),
+        args=args,
         train_dataset=splits["train"],
         eval_dataset=splits["validation"],
         processing_class=tokenizer,
@@ -159,7 +169,10 @@ def train(
         strategy=cfg.strategy,
         peak_memory_mb=round(memory.peak_mb, 1),
         adapter_dir=candidate_dir / "adapter" if cfg.strategy == "lora" else None,
+        world_size=processes,
     )
+    if not trainer.is_world_process_zero():
+        return result
     with atomic_dir(candidate_dir) as tmp:
         if cfg.strategy == "lora":
             save_adapter(trained_model, tmp / "adapter")
@@ -190,14 +203,8 @@ def _best_evaluation(history: list[dict[str, Any]], metric: str) -> dict[str, fl
     }
 
 
-def _precision(device: str) -> str:
-    if device != "cuda":
-        return "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-
-
 def _training_arguments(
-    cfg: TrainConfig, output_dir: Path, precision: str, device: str
+    cfg: TrainConfig, output_dir: Path, precision: str, device: str, processes: int = 1
 ) -> TrainingArguments:
     greater = cfg.metric_for_best_model != "loss"
     return TrainingArguments(
@@ -229,6 +236,7 @@ def _training_arguments(
         disable_tqdm=True,
         save_only_model=False,
         dataloader_pin_memory=device == "cuda",
+        **trainer_options(cfg, device, processes),
     )
 
 
