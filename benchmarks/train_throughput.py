@@ -7,9 +7,14 @@ Measures, on the default model and the bundled data (a slice, see --rows):
      against the bare script's wall time (load, tokenise, train, score the test split).
 Results are ratios to the bare script, because absolute times on shared machines drift.
 MFU is against the fp32 matmul throughput measured on this machine in the same run (a CPU
-has no single datasheet peak); on CUDA it is against that measured bf16 matmul peak.
+has no single datasheet peak); on CUDA it is against the GPU's datasheet bf16 peak
+(dense, from the table below; --peak-tflops for others), the measured bf16 matmul
+throughput reported beside it.
 
     python benchmarks/train_throughput.py [--rows 2000] [--out benchmarks/results]
+    # a GPU: BERT-base-sized, batches big enough to fill it
+    python benchmarks/train_throughput.py --rows 10000 --bert-base \
+        --set train.batch_size=128 --set train.max_length=128
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from transformers import (  # noqa: E402
 )
 
 from tuneops import steps  # noqa: E402
+from tuneops.cli import overrides as cli_overrides  # noqa: E402
 from tuneops.flows.training import training_flow  # noqa: E402
 from tuneops.pipeline.modeling import (  # noqa: E402
     load_classifier,
@@ -48,6 +54,16 @@ from tuneops.pipeline.modeling import (  # noqa: E402
 )
 
 REPO = Path(__file__).resolve().parents[1]
+# NVIDIA datasheets: dense bf16 tensor-core TFLOP/s (without sparsity), by the name
+# torch.cuda.get_device_name() reports; the first match wins.
+BF16_PEAK_TFLOPS = (
+    ("H200", 989.4),
+    ("H100 PCIe", 756.5),
+    ("H100", 989.4),  # SXM ("NVIDIA H100 80GB HBM3")
+    ("A100", 312.0),
+    ("L40S", 362.1),
+    ("L4", 121.0),
+)
 
 
 def matmul_peak_flops(device: str, size: int = 2048, repeats: int = 10) -> float:
@@ -64,6 +80,25 @@ def matmul_peak_flops(device: str, size: int = 2048, repeats: int = 10) -> float
     if device == "cuda":
         torch.cuda.synchronize()
     return 2 * size**3 * repeats / (time.perf_counter() - started)
+
+
+def datasheet_peak_flops(device: str) -> float | None:
+    """The GPU's dense bf16 peak (FLOP/s) from BF16_PEAK_TFLOPS; None on CPU or unknown."""
+    if device != "cuda":
+        return None
+    name = torch.cuda.get_device_name()
+    return next((tflops * 1e12 for key, tflops in BF16_PEAK_TFLOPS if key in name), None)
+
+
+def bert_base(folder: Path, model: str) -> Path:
+    """A randomly initialised BERT-base-sized encoder (12 layers x 768, 110 M parameters)
+    with `model`'s tokenizer: the size the MFU target is stated for."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=30522)).save_pretrained(folder)
+    load_tokenizer(resolve_model_path(model)).save_pretrained(folder)
+    return folder
 
 
 def train_flops_per_token(model: PreTrainedModel, seq_len: float) -> float:
@@ -99,6 +134,7 @@ def bare_trainer(ctx: steps.Context, out: Path) -> dict[str, float]:
         warmup_steps=cfg.warmup_ratio,
         weight_decay=cfg.weight_decay,
         lr_scheduler_type=cfg.lr_scheduler,
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         seed=cfg.seed,
         save_strategy="no",
         report_to="none",
@@ -134,6 +170,12 @@ def main() -> None:
     )
     parser.add_argument("--rows", type=int, default=2000, help="raw rows in the slice")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="a params.yaml override, e.g. train.batch_size=128 (a GPU wants big batches)",
+    )  # fmt: skip
+    parser.add_argument("--bert-base", action="store_true", help="a BERT-base-sized model")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="tuneops-bench-"))
@@ -144,10 +186,18 @@ def main() -> None:
         "gate.floors": {},
         "gate.beat_baselines": False,
         "gate.per_class": False,
-    }
+    } | cli_overrides(args.overrides)
+    if args.bert_base:
+        model = steps.load_context(work, overrides=overrides).params.model.name_or_path
+        overrides["model.name_or_path"] = str(bert_base(work / "bert-base", model))
     ctx = steps.load_context(work, overrides=overrides)
     device = pick_device()
-    peak = matmul_peak_flops(device)
+    measured_peak = matmul_peak_flops(device)
+    peak, peak_source = measured_peak, "the measured matmul peak"
+    if args.peak_tflops:
+        peak, peak_source = args.peak_tflops * 1e12, "--peak-tflops"
+    elif sheet := datasheet_peak_flops(device):
+        peak, peak_source = sheet, f"{torch.cuda.get_device_name()} bf16 datasheet peak"
 
     flow_started = time.perf_counter()
     summary = training_flow(root=str(work), overrides=overrides)
@@ -186,7 +236,11 @@ def main() -> None:
         "max_length": ctx.params.train.max_length,
         "mean_seq_len": bare["mean_seq_len"],
         "train_flops_per_token": flops_token,
-        "measured_matmul_peak_flops": peak,
+        "measured_matmul_peak_flops": measured_peak,
+        "mfu_peak_flops": peak,
+        "mfu_peak_source": peak_source,
+        "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
+        "precision": ours["precision"],
         "test_macro_f1": summary.metrics["test_macro_f1"],
         "results": rows,
     }
@@ -196,7 +250,9 @@ def main() -> None:
     print(
         f"\n{ctx.params.model.name_or_path} on {device} ({result['machine']}), "
         f"{summary.rows['train']} train rows, mean {bare['mean_seq_len']:.1f} tokens, "
-        f"matmul peak {peak / 1e9:.0f} GFLOP/s\n"
+        f"matmul peak {measured_peak / 1e9:.0f} GFLOP/s measured, MFU against "
+        f"{peak / 1e9:,.0f} GFLOP/s ({peak_source}), "
+        f"{ours['precision']}\n"
     )
     print(
         f"{'':28} {'tokens/s':>9} {'vs bare':>8} {'MFU':>6} {'train s':>8} {'wall s':>7} "

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from mlflow.exceptions import MlflowException
 
-from tests.conftest import REPO, Trained, free_port, local_server, store_client, tool_env
+from tests.conftest import REPO, Trained, store_client, tool_env
+from tests.servers import mlflow_server as serve_mlflow
 from tuneops.pipeline.export import ExportResult
 
 pytestmark = pytest.mark.integration
@@ -28,30 +29,7 @@ NAME = "race-model"
 @pytest.fixture
 def mlflow_server(tmp_path: Path) -> Iterator[str]:
     """A real `mlflow server` on 127.0.0.1 with a SQLite backend, stopped after the test."""
-    port = free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{tmp_path / 'server.db'}",
-        "--default-artifact-root",
-        (tmp_path / "server-artifacts").as_uri(),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "2",
-        # uvicorn kills a worker that misses a 5 s health ping; on a loaded 2-core CI
-        # machine that took both workers down mid-test.
-        "--uvicorn-opts",
-        "--timeout-worker-healthcheck 60",
-    ]
-    uri = f"http://127.0.0.1:{port}"
-    log = tmp_path / "mlflow-server.log"
-    with local_server(argv, tool_env(), f"{uri}/health", log, timeout=120):
+    with serve_mlflow(f"sqlite:///{tmp_path / 'server.db'}", tmp_path, workers=2) as uri:
         yield uri
 
 

@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     quiet.apply()
     try:
+        _refuse_data_parallel(args)
         return int(args.handler(args) or 0)
     except TuneopsError as exc:
         print(f"tuneops: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -44,6 +45,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tuneops: interrupted", file=sys.stderr)
         return 130
+
+
+def _refuse_data_parallel(args: argparse.Namespace) -> None:
+    """Only the train step runs data-parallel: N copies of a whole flow would each
+    validate, evaluate and register."""
+    from tuneops.pipeline.devices import world_size
+
+    processes = world_size()
+    if processes > 1 and (args.command, getattr(args, "name", None)) != ("stage", "train"):
+        raise ConfigError(
+            f"`tuneops {args.command}` was started as {processes} processes (torchrun or "
+            "accelerate launch); only `tuneops stage train` runs data-parallel. Launch that, "
+            "then run evaluate, export and register once each (see the README, Scale out)"
+        )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -70,7 +85,11 @@ def _parser() -> argparse.ArgumentParser:
     ingest = sub.add_parser(
         "ingest", parents=[common], help="validate a new batch and add it to data/raw/ (DVC)"
     )
-    ingest.add_argument("path", type=Path, help="a CSV, JSONL or Parquet file")
+    ingest.add_argument(
+        "path",
+        type=Path,
+        help="a CSV, JSONL or Parquet file (token tasks: JSONL tokens/tags or CoNLL)",
+    )
     ingest.set_defaults(handler=_ingest)
 
     sub.add_parser(
@@ -84,6 +103,23 @@ def _parser() -> argparse.ArgumentParser:
     schedule.add_argument("--cron", required=True, help='e.g. "0 3 * * 1" (Mondays 03:00)')
     schedule.add_argument("--name", default="weekly-retrain", help="deployment name")
     schedule.set_defaults(handler=_schedule)
+    deploy = sub.add_parser(
+        "deploy",
+        parents=[common],
+        help="register the retraining flow with a Prefect work pool (its workers run it)",
+    )
+    deploy.add_argument("--pool", required=True, help="work pool name (process, docker, ...)")
+    deploy.add_argument("--name", default="retrain", help="deployment name")
+    deploy.add_argument("--cron", default=None, help="optional schedule, e.g. '0 3 * * 1'")
+    deploy.add_argument("--image", default=None, help="Docker/Kubernetes pools: an image")
+    deploy.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set in each flow run's environment, e.g. MLFLOW_TRACKING_URI=http://mlflow:5000",
+    )
+    deploy.set_defaults(handler=_deploy)
 
     again = sub.add_parser(
         "reproduce",
@@ -153,12 +189,16 @@ def _add_common_options(parser: argparse.ArgumentParser, defaults: bool) -> None
 
 
 def overrides(pairs: list[str]) -> dict[str, Any]:
-    parsed: dict[str, Any] = {}
+    return {k: yaml.safe_load(v) for k, v in key_values(pairs, "--set", "train.epochs=2").items()}
+
+
+def key_values(pairs: list[str], option: str, example: str) -> dict[str, str]:
+    parsed: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. train.epochs=2")
-        parsed[key] = yaml.safe_load(value)
+            raise ConfigError(f"{option} {pair!r}: expected KEY=VALUE, e.g. {example}")
+        parsed[key] = value
     return parsed
 
 
@@ -219,26 +259,32 @@ def _retrain(args: argparse.Namespace) -> int:
 
 
 def _schedule(args: argparse.Namespace) -> int:
-    import os
+    from tuneops.flows.deployments import require_server, retrain_parameters, serve_retrain
 
-    from prefect.settings import PREFECT_API_URL
+    require_server("schedule")
+    parameters = retrain_parameters(args.root, args.params, overrides(args.overrides))
+    print(
+        f"serving deployment tuneops-retrain/{args.name} on cron {args.cron!r} "
+        f"for {parameters['root']}"
+    )
+    serve_retrain(args.name, args.cron, parameters)
+    return 0
 
-    from tuneops.flows.retrain import retrain_flow
 
-    if not (os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()):
-        raise ConfigError(
-            "tuneops schedule needs a Prefect server that outlives this command: start one "
-            "with `prefect server start` (it serves http://127.0.0.1:4200) and run "
-            "`export PREFECT_API_URL=http://127.0.0.1:4200/api`, then run this again"
-        )
-    root = args.root.resolve()
-    parameters = {
-        "root": str(root),
-        "params_file": str(args.params.resolve()) if args.params else None,
-        "overrides": overrides(args.overrides) or None,
-    }
-    print(f"serving deployment tuneops-retrain/{args.name} on cron {args.cron!r} for {root}")
-    retrain_flow.serve(name=args.name, cron=args.cron, parameters=parameters)
+def _deploy(args: argparse.Namespace) -> int:
+    from tuneops.flows.deployments import deploy_retrain, require_server, retrain_parameters
+
+    require_server("deploy")
+    env = key_values(args.env, "--env", "MLFLOW_TRACKING_URI=http://mlflow:5000")
+    parameters = retrain_parameters(args.root, args.params, overrides(args.overrides))
+    deployment_id = deploy_retrain(
+        args.pool, args.name, parameters, args.cron, args.image, env or None
+    )
+    print(
+        f"deployment tuneops-retrain/{args.name} ({deployment_id}) in work pool {args.pool!r} "
+        f"for {parameters['root']}; start a worker with `prefect worker start --pool "
+        f"{args.pool}` and run it with `prefect deployment run tuneops-retrain/{args.name}`"
+    )
     return 0
 
 
@@ -265,8 +311,9 @@ def _ingest(args: argparse.Namespace) -> int:
         print(f"{args.path}: already ingested as {where}; nothing to do")
         return 0
     pushed = f", pushed to DVC remote {version.remote!r}" if version and version.pushed else ""
+    unit = "sentences" if ctx.params.task == "token-classification" else "rows"
     print(
-        f"{args.path}: {result.rows} rows validated and added as {where}; "
+        f"{args.path}: {result.rows} {unit} validated and added as {where}; "
         f"data version {version.version if version else 'unknown'}{pushed}"
     )
     return 0

@@ -10,10 +10,17 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from tuneops.errors import ConfigError
 
@@ -115,6 +122,14 @@ class TrainConfig(_Section):
     # Token classification: only a word's first sub-token carries its tag (the rest are
     # ignored by the loss); true labels every sub-token with the word's tag.
     label_all_subtokens: bool = False
+    # auto: bf16 autocast on a CUDA GPU that has it, else fp16 with loss scaling; fp32 on
+    # CPU and MPS. bf16/fp16 need CUDA (an error elsewhere, not a silent fall-back).
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # CUDA only: data-loader worker processes (CPU trains in the main process, as the
+    # compute threads already use every core).
+    dataloader_workers: int = Field(4, ge=0)
+    # torch.compile the model (any device; the first steps pay for the compilation).
+    torch_compile: bool = False
 
 
 class EvaluateConfig(_Section):
@@ -171,6 +186,9 @@ class GateConfig(_Section):
     # Classes (entity types) with fewer test examples than this are listed, not judged:
     # ATIS has slot types seen once or twice in its test split, or never in training.
     per_class_min_support: int = Field(0, ge=0)
+    # Classes the model owner exempts from the floor, each with the reason (a known label
+    # problem, say). Their figures stay in the report, marked exempt; they cannot fail it.
+    per_class_exempt: dict[str, Annotated[str, StringConstraints(min_length=10)]] = {}
     # ONNX parity from the export step (label agreement and max |logit diff|).
     export_parity: bool = True
     # p95 single-example ONNX latency on this machine; off by default (machine-dependent).

@@ -21,21 +21,24 @@ from filelock import FileLock
 from tuneops.config import Params, load_params
 from tuneops.lineage import git_commit, library_versions
 from tuneops.paths import Paths
+from tuneops.pipeline.devices import process_rank
 from tuneops.pipeline.evaluate import EvaluationResult, evaluate
 from tuneops.pipeline.evaluate_tokens import evaluate_tokens
 from tuneops.pipeline.export import ExportResult, export
 from tuneops.pipeline.fetch_data import FetchResult, fetch_data
 from tuneops.pipeline.gate import GateVerdict, write_reports
 from tuneops.pipeline.ingest import IngestResult, ingest
+from tuneops.pipeline.io import SUPPORTED_SUFFIXES
 from tuneops.pipeline.prepare import PrepareResult, prepare
 from tuneops.pipeline.prepare_tokens import prepare_tokens
 from tuneops.pipeline.registry import RegistrationResult
+from tuneops.pipeline.tokens import TOKEN_SUFFIXES
 from tuneops.pipeline.train import TrainResult, read_manifest, train
 from tuneops.pipeline.validate import ValidationResult, validate
 from tuneops.pipeline.validate_tokens import validate_tokens
 from tuneops.pipeline.version_data import DataVersion, read_dvc_md5, version_data
 from tuneops.promotion import gate_and_register
-from tuneops.tracking import MlflowTracker, check_tracking_server
+from tuneops.tracking import MlflowTracker, NullTracker, Tracker, check_tracking_server
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,15 @@ class Context:
     params: Params
     paths: Paths
     tracking_uri: str
+
+    @property
+    def artifact_location(self) -> str | None:
+        """Artifact root for new experiments: `tracking.artifact_location` in the project for
+        a local store; None for a tracking server, whose own artifact root (proxied, or object
+        storage) every client can reach, unlike a folder on this machine."""
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return None
+        return (self.paths.root / self.params.tracking.artifact_location).resolve().as_uri()
 
 
 def tracking_uri_for(params: Params, root: Path) -> str:
@@ -80,12 +92,14 @@ def step_version_data(ctx: Context, push: bool = True) -> DataVersion:
 
 
 def step_ingest(ctx: Context, source: Path) -> tuple[IngestResult, DataVersion | None]:
-    """Validate `source` alone, append it as the next batch, version and push data/raw."""
+    """Validate `source` alone, append it as the next batch, version and push data/raw.
+    Token datasets take JSONL or CoNLL batches, checked by the token suite."""
     versions: list[DataVersion] = []
+    tokens = ctx.params.task == "token-classification"
+    step = validate_tokens if tokens else validate
     result = ingest(
         source,
-        ctx.params.data,
-        ctx.params.validate_,
+        lambda folder, reports: step(ctx.params.data, ctx.params.validate_, folder, reports),
         ctx.paths.raw_dataset(ctx.params.data.name),
         ctx.paths.reports,
         ctx.paths.data_lock,
@@ -93,7 +107,10 @@ def step_ingest(ctx: Context, source: Path) -> tuple[IngestResult, DataVersion |
             version_data(ctx.paths.root, ctx.paths.data_raw, require_remote=True)
         ),
         (ctx.paths.data_raw.with_name("raw.dvc"),),
-        task=ctx.params.task,
+        suffixes=TOKEN_SUFFIXES if tokens else SUPPORTED_SUFFIXES,
+        text_columns=None
+        if tokens
+        else (ctx.params.data.text_column, ctx.params.data.label_column),
     )
     return result, (versions[0] if versions else None)
 
@@ -138,18 +155,22 @@ def lineage_tags(ctx: Context) -> dict[str, str]:
     }
 
 
-def step_train(ctx: Context, callbacks: Sequence[Any] = ()) -> tuple[TrainResult, str]:
+def step_train(ctx: Context, callbacks: Sequence[Any] = ()) -> tuple[TrainResult, str | None]:
     """Start the MLflow run, log params, tags and datasets, then fine-tune.
 
-    A resumed run (the last one was killed) is tagged `train.resumed_from`; the killed
-    run, left RUNNING by its process, is marked KILLED. `callbacks`: extra Trainer callbacks.
+    Under torchrun / accelerate launch only rank 0 does all that; the other processes
+    train their share of each batch and record nothing (their run id is None). A resumed
+    run (the last one was killed) is tagged `train.resumed_from`; the killed run, left
+    RUNNING by its process, is marked KILLED. `callbacks`: extra Trainer callbacks.
     """
+    if process_rank() != 0:
+        return _train(ctx, NullTracker(), {}, callbacks), None
     check_tracking_server(ctx.tracking_uri)  # fail before compute, not after it
     tags = lineage_tags(ctx) | {"seed": str(ctx.params.train.seed)}
     tracker = MlflowTracker.start(
         ctx.tracking_uri,
         ctx.params.experiment_name,
-        (ctx.paths.root / ctx.params.tracking.artifact_location).resolve().as_uri(),
+        ctx.artifact_location,
         run_name=f"train-{tags['data.version'][:8]}-{tags['params.hash'][:8]}",
         tags=tags,
     )
@@ -158,19 +179,15 @@ def step_train(ctx: Context, callbacks: Sequence[Any] = ()) -> tuple[TrainResult
         _log_resolved_params(ctx, tracker)
         tracker.set_tags({f"lib.{k}": v for k, v in library_versions().items()})
         _log_datasets(ctx, tracker)
-        result = train(
-            ctx.params.model,
-            ctx.params.train,
-            ctx.paths.data_prepared,
-            ctx.paths.candidate,
-            ctx.paths.checkpoints,
-            ctx.paths.data_cache,
-            tracker,
-            extra_summary={"mlflow_run_id": tracker.run_id} | tags,
-            task=ctx.params.task,
-            callbacks=callbacks,
+        result = _train(ctx, tracker, {"mlflow_run_id": tracker.run_id} | tags, callbacks)
+        tracker.set_tags(
+            {
+                "device": result.device,
+                "precision": result.precision,
+                "world_size": result.world_size,
+                "global_batch_size": ctx.params.train.batch_size * result.world_size,
+            }
         )
-        tracker.set_tags({"device": result.device, "precision": result.precision})
         if result.resumed_from:
             _record_resume(ctx, tracker, result)
         tracker.log_metrics(
@@ -187,6 +204,23 @@ def step_train(ctx: Context, callbacks: Sequence[Any] = ()) -> tuple[TrainResult
         if result.adapter_dir is not None:  # the LoRA adapter alone, before the merge
             tracker.log_artifact(result.adapter_dir, "adapter")
     return result, tracker.run_id
+
+
+def _train(
+    ctx: Context, tracker: Tracker, extra_summary: dict[str, Any], callbacks: Sequence[Any]
+) -> TrainResult:
+    return train(
+        ctx.params.model,
+        ctx.params.train,
+        ctx.paths.data_prepared,
+        ctx.paths.candidate,
+        ctx.paths.checkpoints,
+        ctx.paths.data_cache,
+        tracker,
+        extra_summary=extra_summary,
+        task=ctx.params.task,
+        callbacks=callbacks,
+    )
 
 
 def step_evaluate(ctx: Context) -> EvaluationResult:

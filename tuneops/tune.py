@@ -183,7 +183,7 @@ def _parent_run(ctx: Context, study: Any, storage: str) -> MlflowTracker:
     parent = MlflowTracker.start(
         ctx.tracking_uri,
         ctx.params.experiment_name,
-        (ctx.paths.root / ctx.params.tracking.artifact_location).resolve().as_uri(),
+        ctx.artifact_location,
         run_name=f"tune-{study.study_name}",
         tags={
             "optuna.study_name": study.study_name,
@@ -212,7 +212,7 @@ def _run_trial(
     child = MlflowTracker.start(
         ctx.tracking_uri,
         params.experiment_name,
-        (ctx.paths.root / params.tracking.artifact_location).resolve().as_uri(),
+        ctx.artifact_location,
         run_name=f"trial-{trial.number}",
         tags={
             "mlflow.parentRunId": parent.run_id,

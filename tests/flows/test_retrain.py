@@ -7,9 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +16,12 @@ import pytest
 
 from tests.conftest import (
     REPO,
-    free_port,
-    local_server,
     make_dvc_project,
     store_client,
     tiny_overrides,
-    tool_env,
     write_params,
 )
+from tests.flows.conftest import TUNEOPS, trigger, tuneops
 from tests.pipeline.test_ingest import batch
 from tuneops.flows.retrain import skip_reason
 from tuneops.pipeline.version_data import read_dvc_md5
@@ -34,45 +30,6 @@ pytestmark = pytest.mark.integration
 
 MODEL = "tuneops-movie-sentiment"
 DEPLOYMENT = "tuneops-retrain/weekly-retrain"
-TUNEOPS = (sys.executable, "-m", "tuneops.cli")
-PREFECT = str(Path(sys.executable).parent / "prefect")
-
-
-@pytest.fixture
-def prefect_env(tmp_path: Path) -> Iterator[dict[str, str]]:
-    """A real `prefect server start` on a free port; the environment that points at it."""
-    port = free_port()
-    env = tool_env() | {
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
-    }
-    argv = [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    health = f"http://127.0.0.1:{port}/api/health"
-    with local_server(argv, env, health, tmp_path / "prefect-server.log"):
-        yield env
-
-
-def tuneops(root: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*TUNEOPS, "--root", str(root), *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
-        cwd=REPO,
-        timeout=900,
-    )
-
-
-def trigger(env: dict[str, str]) -> Any:
-    """Run the served deployment once through the API and wait for its final state."""
-    from prefect.deployments import run_deployment
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
-        return run_deployment(DEPLOYMENT, timeout=900, poll_interval=2)
 
 
 def wait_for_deployment(env: dict[str, str], serve: subprocess.Popen[Any], log: Path) -> None:
@@ -130,10 +87,10 @@ def test_weekly_retraining_trains_on_new_data_skips_without_it_and_rebuilds_v1(
         )
         try:
             wait_for_deployment(env, serve, log)
-            retrained = trigger(env)
+            retrained = trigger(env, DEPLOYMENT)
             assert retrained.state.is_completed(), (retrained.state, log.read_text()[-3000:])
             assert retrained.state.message.startswith("gate passed: challenger v2 vs champion v1")
-            skipped = trigger(env)
+            skipped = trigger(env, DEPLOYMENT)
             assert skipped.state.is_completed(), skipped.state
         finally:
             os.killpg(serve.pid, signal.SIGTERM)

@@ -123,6 +123,25 @@ def test_a_sacrificed_minority_class_is_caught_by_the_per_class_floor() -> None:
     assert run_gate(f1_cfg, per_class=per_class(negative=0.98, positive=0.4)).passed
 
 
+def test_an_exempt_class_is_reported_with_its_reason_but_cannot_fail_the_floor() -> None:
+    reason = "test labels this role differently from train"
+    cfg = GateConfig(per_class_exempt={"positive": reason})
+    verdict = run_gate(cfg, per_class=per_class(negative=0.98, positive=0.4))
+    assert verdict.passed
+    assert check(verdict, "per_class_recall").value == {"negative": 0.98, "positive": 0.4}
+    assert check(verdict, "per_class_recall").detail == (
+        f"lowest negative 0.9800 vs floor 0.5; exempt: {{'positive': 0.4}} ({reason})"
+    )
+    # the other classes are still judged, and a misspelt exemption is said, not ignored
+    misspelt = GateConfig(per_class_exempt={"postive": reason})
+    failed = run_gate(misspelt, per_class=per_class(negative=0.98, positive=0.4))
+    assert failed.failed_checks == ["per_class_recall"]
+    detail = check(failed, "per_class_recall").detail
+    assert "exempt classes not in this model: ['postive']" in detail
+    with pytest.raises(ValueError, match="at least 10 characters"):
+        GateConfig(per_class_exempt={"positive": "meh"})
+
+
 def test_export_parity_fails_when_logits_drift_or_figures_are_missing() -> None:
     drift = run_gate(parity={"max_abs_diff": 3e-3, "label_agreement": 1.0})
     assert drift.failed_checks == ["export_parity"]

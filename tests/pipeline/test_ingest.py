@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+import yaml
 
 from tests.conftest import REPO, run_tool, tool_env, write_params
 from tests.reliability.conftest import record
@@ -169,3 +171,57 @@ def test_two_ingests_at_once_each_get_a_batch_and_one_consistent_version(
     assert contents == {s.read_bytes() for s in sources}
     assert "up to date" in dvc_status(project, "data/raw.dvc")
     assert "in sync" in dvc_status(project, "--cloud", "data/raw.dvc")
+
+
+@pytest.fixture
+def atis_project(dvc_project: Path) -> steps.Context:
+    """The bundled ATIS slots fetched, tracked and pushed (params.ner.yaml)."""
+    params = yaml.safe_load((REPO / "params.ner.yaml").read_text(encoding="utf-8"))
+    (dvc_project / "params.ner.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    ctx = steps.load_context(dvc_project, dvc_project / "params.ner.yaml")
+    steps.step_fetch(ctx)
+    steps.step_version_data(ctx)
+    return ctx
+
+
+def test_token_batches_are_ingested_as_jsonl_or_conll_and_checked_by_the_token_suite(
+    atis_project: steps.Context, tmp_path: Path
+) -> None:
+    dataset = atis_project.paths.root / "data" / "raw" / "atis_slots"
+    jsonl = tmp_path / "week-48.jsonl"
+    jsonl.write_text(
+        json.dumps({"tokens": ["fly", "to", "new", "york"], "tags": ["O", "O", *CITY]}) + "\n",
+        encoding="utf-8",
+    )
+    conll = tmp_path / "week-49.conll"
+    conll.write_text("from O\nboston B-fromloc.city_name\n\nto O\ndenver B-toloc.city_name\n")
+    before = data_version(atis_project)
+    first, version = steps.step_ingest(atis_project, jsonl)
+    second, _ = steps.step_ingest(atis_project, conll)
+    assert (first.rows, first.batch_file.name) == (1, "batch-0001.jsonl")
+    assert (second.rows, second.batch_file.name) == (2, "batch-0002.conll")
+    assert version is not None and version.version != before
+
+    dvc_file = atis_project.paths.root / "data" / "raw.dvc"
+    pushed = dvc_file.read_bytes()
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(
+        json.dumps({"tokens": ["to", "york"], "tags": ["O", "I-toloc.city_name"]})
+        + "\n"
+        + json.dumps({"tokens": ["to", "mars"], "tags": ["O", "B-toloc.planet"]})
+        + "\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(DataValidationError) as caught:
+        steps.step_ingest(atis_project, broken)
+    message = str(caught.value)
+    assert "broken.jsonl:1" in message and "'I-toloc.city_name' follows 'O'" in message
+    assert "broken.jsonl:2" in message and "B-toloc.planet" in message
+    assert not (dataset / "batch-0003.jsonl").exists()
+    assert dvc_file.read_bytes() == pushed
+
+    with pytest.raises(DataValidationError, match=r"unsupported file type '\.csv'"):
+        steps.step_ingest(atis_project, batch(tmp_path, "rows.csv", "text"))
+
+
+CITY = ["B-toloc.city_name", "I-toloc.city_name"]

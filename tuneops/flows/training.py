@@ -152,6 +152,7 @@ def prepare_task(ctx: steps.Context) -> dict[str, int]:
 @task(name="train", cache_policy=NO_CACHE)
 def train_task(ctx: steps.Context) -> str:
     result, run_id = steps.step_train(ctx)
+    assert run_id is not None  # one process: the CLI runs only `stage train` data-parallel
     get_run_logger().info(
         f"trained on {result.device} in {result.train_runtime_s:.0f}s "
         f"({result.tokens_per_s:.0f} tokens/s); MLflow run {run_id}"

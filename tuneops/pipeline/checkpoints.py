@@ -54,10 +54,18 @@ def run_key(model_cfg: ModelConfig, cfg: TrainConfig, task: str, manifest: dict[
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def start(checkpoints_dir: Path, key: str, run_id: str | None) -> Resume | None:
+def start(
+    checkpoints_dir: Path, key: str, run_id: str | None, writer: bool = True
+) -> Resume | None:
     """The checkpoint to resume from (an interrupted run with this key), or None after
-    clearing the folder for a fresh run. Either way, records this run in resume.json."""
-    resume = _resumable(checkpoints_dir, key)
+    clearing the folder for a fresh run. Either way, records this run in resume.json.
+
+    Only the `writer` (rank 0 of a data-parallel run) clears and records; the other
+    processes, run after it, only find the checkpoint it chose.
+    """
+    resume = _resumable(checkpoints_dir, key, writer)
+    if not writer:
+        return resume
     if resume is None:
         shutil.rmtree(checkpoints_dir, ignore_errors=True)
     checkpoints_dir.mkdir(parents=True, exist_ok=True)
@@ -72,7 +80,7 @@ def finish(checkpoints_dir: Path) -> None:
     (checkpoints_dir / RESUME_FILE).unlink(missing_ok=True)
 
 
-def _resumable(checkpoints_dir: Path, key: str) -> Resume | None:
+def _resumable(checkpoints_dir: Path, key: str, writer: bool) -> Resume | None:
     marker = checkpoints_dir / RESUME_FILE
     try:
         recorded = json.loads(marker.read_text(encoding="utf-8"))
@@ -86,7 +94,7 @@ def _resumable(checkpoints_dir: Path, key: str) -> Resume | None:
         if match and folder.is_dir():
             if all((folder / name).is_file() for name in COMPLETE_MARKERS):
                 complete.append((int(match.group(1)), folder))
-            else:
+            elif writer:
                 shutil.rmtree(folder)  # cut off mid-save: it must not be resumed or kept
     if not complete:
         return None
@@ -135,8 +143,8 @@ class EpochStartRng(TrainerCallback):
         self.current = (epoch, torch.get_rng_state())
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.current is None:
-            return
+        if self.current is None or not state.is_world_process_zero:
+            return  # rank 0 writes the checkpoints
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         epoch, rng = self.current
         save_file(

@@ -292,14 +292,25 @@ def _per_class(
     ]
     skipped = sorted(set(labels) - set(judged))
     values = {label: float(per_class[label][cfg.per_class_metric]) for label in judged}
-    low = {k: round(v, 4) for k, v in values.items() if v < cfg.per_class_floor}
+    low = {
+        k: round(v, 4)
+        for k, v in values.items()
+        if v < cfg.per_class_floor and k not in cfg.per_class_exempt
+    }
     note = (
         f"; {len(skipped)} with support < {cfg.per_class_min_support} not judged" if skipped else ""
     )
+    exempt = {k: round(values[k], 4) for k in cfg.per_class_exempt if k in values}
+    if exempt:  # said in every verdict, so an exemption is never silent
+        note += f"; exempt: {exempt} ({'; '.join(cfg.per_class_exempt[k] for k in exempt)})"
+    unknown = sorted(set(cfg.per_class_exempt) - set(labels))
+    if unknown:  # a misspelt exemption would otherwise look like one that applies
+        note += f"; exempt classes not in this model: {unknown}"
     if low:
         detail = f"below {cfg.per_class_floor}: {low}{note}"
     elif values:
-        worst = min(values, key=lambda label: values[label])
+        candidates = [k for k in values if k not in cfg.per_class_exempt] or list(values)
+        worst = min(candidates, key=lambda label: values[label])
         detail = f"lowest {worst} {values[worst]:.4f} vs floor {cfg.per_class_floor}{note}"
     else:
         detail = f"no class has support >= {cfg.per_class_min_support}"

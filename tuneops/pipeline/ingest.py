@@ -1,9 +1,10 @@
 """ingest: add a new labelled batch to data/raw/<name>/ as an immutable, DVC-versioned file.
 
-The batch is validated alone, with the task's suite and the dataset's frozen label set,
-before anything is written; a failure names the rows and appends nothing. A batch whose
-bytes equal an existing batch file is a no-op. Ingests hold a file lock, so two at once
-are serialised: each gets its own batch number and `dvc add` sees a complete folder.
+The batch is validated alone, with the task's suite (text rows or token sentences) and
+the dataset's frozen label set, before anything is written; a failure names the rows and
+appends nothing. A batch whose bytes equal an existing batch file is a no-op. Ingests
+hold a file lock, so two at once are serialised: each gets its own batch number and
+`dvc add` sees a complete folder.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from tuneops.config import DataConfig, ValidateConfig
 from tuneops.errors import DataValidationError, ExternalToolError
 from tuneops.pipeline.io import SUPPORTED_SUFFIXES, raw_files, read_raw
-from tuneops.pipeline.tokens import TOKEN_SUFFIXES
-from tuneops.pipeline.validate import conflicting_labels_check, validate
-from tuneops.pipeline.validate_tokens import validate_tokens
+from tuneops.pipeline.validate import ValidationResult, conflicting_labels_check
+
+# validate(dataset_dir, reports_dir): the task's validation step over one dataset folder.
+Validator = Callable[[Path, Path], ValidationResult]
 
 BATCH_NAME = re.compile(r"^batch-(\d{4,})\.")
 
@@ -39,30 +40,31 @@ class IngestResult:
 
 def ingest(
     source: Path,
-    data: DataConfig,
-    cfg: ValidateConfig,
+    validate: Validator,
     dataset_dir: Path,
     reports_dir: Path,
     lock_file: Path,
     version: Callable[[], object],
     version_files: tuple[Path, ...] = (),
     lock_timeout_s: float = 600.0,
-    task: str = "text-classification",
+    suffixes: tuple[str, ...] = SUPPORTED_SUFFIXES,
+    text_columns: tuple[str, str] | None = None,
 ) -> IngestResult:
     """Validate `source` alone, then copy it in as the next batch and call `version()`
     (dvc add + push) under the lock. If versioning fails, the new batch is removed and
     `version_files` (data/raw.dvc) are restored, so the data version is what it was.
+    `rows` in the result counts what validation counted: rows, or sentences for tokens.
 
-    A text batch must also not label a text differently from the batches already there.
+    With `text_columns` (text, label: a text classification dataset), the batch must also
+    not label a text differently from the batches already there.
     """
-    suffixes = TOKEN_SUFFIXES if task == "token-classification" else SUPPORTED_SUFFIXES
     if source.suffix.lower() not in suffixes:
         raise DataValidationError(
             f"{source}: unsupported file type {source.suffix!r}; expected one of {suffixes}"
         )
     if not source.is_file():
         raise DataValidationError(f"{source}: no such file")
-    rows = _validate_alone(source, data, cfg, dataset_dir, reports_dir, task)
+    rows = _validate_alone(source, validate, dataset_dir, reports_dir, text_columns)
     digest = _sha256(source)
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -89,15 +91,14 @@ def ingest(
 
 def _validate_alone(
     source: Path,
-    data: DataConfig,
-    cfg: ValidateConfig,
+    validate: Validator,
     dataset_dir: Path,
     reports_dir: Path,
-    task: str,
+    text_columns: tuple[str, str] | None,
 ) -> int:
-    """The task's suite on this batch only, against the dataset's frozen label set; then,
-    for text batches, no text labelled differently from the batches already there."""
-    tokens = task == "token-classification"
+    """The task's suite on this batch only, against the dataset's frozen label set; then
+    no text labelled differently from the batches already there. Unreadable files fail in
+    the reader, naming the file (and line)."""
     with tempfile.TemporaryDirectory(prefix="tuneops-ingest-") as scratch:
         alone = Path(scratch) / dataset_dir.name
         alone.mkdir()
@@ -105,12 +106,11 @@ def _validate_alone(
         labels_file = dataset_dir / "labels.json"
         if labels_file.exists():
             shutil.copy2(labels_file, alone / "labels.json")
-        step = validate_tokens if tokens else validate
         try:
-            result = step(data, cfg, alone, reports_dir / "ingest")
+            result = validate(alone, reports_dir / "ingest")
             result.raise_for_failures()
-            if not tokens:
-                _no_conflicts_with_existing(source, data, dataset_dir, alone)
+            if text_columns:
+                _no_conflicts_with_existing(source, text_columns, dataset_dir, alone)
         except DataValidationError as exc:  # name the user's file, not the scratch copy
             message = str(exc).replace(str(alone / source.name), str(source))
             raise DataValidationError(message) from exc
@@ -118,13 +118,13 @@ def _validate_alone(
 
 
 def _no_conflicts_with_existing(
-    source: Path, data: DataConfig, dataset_dir: Path, alone: Path
+    source: Path, text_columns: tuple[str, str], dataset_dir: Path, alone: Path
 ) -> None:
     """Validation of the whole dataset would fail on a text labelled two ways, and batches
     are immutable: such a batch is refused here, naming both rows."""
     import pandas as pd
 
-    frames = [read_raw(d, data.text_column, data.label_column) for d in (dataset_dir, alone)]
+    frames = [read_raw(d, *text_columns) for d in (dataset_dir, alone)]
     combined = pd.concat(frames, ignore_index=True)
     combined["label"] = combined["label"].map(lambda v: v if pd.isna(v) else str(v))
     check = conflicting_labels_check(combined, involving=source.name)

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from datasets import load_dataset
 from sklearn.metrics import accuracy_score, f1_score
 from transformers import (
@@ -31,6 +30,7 @@ from transformers import (
 from tuneops.config import ModelConfig, TrainConfig
 from tuneops.paths import atomic_dir
 from tuneops.pipeline import checkpoints
+from tuneops.pipeline.devices import resolve_precision, trainer_options, world_size
 from tuneops.pipeline.memory import peak_memory
 from tuneops.pipeline.modeling import (
     load_classifier,
@@ -69,6 +69,9 @@ class TrainResult:
     adapter_dir: Path | None = None
     resumed_from: str | None = None  # checkpoint folder name, when a killed run was resumed
     resumed_run_id: str | None = None  # the killed run's tracker run id
+    # Data-parallel processes (torchrun / accelerate launch); the global batch is
+    # batch_size x world_size, and the token counts are over all of them.
+    world_size: int = 1
 
 
 def read_manifest(prepared_dir: Path) -> dict[str, Any]:
@@ -90,7 +93,9 @@ def train(
     """Fine-tune on train, select on validation (early stopping, best checkpoint kept).
 
     `cfg.strategy` picks the parameters that train (see strategies.py); a LoRA adapter is
-    saved to candidate_dir/adapter/ and merged into the weights saved beside it.
+    saved to candidate_dir/adapter/ and merged into the weights saved beside it. Under
+    torchrun / accelerate launch every process trains its share of each batch; only rank 0
+    writes checkpoints and the candidate (pass it the tracker, the others none).
     An interrupted run with the same config and data resumes from its last checkpoint
     (on CPU it ends with the same weights as an uninterrupted run).
     """
@@ -98,6 +103,11 @@ def train(
     set_seed(cfg.seed)
     manifest = read_manifest(prepared_dir)
     labels = tuple(manifest["labels"])
+    device, processes = pick_device(), world_size()
+    precision = resolve_precision(cfg.precision, device)
+    # Built first: it joins the process group, so rank 0 can tokenise (and fill the
+    # cache) before the others read it.
+    args = _training_arguments(cfg, checkpoints_dir, precision, device, processes)
     base_path = resolve_model_path(model_cfg.name_or_path)
     tokenizer = load_tokenizer(base_path)
     tokens = task == "token-classification"
@@ -110,7 +120,8 @@ def train(
         model = load_classifier(base_path, labels, model_cfg.num_hidden_layers)
         tokenise = _tokenise_texts(tokenizer, cfg.max_length)
         collator, compute_metrics = DataCollatorWithPadding(tokenizer), _validation_metrics
-    splits = _tokenised_splits(prepared_dir, cache_dir, tokenise, cfg.max_length)
+    with args.main_process_first(desc="tokenise"):
+        splits = _tokenised_splits(prepared_dir, cache_dir, tokenise, cfg.max_length)
     truncated = {}
     if tokens:
         truncated = {s: int(sum(splits[s]["truncated"])) for s in splits}
@@ -123,18 +134,19 @@ def train(
         splits = splits.remove_columns("truncated")
     trained_model = apply_strategy(model, cfg)
     counts = count_parameters(trained_model)
-    device = pick_device()
-    precision = _precision(device)
 
     key = checkpoints.run_key(model_cfg, cfg, task, manifest)
-    resume = checkpoints.start(checkpoints_dir, key, tracker.run_id)
+    # Rank 0 decides (and clears the folder for a fresh run); the others then find the same.
+    with args.main_process_first(desc="checkpoints"):
+        writer = args.process_index == 0
+        resume = checkpoints.start(checkpoints_dir, key, tracker.run_id, writer)
     # Before the caller's callbacks: a checkpoint is complete before anyone hears of it.
     callbacks = [checkpoints.EpochStartRng(resume.checkpoint if resume else None), *callbacks]
     if cfg.checkpoint_steps:
         callbacks = [checkpoints.StepCheckpoints(cfg.checkpoint_steps), *callbacks]
     trainer = ScheduledTrainer(
         model=trained_model,
-        args=_training_arguments(cfg, checkpoints_dir, precision, device),
+        args=args,
         train_dataset=splits["train"],
         eval_dataset=splits["validation"],
         processing_class=tokenizer,
@@ -172,7 +184,10 @@ def train(
         adapter_dir=candidate_dir / "adapter" if cfg.strategy == "lora" else None,
         resumed_from=resume.checkpoint.name if resume else None,
         resumed_run_id=resume.run_id if resume else None,
+        world_size=processes,
     )
+    if not trainer.is_world_process_zero():
+        return result
     with atomic_dir(candidate_dir) as tmp:
         if cfg.strategy == "lora":
             save_adapter(trained_model, tmp / "adapter")
@@ -204,14 +219,8 @@ def _best_evaluation(history: list[dict[str, Any]], metric: str) -> dict[str, fl
     }
 
 
-def _precision(device: str) -> str:
-    if device != "cuda":
-        return "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-
-
 def _training_arguments(
-    cfg: TrainConfig, output_dir: Path, precision: str, device: str
+    cfg: TrainConfig, output_dir: Path, precision: str, device: str, processes: int = 1
 ) -> TrainingArguments:
     greater = cfg.metric_for_best_model != "loss"
     return TrainingArguments(
@@ -243,6 +252,7 @@ def _training_arguments(
         disable_tqdm=True,
         save_only_model=False,
         dataloader_pin_memory=device == "cuda",
+        **trainer_options(cfg, device, processes),
     )
 
 
