@@ -152,10 +152,10 @@ def _pull_data_version(root: Path, workspace: Path, data_version: str, version: 
         raise ConfigError(f"v{version} was trained on untracked data; it cannot be restored")
     run_dvc(workspace, "init", "--no-scm", "--quiet")
     default = default_remote(root)
-    remotes = [line.split() for line in run_dvc(root, "remote", "list").splitlines() if line]
-    url = next((r[1] for r in remotes if r[0] == default), None)
-    if default is None or url is None:
+    if default is None:
         raise ConfigError(f"{root}: no default DVC remote to restore data version from")
+    # Not parsed from `dvc remote list`: that table wraps long paths onto extra lines.
+    url = run_dvc(root, "config", f"remote.{default}.url").strip()
     run_dvc(workspace, "remote", "add", "--default", default, url)
     run_dvc(workspace, "config", "core.analytics", "false")
     dvc_file = {"outs": [{"md5": f"{data_version}.dir", "hash": "md5", "path": "raw"}]}
