@@ -63,6 +63,18 @@ def blocker(tmp: Path) -> None:
     (tmp / "a-file").write_text("a file, not a folder")
 
 
+def timed_run(
+    capfd: pytest.CaptureFixture[str], root: Path, command: str, case: str, record_property: Any
+) -> tuple[CliRun, float]:
+    started = time.monotonic()
+    run = run_cli(capfd, "--root", str(root), command)
+    seconds = time.monotonic() - started
+    outcome = "survived" if run.exit_code == 6 else f"exit {run.exit_code}"
+    detail = f"exit {run.exit_code} after {seconds:.1f} s: {run.error_line}"
+    record(record_property, "fault", case, outcome, detail)
+    return run, seconds
+
+
 def check_preflight_stop(run: CliRun, root: Path, says: str, seconds: float) -> None:
     assert run.exit_code == 6, run.err[-3000:]
     assert run.error_line.startswith("tuneops: ExternalToolError: MLflow tracking"), run.err
@@ -87,16 +99,7 @@ def test_an_unusable_tracking_store_stops_the_flow_before_any_step(
 ) -> None:
     blocker(tmp_path)
     root = files_project(tmp_path / "project", uri(tmp_path))
-    started = time.monotonic()
-    run = run_cli(capfd, "--root", str(root), "run")
-    seconds = time.monotonic() - started
-    record(
-        record_property,
-        "fault",
-        f"tracking store: {case}",
-        "survived" if run.exit_code == 6 else f"exit {run.exit_code}",
-        f"exit {run.exit_code} after {seconds:.1f} s: {run.error_line}",
-    )
+    run, seconds = timed_run(capfd, root, "run", f"tracking store: {case}", record_property)
     check_preflight_stop(run, root, says, seconds)
 
 
@@ -110,16 +113,8 @@ def test_mlflow_tracking_uri_from_the_environment_is_checked_too(
     root = files_project(tmp_path / "project", f"sqlite:///{tmp_path}/good.db")
     port = free_port()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
-    started = time.monotonic()
-    run = run_cli(capfd, "--root", str(root), "retrain")
-    seconds = time.monotonic() - started
-    record(
-        record_property,
-        "fault",
-        "tracking store: MLFLOW_TRACKING_URI set to a dead server (tuneops retrain)",
-        "survived" if run.exit_code == 6 else f"exit {run.exit_code}",
-        f"exit {run.exit_code} after {seconds:.1f} s: {run.error_line}",
-    )
+    case = "tracking store: MLFLOW_TRACKING_URI set to a dead server (tuneops retrain)"
+    run, seconds = timed_run(capfd, root, "retrain", case, record_property)
     check_preflight_stop(run, root, f"http://127.0.0.1:{port} is not usable", seconds)
 
 
