@@ -31,8 +31,8 @@ run-ner: setup
 	$(BIN)/tuneops --params params.ner.yaml run
 
 lint: setup
-	$(BIN)/ruff check tuneops tests benchmarks
-	$(BIN)/ruff format --check tuneops tests benchmarks
+	$(BIN)/ruff check tuneops pipeline flows tests benchmarks
+	$(BIN)/ruff format --check tuneops pipeline flows tests benchmarks
 	$(BIN)/mypy
 
 test: lint

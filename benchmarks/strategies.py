@@ -60,24 +60,31 @@ def shared_overrides(rows: int, epochs: float) -> dict[str, Any]:
 
 
 def prepare_slice(work: Path, overrides: dict[str, Any]) -> None:
-    from tuneops.pipeline.fetch_data import fetch_data
-    from tuneops.pipeline.prepare import prepare
+    from pipeline import tasks
+    from pipeline.fetch_data import fetch_data
+    from pipeline.prepare import prepare
 
     params = load_params(work / "params.yaml", overrides)
     paths = Paths(work)
     fetched = fetch_data(params.data, paths.data_raw)
-    prepare(params.data, params.prepare, fetched.labels, fetched.dataset_dir, paths.data_prepared)
+    task = tasks.get(params.task)
+    prepare(
+        task, params.data, params.prepare, fetched.labels, fetched.dataset_dir, paths.data_prepared
+    )
 
 
 def run_one(work: Path, name: str, overrides: dict[str, Any], out: Path) -> None:
     """Train and export one strategy (runs in its own process); writes its row to `out`."""
-    from tuneops.pipeline.export import export
-    from tuneops.pipeline.train import train
+    from pipeline import tasks
+    from pipeline.export import export
+    from pipeline.train import train
 
     params = load_params(work / "params.yaml", overrides | STRATEGIES[name])
     paths = Paths(work)
     started = time.perf_counter()
+    task = tasks.get(params.task)
     result = train(
+        task,
         params.model,
         params.train,
         paths.data_prepared,
@@ -87,12 +94,17 @@ def run_one(work: Path, name: str, overrides: dict[str, Any], out: Path) -> None
     )
     export_cfg = params.export.model_copy(update={"quantize_int8": False})
     exported = export(
-        export_cfg, params.train.max_length, paths.candidate, paths.data_prepared, paths.export
+        task,
+        export_cfg,
+        params.train.max_length,
+        paths.candidate,
+        paths.data_prepared,
+        paths.export,
     )
     row = {
         "strategy": params.train.strategy,
         "learning_rate": params.train.learning_rate,
-        "test_macro_f1": exported.fp32_macro_f1,
+        "test_macro_f1": exported.fp32_f1,
         "test_accuracy": exported.fp32_accuracy,
         "trainable_params": result.trainable_params,
         "total_params": result.total_params,

@@ -42,16 +42,16 @@ from transformers import (  # noqa: E402
     TrainingArguments,
 )
 
-from tuneops import steps  # noqa: E402
-from tuneops.cli import overrides as cli_overrides  # noqa: E402
-from tuneops.flows.training import training_flow  # noqa: E402
-from tuneops.pipeline.modeling import (  # noqa: E402
+from flows.training import training_flow  # noqa: E402
+from pipeline.training.modeling import (  # noqa: E402
     load_classifier,
     load_tokenizer,
     pick_device,
     predict_logits,
     resolve_model_path,
 )
+from tuneops import stages  # noqa: E402
+from tuneops.cli import overrides as cli_overrides  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # NVIDIA datasheets: dense bf16 tensor-core TFLOP/s (without sparsity), by the name
@@ -109,10 +109,10 @@ def train_flops_per_token(model: PreTrainedModel, seq_len: float) -> float:
     return 6 * dense + 12 * config.num_hidden_layers * config.hidden_size * seq_len
 
 
-def bare_trainer(ctx: steps.Context, out: Path) -> dict[str, float]:
+def bare_trainer(ctx: stages.Context, out: Path) -> dict[str, float]:
     """The reference: what a user would write with transformers alone."""
     started = time.perf_counter()
-    cfg, labels = ctx.params.train, steps.read_manifest(ctx.paths.data_prepared)["labels"]
+    cfg, labels = ctx.params.train, stages.read_manifest(ctx.paths.data_prepared)["labels"]
     path = resolve_model_path(ctx.params.model.name_or_path)
     tokenizer = load_tokenizer(path)
     model = load_classifier(path, tuple(labels), ctx.params.model.num_hidden_layers)
@@ -188,9 +188,9 @@ def main() -> None:
         "gate.per_class": False,
     } | cli_overrides(args.overrides)
     if args.bert_base:
-        model = steps.load_context(work, overrides=overrides).params.model.name_or_path
+        model = stages.load_context(work, overrides=overrides).params.model.name_or_path
         overrides["model.name_or_path"] = str(bert_base(work / "bert-base", model))
-    ctx = steps.load_context(work, overrides=overrides)
+    ctx = stages.load_context(work, overrides=overrides)
     device = pick_device()
     measured_peak = matmul_peak_flops(device)
     peak, peak_source = measured_peak, "the measured matmul peak"

@@ -29,10 +29,10 @@ from tuneops import quiet
 from tuneops.tracking import store_client  # noqa: F401  (re-exported for tests)
 
 if TYPE_CHECKING:
+    from pipeline.export import ExportResult
+    from pipeline.train import TrainResult
     from tuneops.config import Params
     from tuneops.paths import Paths
-    from tuneops.pipeline.export import ExportResult
-    from tuneops.pipeline.train import TrainResult
 
 quiet.apply()
 
@@ -90,7 +90,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
     from transformers import BertConfig, BertModel
 
-    from tuneops.pipeline.modeling import load_tokenizer, resolve_model_path
+    from pipeline.training.modeling import load_tokenizer, resolve_model_path
 
     folder = tmp_path_factory.mktemp("tiny-bert")
     torch.manual_seed(0)
@@ -264,18 +264,23 @@ class Trained:
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Trained:
+    from pipeline import tasks
+    from pipeline.fetch_data import fetch_data
+    from pipeline.prepare import prepare
+    from pipeline.train import train
     from tuneops.config import load_params
     from tuneops.paths import Paths
-    from tuneops.pipeline.fetch_data import fetch_data
-    from tuneops.pipeline.prepare import prepare
-    from tuneops.pipeline.train import train
 
     root = tmp_path_factory.mktemp("trained")
     params = load_params(write_params(root, tiny_overrides(tiny_model_dir)))
     paths = Paths(root)
     fetched = fetch_data(params.data, paths.data_raw)
-    prepare(params.data, params.prepare, fetched.labels, fetched.dataset_dir, paths.data_prepared)
+    task = tasks.get(params.task)
+    prepare(
+        task, params.data, params.prepare, fetched.labels, fetched.dataset_dir, paths.data_prepared
+    )
     result = train(
+        task,
         params.model,
         params.train,
         paths.data_prepared,
@@ -288,13 +293,24 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> T
 
 @pytest.fixture(scope="session")
 def exported(trained: Trained) -> ExportResult:
-    from tuneops.pipeline.export import export
+    from pipeline import tasks
+    from pipeline.export import export
 
     p = trained.params
     return export(
+        tasks.get(p.task),
         p.export,
         p.train.max_length,
         trained.paths.candidate,
         trained.paths.data_prepared,
         trained.paths.export,
     )
+
+
+def _text_task() -> Any:
+    from pipeline import tasks
+
+    return tasks.get("text-classification")
+
+
+TEXT = _text_task()  # the text classification task the unit tests run through the steps

@@ -15,8 +15,9 @@ from tuneops import quiet
 
 quiet.apply()
 
+from pipeline import tasks  # noqa: E402
+from pipeline.register import RegisterInputs, gate_and_register  # noqa: E402
 from tuneops.config import GateConfig  # noqa: E402
-from tuneops.promotion import gate_and_register  # noqa: E402
 from tuneops.tracking import MlflowTracker  # noqa: E402
 
 
@@ -26,15 +27,17 @@ def main(tracking_uri: str, artifacts: str, export_dir: str, prepared: str, repo
     go = Path(reports).parent / "go"
     while not go.exists():
         time.sleep(0.05)
-    verdict, result = gate_and_register(
+    inputs = RegisterInputs(
+        tasks.get("text-classification"),
         cfg,
-        tracker,
+        tracking_uri,
         "race-model",
-        Path(export_dir),
         Path(prepared),
         Path(reports),
-        {"worker": Path(reports).name},
         (1e-4, 1.0),
+    )
+    verdict, result = gate_and_register(
+        inputs, tracker, Path(export_dir), {"worker": Path(reports).name}
     )
     print(json.dumps({"version": result.version, "passed": verdict.passed}))
 

@@ -33,7 +33,7 @@ from tests.conftest import (
     tool_env,
     write_params,
 )
-from tuneops import steps
+from tuneops import stages
 
 pytestmark = pytest.mark.integration
 
@@ -74,11 +74,11 @@ def prepared(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> 
             "train.epochs": 3,
         },
     )
-    ctx = steps.load_context(root)
-    steps.step_fetch(ctx)
-    steps.step_version_data(ctx, push=False)
-    steps.step_validate(ctx)
-    rows = steps.step_prepare(ctx).rows
+    ctx = stages.load_context(root)
+    stages.step_fetch(ctx)
+    stages.step_version_data(ctx, push=False)
+    stages.step_validate(ctx)
+    rows = stages.step_prepare(ctx).rows
     assert rows["train"] % (PER_DEVICE * PROCESSES) == 0, rows
     return root
 
@@ -88,8 +88,8 @@ def one_process(prepared: Path) -> dict[str, Any]:
     """The reference: one process, per-device batch = the data-parallel global batch."""
     root = prepared.with_name("one-process")
     shutil.copytree(prepared, root)
-    ctx = steps.load_context(root, overrides={"train.batch_size": PER_DEVICE * PROCESSES})
-    steps.step_train(ctx)
+    ctx = stages.load_context(root, overrides={"train.batch_size": PER_DEVICE * PROCESSES})
+    stages.step_train(ctx)
     return recorded(root)
 
 

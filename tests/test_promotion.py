@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from mlflow.exceptions import MlflowException
 
+from pipeline.export import ExportResult
 from tests.conftest import REPO, Trained, store_client, tool_env
 from tests.servers import mlflow_server as serve_mlflow
-from tuneops.pipeline.export import ExportResult
 
 pytestmark = pytest.mark.integration
 

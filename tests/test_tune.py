@@ -8,12 +8,12 @@ from typing import Any
 import optuna
 import pytest
 
-from tests.conftest import Trained, store_client, tiny_overrides, write_params
+from pipeline.train import train
+from tests.conftest import TEXT, Trained, store_client, tiny_overrides, write_params
 from tuneops.cli import main as cli_main
 from tuneops.config import load_params
 from tuneops.errors import ConfigError
-from tuneops.pipeline.train import train
-from tuneops.steps import load_context
+from tuneops.stages import load_context
 from tuneops.tune import PruneOnValidation, tune, with_values
 
 SPACE = {
@@ -98,6 +98,7 @@ def test_a_pruned_trial_stops_training_and_saves_nothing(trained: Trained, tmp_p
     trial = study.ask()  # every macro-F1 is below 2.0: pruned at the first evaluation
     with pytest.raises(optuna.TrialPruned, match="epoch 1"):
         train(
+            TEXT,
             trained.params.model,
             trained.params.train,
             trained.paths.data_prepared,

@@ -10,7 +10,6 @@ import argparse
 import json
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +18,6 @@ import yaml
 from tuneops import quiet
 from tuneops.errors import ConfigError, TuneopsError
 from tuneops.serving.commands import add_commands
-
-STAGES = (
-    "fetch-data",
-    "version-data",
-    "validate",
-    "prepare",
-    "train",
-    "evaluate",
-    "export",
-    "register",
-)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 def _refuse_data_parallel(args: argparse.Namespace) -> None:
     """Only the train step runs data-parallel: N copies of a whole flow would each
     validate, evaluate and register."""
-    from tuneops.pipeline.devices import world_size
+    from pipeline.training.devices import world_size
 
     processes = world_size()
     if processes > 1 and (args.command, getattr(args, "name", None)) != ("stage", "train"):
@@ -76,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     stage = sub.add_parser(
         "stage", parents=[common], help="run one step on its own (what dvc.yaml calls)"
     )
-    stage.add_argument("name", choices=STAGES)
+    stage.add_argument("name", help="a stage of tuneops.stages.STAGES (as dvc.yaml names it)")
     stage.set_defaults(handler=_stage)
     sub.add_parser(
         "fetch-data", parents=[common], help="write the bundled dataset to data/raw/"
@@ -160,6 +148,18 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--trials", type=int, required=True, help="trials to run in this process")
     tune.set_defaults(handler=_tune)
 
+    dvc_yaml = sub.add_parser(
+        "dvc-yaml", parents=[common], help="write dvc.yaml from the stage table (tuneops.stages)"
+    )
+    dvc_yaml.add_argument(
+        "--check", action="store_true", help="only compare; exit 2 when dvc.yaml differs"
+    )
+    dvc_yaml.set_defaults(handler=_dvc_yaml)
+
+    config = sub.add_parser("config", parents=[common], help="the resolved configuration")
+    config.add_argument("action", choices=["show"], help="show: print every key, resolved")
+    config.set_defaults(handler=_config)
+
     add_commands(sub, common)
     return parser
 
@@ -203,7 +203,7 @@ def key_values(pairs: list[str], option: str, example: str) -> dict[str, str]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tuneops.flows.training import training_flow
+    from flows.training import training_flow
 
     summary = training_flow(
         root=str(args.root),
@@ -215,37 +215,18 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _stage(args: argparse.Namespace) -> int:
-    from tuneops import steps
+    from tuneops import stages
 
-    ctx = steps.load_context(args.root, args.params, overrides(args.overrides))
-    actions: dict[str, Callable[[steps.Context], Any]] = {
-        "fetch-data": steps.step_fetch,
-        "version-data": steps.step_version_data,
-        "validate": steps.step_validate,
-        "prepare": steps.step_prepare,
-        "train": lambda c: steps.step_train(c)[0],
-        "evaluate": steps.step_evaluate,
-        "export": steps.step_export,
-        "register": _register,
-    }
-    result = actions[args.name](ctx)
+    if args.name not in stages.STAGES:
+        raise ConfigError(f"stage {args.name!r}: unknown; expected one of {list(stages.STAGES)}")
+    ctx = stages.load_context(args.root, args.params, overrides(args.overrides))
+    result = stages.STAGES[args.name].run(ctx)
     print(f"{args.name}: {_describe(result)}")
     return 0
 
 
-def _register(ctx: Any) -> Any:
-    from tuneops import steps
-    from tuneops.errors import GateRejected
-
-    verdict, result = steps.step_register(ctx)
-    print(f"{result.model_name} v{result.version}: aliases {', '.join(result.aliases)}")
-    if not verdict.passed:
-        raise GateRejected(verdict.summary())
-    return verdict.summary()
-
-
 def _retrain(args: argparse.Namespace) -> int:
-    from tuneops.flows.retrain import retrain_flow
+    from flows.retrain import retrain_flow
 
     state = retrain_flow(
         root=str(args.root.resolve()),
@@ -259,7 +240,7 @@ def _retrain(args: argparse.Namespace) -> int:
 
 
 def _schedule(args: argparse.Namespace) -> int:
-    from tuneops.flows.deployments import require_server, retrain_parameters, serve_retrain
+    from flows.deployments import require_server, retrain_parameters, serve_retrain
 
     require_server("schedule")
     parameters = retrain_parameters(args.root, args.params, overrides(args.overrides))
@@ -272,7 +253,7 @@ def _schedule(args: argparse.Namespace) -> int:
 
 
 def _deploy(args: argparse.Namespace) -> int:
-    from tuneops.flows.deployments import deploy_retrain, require_server, retrain_parameters
+    from flows.deployments import deploy_retrain, require_server, retrain_parameters
 
     require_server("deploy")
     env = key_values(args.env, "--env", "MLFLOW_TRACKING_URI=http://mlflow:5000")
@@ -289,11 +270,11 @@ def _deploy(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from tuneops import steps
+    from tuneops import stages
     from tuneops.errors import NotReproduced
     from tuneops.reproduce import reproduce
 
-    ctx = steps.load_context(args.root, args.params, overrides(args.overrides))
+    ctx = stages.load_context(args.root, args.params, overrides(args.overrides))
     result = reproduce(ctx, args.version, args.workspace)
     print(result.table())
     if not (result.same_data and result.same_metrics):
@@ -302,16 +283,16 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    from tuneops import steps
+    from tuneops import stages
 
-    ctx = steps.load_context(args.root, args.params, overrides(args.overrides))
-    result, version = steps.step_ingest(ctx, args.path.resolve())
+    ctx = stages.load_context(args.root, args.params, overrides(args.overrides))
+    result, version = stages.step_ingest(ctx, args.path.resolve())
     where = result.batch_file.relative_to(ctx.paths.root)
     if not result.added:
         print(f"{args.path}: already ingested as {where}; nothing to do")
         return 0
     pushed = f", pushed to DVC remote {version.remote!r}" if version and version.pushed else ""
-    unit = "sentences" if ctx.params.task == "token-classification" else "rows"
+    unit = ctx.task.row_unit
     print(
         f"{args.path}: {result.rows} {unit} validated and added as {where}; "
         f"data version {version.version if version else 'unknown'}{pushed}"
@@ -320,34 +301,23 @@ def _ingest(args: argparse.Namespace) -> int:
 
 
 def _promote(args: argparse.Namespace) -> int:
-    from tuneops import steps
-    from tuneops.promotion import promote
+    from pipeline.register import promote
+    from tuneops import stages
 
-    ctx = steps.load_context(args.root, args.params, overrides(args.overrides))
-    e = ctx.params.export
-    verdict = promote(
-        ctx.params.gate,
-        ctx.tracking_uri,
-        ctx.params.registry.model_name,
-        args.version,
-        args.reason,
-        args.force,
-        ctx.paths.data_prepared,
-        ctx.paths.reports,
-        (e.parity_max_abs_diff, e.parity_min_label_agreement),
-    )
+    ctx = stages.load_context(args.root, args.params, overrides(args.overrides))
+    verdict = promote(stages.register_inputs(ctx), args.version, args.reason, args.force)
     how = "forced, gate skipped" if verdict is None else verdict.summary()
     print(f"{ctx.params.registry.model_name}: champion is now v{args.version} ({how})")
     return 0
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    from tuneops import steps
-    from tuneops.pipeline.registry import registry_lock, rollback
-    from tuneops.promotion import audit_tags
+    from pipeline.register import audit_tags
+    from pipeline.registry import registry_lock, rollback
+    from tuneops import stages
     from tuneops.tracking import store_client
 
-    ctx = steps.load_context(args.root, args.params, overrides(args.overrides))
+    ctx = stages.load_context(args.root, args.params, overrides(args.overrides))
     name = ctx.params.registry.model_name
     client = store_client(ctx.tracking_uri)
     with registry_lock(client, name):
@@ -357,22 +327,47 @@ def _rollback(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from tuneops import steps
+    from tuneops import stages
     from tuneops.compare import compare
 
-    ctx = steps.load_context(args.root, args.params, overrides(args.overrides))
+    ctx = stages.load_context(args.root, args.params, overrides(args.overrides))
     print(compare(ctx.tracking_uri, ctx.params.registry.model_name, args.a, args.b))
     return 0
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from tuneops import steps
+    from tuneops import stages
     from tuneops.tune import tune
 
     if args.trials < 1:
         raise ConfigError(f"--trials {args.trials}: expected at least 1")
-    ctx = steps.load_context(args.root, args.params, overrides(args.overrides))
+    ctx = stages.load_context(args.root, args.params, overrides(args.overrides))
     print(tune(ctx, args.trials).text())
+    return 0
+
+
+def _dvc_yaml(args: argparse.Namespace) -> int:
+    from tuneops.dvcfile import render
+
+    path = args.root.resolve() / "dvc.yaml"
+    text = render()
+    if args.check:
+        if path.exists() and path.read_text(encoding="utf-8") == text:
+            print(f"{path}: follows the stage table")
+            return 0
+        print(f"{path}: differs from the stage table; run `tuneops dvc-yaml`", file=sys.stderr)
+        return 2
+    path.write_text(text, encoding="utf-8")
+    print(f"{path}: written from the stage table")
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    """Print the resolved configuration (presets and --set applied, defaults filled in)."""
+    from tuneops import stages
+
+    ctx = stages.load_context(args.root, args.params, overrides(args.overrides))
+    print(yaml.safe_dump(ctx.params.resolved(), sort_keys=False), end="")
     return 0
 
 
@@ -390,9 +385,9 @@ def _describe(result: Any) -> str:
 
 
 def _ui(args: argparse.Namespace) -> int:
-    from tuneops import steps
+    from tuneops import stages
 
-    ctx = steps.load_context(args.root, args.params, overrides(args.overrides))
+    ctx = stages.load_context(args.root, args.params, overrides(args.overrides))
     print(f"MLflow UI on http://{args.host}:{args.port} (store {ctx.tracking_uri}); Ctrl-C stops")
     command = [
         sys.executable,

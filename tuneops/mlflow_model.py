@@ -8,7 +8,6 @@ per label; for a token classifier an `entities` column holding a JSON list of
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import mlflow
@@ -18,18 +17,7 @@ from mlflow.pyfunc import PythonModel, PythonModelContext
 
 def predictions_frame(bundle: Any, texts: list[str]) -> pd.DataFrame:
     """The pyfunc's output for `texts` (also used to log the model's signature)."""
-    from tuneops.runtime import Prediction, as_record
-
-    rows = []
-    for p in bundle.predict(texts):
-        if isinstance(p, Prediction):
-            rows.append(
-                {"label": p.label, "score": p.score}
-                | {f"p_{k}": v for k, v in p.probabilities.items()}
-            )
-        else:
-            rows.append({"entities": json.dumps(as_record(p)["entities"], ensure_ascii=False)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame([bundle.frame_row(p) for p in bundle.predict(texts)])
 
 
 class OnnxBundleModel(PythonModel):

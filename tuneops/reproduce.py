@@ -17,16 +17,15 @@ from pathlib import Path
 
 import yaml
 
-from tuneops import steps
+from pipeline.version_data import default_remote, run_dvc
+from tuneops import stages
 from tuneops.config import load_params
 from tuneops.errors import ConfigError, ExternalToolError
 from tuneops.lineage import git_commit
 from tuneops.paths import Paths
-from tuneops.pipeline.version_data import default_remote, run_dvc
 from tuneops.tracking import store_client
 
 # Metrics compared with the recorded run; on CPU they must match to this tolerance.
-COMPARED = ("test_accuracy", "test_macro_f1", "test_weighted_f1", "best_validation_macro_f1")
 CPU_TOLERANCE = 1e-9
 
 
@@ -49,7 +48,10 @@ class Reproduction:
 
     @property
     def same_metrics(self) -> bool:
-        return all(abs(a - b) <= self.tolerance for a, b in self.metrics.values())
+        """Every compared metric within the tolerance; a comparison of nothing is a failure."""
+        return bool(self.metrics) and all(
+            abs(a - b) <= self.tolerance for a, b in self.metrics.values()
+        )
 
     def table(self) -> str:
         lines = [
@@ -63,13 +65,15 @@ class Reproduction:
         for name, (recorded, reproduced) in self.metrics.items():
             mark = "" if abs(recorded - reproduced) <= self.tolerance else "  DIFFERENT"
             lines.append(f"{name:28} {recorded:>34.6f} {reproduced:>34.6f}{mark}")
+        if not self.metrics:
+            lines.append("no metric recorded on the run matches the task's reproduce_metrics")
         verdict = "identical" if self.same_data and self.same_metrics else "NOT reproduced"
         lines.append(f"result: {verdict} (metric tolerance {self.tolerance:g})")
         return "\n".join(lines)
 
 
 def reproduce(
-    ctx: steps.Context, version: str, workspace: Path | None = None, gpu_tolerance: float = 0.01
+    ctx: stages.Context, version: str, workspace: Path | None = None, gpu_tolerance: float = 0.01
 ) -> Reproduction:
     """Pull v`version`'s data from the DVC remote, retrain with its params, compare.
 
@@ -98,11 +102,11 @@ def reproduce(
 
     # The rebuild is tracked in the workspace's own store, never in the team's registry.
     params = load_params(workspace / "params.yaml")
-    scratch = steps.Context(params, Paths(workspace), f"sqlite:///{workspace / 'mlflow.db'}")
-    steps.step_validate(scratch)
-    prepared = steps.step_prepare(scratch)
-    trained, _ = steps.step_train(scratch)
-    evaluated = steps.step_evaluate(scratch)
+    scratch = stages.Context(params, Paths(workspace), f"sqlite:///{workspace / 'mlflow.db'}")
+    stages.step_validate(scratch)
+    prepared = stages.step_prepare(scratch)
+    trained, _ = stages.step_train(scratch)
+    evaluated = stages.step_evaluate(scratch)
     reproduced = evaluated.flat_metrics() | {
         f"best_validation_{k}": v for k, v in trained.best_validation.items()
     }
@@ -118,7 +122,7 @@ def reproduce(
         device=trained.device,
         metrics={
             key: (float(recorded[key]), float(reproduced[key]))
-            for key in COMPARED
+            for key in scratch.task.reproduce_metrics
             if key in recorded and key in reproduced
         },
         tolerance=CPU_TOLERANCE if trained.device == "cpu" else gpu_tolerance,

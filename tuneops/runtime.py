@@ -107,6 +107,14 @@ class OnnxBundle:
         """One prediction per text (a Prediction, or a list of Entity for token models)."""
         raise NotImplementedError
 
+    def record(self, prediction: Any) -> dict[str, Any]:
+        """A prediction as JSON-ready fields (what `predict`, `serve` and the CLI print)."""
+        raise NotImplementedError
+
+    def frame_row(self, prediction: Any) -> dict[str, Any]:
+        """A prediction as flat columns (the pyfunc's output frame, `predict --output x.csv`)."""
+        raise NotImplementedError
+
     def run(self, encodings: list[Any]) -> np.ndarray:
         return np.asarray(self.session.run(["logits"], self._inputs(encodings))[0])
 
@@ -140,6 +148,20 @@ class OnnxClassifier(OnnxBundle):
             )
             for row in probabilities
         ]
+
+    def record(self, prediction: Prediction) -> dict[str, Any]:
+        return {
+            "label": prediction.label,
+            "score": round(prediction.score, 6),
+            "probabilities": {k: round(v, 6) for k, v in prediction.probabilities.items()},
+        }
+
+    def frame_row(self, prediction: Prediction) -> dict[str, Any]:
+        """label, score and one p_<label> column per label (rounded as in `record`)."""
+        record = self.record(prediction)
+        return {"label": record["label"], "score": record["score"]} | {
+            f"p_{k}": v for k, v in record["probabilities"].items()
+        }
 
 
 class OnnxTokenClassifier(OnnxBundle):
@@ -176,6 +198,13 @@ class OnnxTokenClassifier(OnnxBundle):
             for i, (encoding, text) in enumerate(zip(encodings, batch, strict=True)):
                 results.append(entities_in(encoding, probabilities[i], self.labels, text))
         return results
+
+    def record(self, prediction: list[Entity]) -> dict[str, Any]:
+        return {"entities": [asdict(e) | {"score": round(e.score, 6)} for e in prediction]}
+
+    def frame_row(self, prediction: list[Entity]) -> dict[str, Any]:
+        """The entities as one JSON string column."""
+        return {"entities": json.dumps(self.record(prediction)["entities"], ensure_ascii=False)}
 
 
 def entities_in(
@@ -229,13 +258,24 @@ def iob2_entities(tags: list[str]) -> list[tuple[str, int, int]]:
     return spans
 
 
+# The serving side's one "which task?" lookup: bundle.json's task -> its runtime class.
+RUNTIMES: dict[str, type[OnnxClassifier] | type[OnnxTokenClassifier]] = {
+    "text-classification": OnnxClassifier,
+    "token-classification": OnnxTokenClassifier,
+}
+
+
 def load_bundle(
     bundle_dir: str | Path, threads: int | None = None, model: str | None = None
 ) -> OnnxClassifier | OnnxTokenClassifier:
     """The right runtime for the bundle's task."""
     task = _read_json(Path(bundle_dir) / "bundle.json").get("task", "text-classification")
-    kind = OnnxTokenClassifier if task == "token-classification" else OnnxClassifier
-    return kind(bundle_dir, threads=threads, model=model)
+    if task not in RUNTIMES:
+        raise BundleError(
+            f"{bundle_dir}: bundle.json task {task!r} has no runtime here; "
+            f"expected one of {sorted(RUNTIMES)}"
+        )
+    return RUNTIMES[task](bundle_dir, threads=threads, model=model)
 
 
 def tags_from_rows(rows: list[np.ndarray], labels: list[str]) -> list[list[str]]:
@@ -256,17 +296,6 @@ def first_subtoken_rows(word_ids: list[int | None], logits: np.ndarray, n_words:
             rows[word] = logits[position]
             seen.add(word)
     return rows
-
-
-def as_record(prediction: Prediction | list[Entity]) -> dict[str, Any]:
-    """JSON-ready: label, score, probabilities for a text label; entities for a token model."""
-    if isinstance(prediction, Prediction):
-        return {
-            "label": prediction.label,
-            "score": round(prediction.score, 6),
-            "probabilities": {k: round(v, 6) for k, v in prediction.probabilities.items()},
-        }
-    return {"entities": [asdict(e) | {"score": round(e.score, 6)} for e in prediction]}
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -299,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     predictions: list[Any] = list(bundle.predict(args.texts))
     for text, p in zip(args.texts, predictions, strict=True):
-        print(json.dumps({"text": text} | as_record(p), ensure_ascii=False))
+        print(json.dumps({"text": text} | bundle.record(p), ensure_ascii=False))
     return 0
 
 

@@ -27,7 +27,7 @@ from transformers import TrainerCallback
 from tuneops.config import Params, SearchDimension, validate_params
 from tuneops.errors import ConfigError
 from tuneops.paths import atomic_write_text
-from tuneops.steps import Context, step_fetch, step_prepare, step_validate
+from tuneops.stages import Context, step_fetch, step_prepare, step_validate
 from tuneops.tracking import MlflowTracker, check_tracking_server, redact_uri
 
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
@@ -207,7 +207,7 @@ def _run_trial(
 ) -> float:
     import optuna
 
-    from tuneops.pipeline.train import train
+    from pipeline.train import train
 
     child = MlflowTracker.start(
         ctx.tracking_uri,
@@ -227,6 +227,7 @@ def _run_trial(
     folder = Path(tempfile.mkdtemp(prefix=f"trial-{trial.number}-", dir=models))
     try:
         result = train(
+            ctx.task,
             params.model,
             params.train,
             ctx.paths.data_prepared,

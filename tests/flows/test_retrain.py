@@ -14,6 +14,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from flows.retrain import skip_reason
+from pipeline.version_data import read_dvc_md5
 from tests.conftest import (
     REPO,
     make_dvc_project,
@@ -23,8 +25,6 @@ from tests.conftest import (
 )
 from tests.flows.conftest import TUNEOPS, trigger, tuneops
 from tests.pipeline.test_ingest import batch
-from tuneops.flows.retrain import skip_reason
-from tuneops.pipeline.version_data import read_dvc_md5
 
 pytestmark = pytest.mark.integration
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.version_data import read_dvc_md5
 from tests.conftest import (
     free_port,
     local_server,
@@ -22,9 +23,8 @@ from tests.conftest import (
 )
 from tests.flows.conftest import PREFECT, trigger, tuneops
 from tests.servers import mlflow_server, postgres
-from tuneops import steps
+from tuneops import stages
 from tuneops.cli import main as cli_main
-from tuneops.pipeline.version_data import read_dvc_md5
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +56,7 @@ def test_a_worker_runs_the_retraining_deployment_and_promotes_through_mlflow_on_
     env = prefect_env
     root = make_dvc_project(tmp_path)
     write_params(root, tiny_overrides(tiny_model_dir))
-    steps.step_fetch(steps.load_context(root))  # data/raw, for the retraining flow to version
+    stages.step_fetch(stages.load_context(root))  # data/raw, for the retraining flow to version
 
     created = subprocess.run(
         [PREFECT, "work-pool", "create", POOL, "--type", "process"],

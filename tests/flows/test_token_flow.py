@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
+from flows.training import RunSummary, training_flow
 from tests.conftest import REPO, make_dvc_project, set_dotted, store_client
 from tuneops.cli import main as cli_main
-from tuneops.flows.training import RunSummary, training_flow
 
 pytestmark = pytest.mark.integration
 

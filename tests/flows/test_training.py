@@ -16,6 +16,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from flows.training import RunSummary, training_flow
+from pipeline.training.modeling import load_classifier, load_tokenizer, predict_logits
 from tests.conftest import (
     captured_output,
     make_dvc_project,
@@ -26,8 +28,6 @@ from tests.conftest import (
 from tests.reliability.conftest import record
 from tuneops.cli import main as cli_main
 from tuneops.errors import DataValidationError
-from tuneops.flows.training import RunSummary, training_flow
-from tuneops.pipeline.modeling import load_classifier, load_tokenizer, predict_logits
 from tuneops.runtime import OnnxClassifier
 
 pytestmark = pytest.mark.integration

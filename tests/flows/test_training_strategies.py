@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from safetensors.numpy import load_file
 
+from flows.training import RunSummary, training_flow
+from pipeline.training.modeling import load_classifier, load_tokenizer, predict_logits
 from tests.conftest import make_dvc_project, store_client, tiny_overrides, write_params
-from tuneops.flows.training import RunSummary, training_flow
-from tuneops.pipeline.modeling import load_classifier, load_tokenizer, predict_logits
 from tuneops.runtime import OnnxClassifier
 
 pytestmark = pytest.mark.integration

@@ -4,10 +4,10 @@ import pytest
 import torch
 import transformers.utils
 
+from pipeline.training.devices import resolve_precision, trainer_options
 from tuneops.cli import main as cli_main
 from tuneops.config import TrainConfig
 from tuneops.errors import ConfigError
-from tuneops.pipeline.devices import resolve_precision, trainer_options
 
 
 def test_one_cpu_process_trains_in_fp32_with_no_extra_trainer_options() -> None:

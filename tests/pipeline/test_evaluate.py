@@ -3,14 +3,15 @@ import json
 import pandas as pd
 import pytest
 
-from tests.conftest import Trained
-from tuneops.pipeline.evaluate import evaluate
+from pipeline.evaluate import evaluate
+from tests.conftest import TEXT, Trained
 
 
 @pytest.fixture(scope="module")
 def evaluation(trained: Trained):  # type: ignore[no-untyped-def]
     p = trained.params
     return evaluate(
+        TEXT,
         p.evaluate,
         p.model,
         p.train.max_length,

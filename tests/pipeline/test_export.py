@@ -5,12 +5,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import Trained
+from pipeline.export import ExportResult, export
+from pipeline.quantize import Scores, decide
+from pipeline.training.modeling import load_classifier, load_tokenizer, predict_logits
+from tests.conftest import TEXT, Trained
 from tuneops.config import ExportConfig
 from tuneops.errors import ExportParityError
-from tuneops.pipeline.export import ExportResult, export
-from tuneops.pipeline.modeling import load_classifier, load_tokenizer, predict_logits
-from tuneops.pipeline.quantize import Scores, decide
 from tuneops.runtime import BundleError, OnnxClassifier
 
 
@@ -47,6 +47,7 @@ def test_failed_parity_raises_and_keeps_the_previous_bundle(
     strict = ExportConfig(parity_max_abs_diff=1e-30)  # no float32 export can meet this
     with pytest.raises(ExportParityError, match=r"previous bundle .* was kept"):
         export(
+            TEXT,
             strict,
             trained.params.train.max_length,
             trained.paths.candidate,
@@ -63,7 +64,7 @@ def test_int8_is_scored_on_the_whole_test_split_and_becomes_the_default_when_kep
     cfg = ExportConfig(int8_max_f1_drop=1.0)  # any drop allowed: always kept
     out = tmp_path / "bundle"
     result = export(
-        cfg, p.train.max_length, trained.paths.candidate, trained.paths.data_prepared, out
+        TEXT, cfg, p.train.max_length, trained.paths.candidate, trained.paths.data_prepared, out
     )
     meta = json.loads((out / "bundle.json").read_text())
     test = pd.read_parquet(trained.paths.data_prepared / "test.parquet")
@@ -86,6 +87,7 @@ def test_without_int8_the_bundle_says_why_and_serves_fp32(trained: Trained, tmp_
     p = trained.params
     out = tmp_path / "bundle"
     export(
+        TEXT,
         ExportConfig(quantize_int8=False, optimize=False),
         p.train.max_length,
         trained.paths.candidate,

@@ -4,9 +4,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from pipeline.fetch_data import fetch_data
 from tuneops.config import DataConfig
 from tuneops.errors import ConfigError
-from tuneops.pipeline.fetch_data import fetch_data
 
 
 def test_movie_sentiment_is_binarised_by_sign_with_neutral_rows_dropped(tmp_path: Path) -> None:

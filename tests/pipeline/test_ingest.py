@@ -14,7 +14,7 @@ import yaml
 
 from tests.conftest import REPO, run_tool, tool_env, write_params
 from tests.reliability.conftest import record
-from tuneops import steps
+from tuneops import stages
 from tuneops.errors import DataValidationError, ExternalToolError
 
 pytestmark = pytest.mark.integration
@@ -37,29 +37,29 @@ def batch(folder: Path, name: str, tag: str, rows: int = 24) -> Path:
 
 
 @pytest.fixture
-def project(dvc_project: Path) -> steps.Context:
+def project(dvc_project: Path) -> stages.Context:
     """The bundled data fetched, tracked and pushed: data version 1."""
     write_params(dvc_project, {})
-    ctx = steps.load_context(dvc_project)
-    steps.step_fetch(ctx)
-    steps.step_version_data(ctx)
+    ctx = stages.load_context(dvc_project)
+    stages.step_fetch(ctx)
+    stages.step_version_data(ctx)
     return ctx
 
 
-def data_version(ctx: steps.Context) -> str:
-    return steps.current_data_version(ctx)
+def data_version(ctx: stages.Context) -> str:
+    return stages.current_data_version(ctx)
 
 
-def dvc_status(ctx: steps.Context, *args: str) -> str:
+def dvc_status(ctx: stages.Context, *args: str) -> str:
     return run_tool(ctx.paths.root, sys.executable, "-m", "dvc", "status", *args).stdout
 
 
 def test_a_valid_batch_becomes_an_immutable_batch_file_and_a_new_pushed_version(
-    project: steps.Context, tmp_path: Path
+    project: stages.Context, tmp_path: Path
 ) -> None:
     before = data_version(project)
     source = batch(tmp_path, "week-48.jsonl", "fresh")
-    result, version = steps.step_ingest(project, source)
+    result, version = stages.step_ingest(project, source)
     added = project.paths.root / DATASET / "batch-0001.jsonl"
     assert (result.added, result.rows, result.batch_file) == (True, 24, added)
     assert added.read_bytes() == source.read_bytes()
@@ -70,10 +70,10 @@ def test_a_valid_batch_becomes_an_immutable_batch_file_and_a_new_pushed_version(
 
 
 def test_ingesting_the_same_file_twice_is_a_no_op_that_says_so(
-    project: steps.Context, tmp_path: Path
+    project: stages.Context, tmp_path: Path
 ) -> None:
     source = batch(tmp_path, "week-48.csv", "fresh")
-    steps.step_ingest(project, source)
+    stages.step_ingest(project, source)
     version = data_version(project)
     cli = subprocess.run(
         [*CLI, "--root", str(project.paths.root), "ingest", str(source)],
@@ -92,7 +92,7 @@ def test_ingesting_the_same_file_twice_is_a_no_op_that_says_so(
 
 
 def test_a_bad_batch_is_rejected_whole_with_its_rows_named_and_nothing_appended(
-    project: steps.Context, tmp_path: Path
+    project: stages.Context, tmp_path: Path
 ) -> None:
     source = batch(tmp_path, "bad.csv", "odd")
     frame = pd.read_csv(source)
@@ -102,7 +102,7 @@ def test_a_bad_batch_is_rejected_whole_with_its_rows_named_and_nothing_appended(
     dvc_file = project.paths.root / "data" / "raw.dvc"
     before = dvc_file.read_bytes()
     with pytest.raises(DataValidationError) as caught:
-        steps.step_ingest(project, source)
+        stages.step_ingest(project, source)
     message = str(caught.value)
     assert "bad.csv:4" in message and "bad.csv:8 ('meh')" in message
     assert sorted(p.name for p in (project.paths.root / DATASET).iterdir()) == [
@@ -113,7 +113,7 @@ def test_a_bad_batch_is_rejected_whole_with_its_rows_named_and_nothing_appended(
 
 
 def test_a_failed_push_restores_the_previous_data_version(
-    project: steps.Context, tmp_path: Path, record_property: Any
+    project: stages.Context, tmp_path: Path, record_property: Any
 ) -> None:
     dvc_file = project.paths.root / "data" / "raw.dvc"
     before = dvc_file.read_bytes()
@@ -131,7 +131,7 @@ def test_a_failed_push_restores_the_previous_data_version(
         str(blocked),
     )
     with pytest.raises(ExternalToolError, match="dvc push") as caught:
-        steps.step_ingest(project, batch(tmp_path, "new.csv", "fresh"))
+        stages.step_ingest(project, batch(tmp_path, "new.csv", "fresh"))
     restored = dvc_file.read_bytes() == before
     added = (project.paths.root / DATASET / "batch-0001.csv").exists()
     record(
@@ -147,7 +147,7 @@ def test_a_failed_push_restores_the_previous_data_version(
 
 
 def test_two_ingests_at_once_each_get_a_batch_and_one_consistent_version(
-    project: steps.Context, tmp_path: Path
+    project: stages.Context, tmp_path: Path
 ) -> None:
     sources = [batch(tmp_path, f"{tag}.csv", tag) for tag in ("north", "south")]
     procs = [
@@ -174,18 +174,18 @@ def test_two_ingests_at_once_each_get_a_batch_and_one_consistent_version(
 
 
 @pytest.fixture
-def atis_project(dvc_project: Path) -> steps.Context:
+def atis_project(dvc_project: Path) -> stages.Context:
     """The bundled ATIS slots fetched, tracked and pushed (params.ner.yaml)."""
     params = yaml.safe_load((REPO / "params.ner.yaml").read_text(encoding="utf-8"))
     (dvc_project / "params.ner.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
-    ctx = steps.load_context(dvc_project, dvc_project / "params.ner.yaml")
-    steps.step_fetch(ctx)
-    steps.step_version_data(ctx)
+    ctx = stages.load_context(dvc_project, dvc_project / "params.ner.yaml")
+    stages.step_fetch(ctx)
+    stages.step_version_data(ctx)
     return ctx
 
 
 def test_token_batches_are_ingested_as_jsonl_or_conll_and_checked_by_the_token_suite(
-    atis_project: steps.Context, tmp_path: Path
+    atis_project: stages.Context, tmp_path: Path
 ) -> None:
     dataset = atis_project.paths.root / "data" / "raw" / "atis_slots"
     jsonl = tmp_path / "week-48.jsonl"
@@ -196,8 +196,8 @@ def test_token_batches_are_ingested_as_jsonl_or_conll_and_checked_by_the_token_s
     conll = tmp_path / "week-49.conll"
     conll.write_text("from O\nboston B-fromloc.city_name\n\nto O\ndenver B-toloc.city_name\n")
     before = data_version(atis_project)
-    first, version = steps.step_ingest(atis_project, jsonl)
-    second, _ = steps.step_ingest(atis_project, conll)
+    first, version = stages.step_ingest(atis_project, jsonl)
+    second, _ = stages.step_ingest(atis_project, conll)
     assert (first.rows, first.batch_file.name) == (1, "batch-0001.jsonl")
     assert (second.rows, second.batch_file.name) == (2, "batch-0002.conll")
     assert version is not None and version.version != before
@@ -213,7 +213,7 @@ def test_token_batches_are_ingested_as_jsonl_or_conll_and_checked_by_the_token_s
         encoding="utf-8",
     )
     with pytest.raises(DataValidationError) as caught:
-        steps.step_ingest(atis_project, broken)
+        stages.step_ingest(atis_project, broken)
     message = str(caught.value)
     assert "broken.jsonl:1" in message and "'I-toloc.city_name' follows 'O'" in message
     assert "broken.jsonl:2" in message and "B-toloc.planet" in message
@@ -221,7 +221,7 @@ def test_token_batches_are_ingested_as_jsonl_or_conll_and_checked_by_the_token_s
     assert dvc_file.read_bytes() == pushed
 
     with pytest.raises(DataValidationError, match=r"unsupported file type '\.csv'"):
-        steps.step_ingest(atis_project, batch(tmp_path, "rows.csv", "text"))
+        stages.step_ingest(atis_project, batch(tmp_path, "rows.csv", "text"))
 
 
 CITY = ["B-toloc.city_name", "I-toloc.city_name"]

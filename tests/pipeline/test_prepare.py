@@ -4,9 +4,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from pipeline.prepare import normalise_text, prepare, split_of
+from tests.conftest import TEXT
 from tuneops.config import DataConfig, PrepareConfig
 from tuneops.errors import DataValidationError
-from tuneops.pipeline.prepare import normalise_text, prepare, split_of
 
 LABELS = ("negative", "positive")
 
@@ -44,9 +45,9 @@ def test_split_is_a_pure_function_of_the_text() -> None:
 def test_appending_rows_never_moves_an_existing_row_between_splits(tmp_path: Path) -> None:
     raw = tmp_path / "raw"
     write_rows(raw, make_rows(600), "batch-0000.csv")
-    prepare(DataConfig(), PrepareConfig(), LABELS, raw, tmp_path / "before")
+    prepare(TEXT, DataConfig(), PrepareConfig(), LABELS, raw, tmp_path / "before")
     write_rows(raw, make_rows(600, start=600), "batch-0001.csv")
-    prepare(DataConfig(), PrepareConfig(), LABELS, raw, tmp_path / "after")
+    prepare(TEXT, DataConfig(), PrepareConfig(), LABELS, raw, tmp_path / "after")
     before, after = splits_by_text(tmp_path / "before"), splits_by_text(tmp_path / "after")
     assert len(after) == 1200
     assert {text: after[text] for text in before} == before
@@ -55,7 +56,9 @@ def test_appending_rows_never_moves_an_existing_row_between_splits(tmp_path: Pat
 def test_duplicates_are_dropped_and_conflicting_labels_reported(tmp_path: Path) -> None:
     rows = [*make_rows(200), ("text   number 3", "positive"), ("text number 4", "positive")]
     write_rows(tmp_path / "raw", rows, "batch-0000.csv")
-    result = prepare(DataConfig(), PrepareConfig(), LABELS, tmp_path / "raw", tmp_path / "out")
+    result = prepare(
+        TEXT, DataConfig(), PrepareConfig(), LABELS, tmp_path / "raw", tmp_path / "out"
+    )
     # "text number 3" repeats (after whitespace normalisation) with its own label;
     # "text number 4" (negative) reappears as positive, so both of its rows go.
     assert result.dropped_duplicates == 1
@@ -74,8 +77,8 @@ def test_manifest_counts_and_fingerprint_ignore_row_order(tmp_path: Path) -> Non
     rows = make_rows(400)
     write_rows(tmp_path / "a", rows, "batch-0000.csv")
     write_rows(tmp_path / "b", rows[::-1], "batch-0000.csv")
-    first = prepare(DataConfig(), PrepareConfig(), LABELS, tmp_path / "a", tmp_path / "pa")
-    second = prepare(DataConfig(), PrepareConfig(), LABELS, tmp_path / "b", tmp_path / "pb")
+    first = prepare(TEXT, DataConfig(), PrepareConfig(), LABELS, tmp_path / "a", tmp_path / "pa")
+    second = prepare(TEXT, DataConfig(), PrepareConfig(), LABELS, tmp_path / "b", tmp_path / "pb")
     assert first.fingerprint == second.fingerprint
     manifest = json.loads((tmp_path / "pa" / "manifest.json").read_text())
     assert manifest["rows"] == first.rows and sum(first.rows.values()) == 400
@@ -91,6 +94,11 @@ def test_a_label_missing_from_the_test_split_is_an_error(tmp_path: Path) -> None
     write_rows(tmp_path / "raw", rows, "batch-0000.csv")
     with pytest.raises(DataValidationError, match=r"split has no rows of label\(s\) \['neutral'\]"):
         prepare(
-            DataConfig(), PrepareConfig(), (*LABELS, "neutral"), tmp_path / "raw", tmp_path / "out"
+            TEXT,
+            DataConfig(),
+            PrepareConfig(),
+            (*LABELS, "neutral"),
+            tmp_path / "raw",
+            tmp_path / "out",
         )
     assert not (tmp_path / "out").exists()

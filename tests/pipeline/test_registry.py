@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
 
+from pipeline.export import ExportResult
+from pipeline.registry import register, registry_lock, rollback
 from tests.conftest import store_client
 from tuneops.errors import ConfigError, ExternalToolError
-from tuneops.pipeline.export import ExportResult
-from tuneops.pipeline.registry import register, registry_lock, rollback
 from tuneops.tracking import MlflowTracker, mlflow_store
 
 NAME = "tiny-sentiment"

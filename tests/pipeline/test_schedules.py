@@ -9,10 +9,10 @@ import pytest
 import torch
 from transformers import TrainingArguments
 
+from pipeline.training.modeling import load_classifier
+from pipeline.training.schedules import ScheduledTrainer, exponential_factor, trainer_scheduler_type
+from pipeline.training.strategies import apply_strategy
 from tuneops.config import TrainConfig
-from tuneops.pipeline.modeling import load_classifier
-from tuneops.pipeline.schedules import ScheduledTrainer, exponential_factor, trainer_scheduler_type
-from tuneops.pipeline.strategies import apply_strategy
 
 LR = 1.0e-3
 

@@ -11,12 +11,12 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from tests.conftest import Trained
+from pipeline.train import TrainResult, train
+from pipeline.training.modeling import load_classifier, load_tokenizer, predict_logits
+from pipeline.training.strategies import apply_strategy, count_parameters, merged, save_adapter
+from tests.conftest import TEXT, Trained
 from tuneops.config import TrainConfig
 from tuneops.errors import ConfigError
-from tuneops.pipeline.modeling import load_classifier, load_tokenizer, predict_logits
-from tuneops.pipeline.strategies import apply_strategy, count_parameters, merged, save_adapter
-from tuneops.pipeline.train import TrainResult, train
 
 LABELS = ("negative", "positive")
 HIDDEN, LAYERS, CLASSES = 32, 2, 2
@@ -113,6 +113,7 @@ def test_merged_lora_model_gives_the_peft_models_logits(tiny: Any, tmp_path: Pat
 # Training with each strategy on the prepared slice of the session's `trained` fixture.
 def _train(trained: Trained, tmp_path: Path, cfg: TrainConfig) -> TrainResult:
     return train(
+        TEXT,
         trained.params.model,
         cfg,
         trained.paths.data_prepared,

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.tasks.iob2 import align_labels, bio_error, entities, read_conll
 from tuneops.errors import DataValidationError
-from tuneops.pipeline.tokens import align_labels, bio_error, entities, read_conll
 
 
 def test_conll_sentences_skip_docstart_and_name_their_first_line(tmp_path: Path) -> None:

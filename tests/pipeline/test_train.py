@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 from safetensors.numpy import load_file
 
+from pipeline.training.modeling import load_classifier, load_tokenizer, predict_logits
 from tests.conftest import Trained
-from tuneops.pipeline.modeling import load_classifier, load_tokenizer, predict_logits
 
 
 def test_candidate_folder_holds_safetensors_tokenizer_and_label_map(trained: Trained) -> None:

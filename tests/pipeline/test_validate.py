@@ -4,9 +4,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from pipeline.validate import validate
+from tests.conftest import TEXT
 from tuneops.config import DataConfig, ValidateConfig
 from tuneops.errors import DataValidationError
-from tuneops.pipeline.validate import validate
 
 GOOD_ROWS = [
     (f"review number {i} was {'great' if i % 2 else 'awful'}", "positive" if i % 2 else "negative")
@@ -29,7 +30,7 @@ def write_batch(
 
 def test_clean_data_passes_and_writes_both_reports(tmp_path: Path) -> None:
     dataset = write_batch(tmp_path / "raw" / "ds", GOOD_ROWS, labels=["negative", "positive"])
-    result = validate(DataConfig(name="ds"), ValidateConfig(), dataset, tmp_path / "reports")
+    result = validate(TEXT, DataConfig(name="ds"), ValidateConfig(), dataset, tmp_path / "reports")
     assert result.success, [c.line() for c in result.failed]
     assert result.label_source == "labels.json"
     assert result.label_counts == {"negative": 20, "positive": 20}
@@ -42,7 +43,7 @@ def test_clean_data_passes_and_writes_both_reports(tmp_path: Path) -> None:
 def test_failures_name_the_expectation_and_the_file_row(tmp_path: Path) -> None:
     rows = [*GOOD_ROWS, ("   ", "positive"), ("fine film", "neutral"), ("no label here", None)]
     dataset = write_batch(tmp_path / "raw" / "ds", rows, labels=["negative", "positive"])
-    result = validate(DataConfig(name="ds"), ValidateConfig(), dataset, tmp_path / "reports")
+    result = validate(TEXT, DataConfig(name="ds"), ValidateConfig(), dataset, tmp_path / "reports")
     failed = {c.name: c for c in result.failed}
     assert set(failed) == {
         "expect_column_values_to_not_match_regex",
@@ -60,7 +61,7 @@ def test_failures_name_the_expectation_and_the_file_row(tmp_path: Path) -> None:
 
 def test_labels_are_inferred_when_neither_params_nor_labels_json_give_them(tmp_path: Path) -> None:
     dataset = write_batch(tmp_path / "raw" / "ds", GOOD_ROWS)
-    result = validate(DataConfig(name="ds"), ValidateConfig(), dataset, tmp_path / "reports")
+    result = validate(TEXT, DataConfig(name="ds"), ValidateConfig(), dataset, tmp_path / "reports")
     assert result.labels == ("negative", "positive")
     assert result.label_source == "inferred"
 
@@ -69,6 +70,7 @@ def test_too_few_examples_of_a_class_fails_with_the_counts(tmp_path: Path) -> No
     rows = [*GOOD_ROWS[:30], ("one lonely neutral", "neutral")]
     dataset = write_batch(tmp_path / "raw" / "ds", rows)
     result = validate(
+        TEXT,
         DataConfig(name="ds"),
         ValidateConfig(min_examples_per_class=5),
         dataset,
@@ -83,6 +85,7 @@ def test_duplicate_rate_above_the_limit_fails(tmp_path: Path) -> None:
     rows = GOOD_ROWS + GOOD_ROWS[:10]
     dataset = write_batch(tmp_path / "raw" / "ds", rows)
     result = validate(
+        TEXT,
         DataConfig(name="ds"),
         ValidateConfig(max_duplicate_rate=0.05),
         dataset,
@@ -100,4 +103,4 @@ def test_missing_column_names_the_file_and_what_was_expected(tmp_path: Path) -> 
     with pytest.raises(
         DataValidationError, match=r"batch-0000\.csv: missing column\(s\) \['text'\]"
     ):
-        validate(DataConfig(name="ds"), ValidateConfig(), folder, tmp_path / "reports")
+        validate(TEXT, DataConfig(name="ds"), ValidateConfig(), folder, tmp_path / "reports")

@@ -14,16 +14,16 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Trained
+from pipeline.evaluate import evaluate
+from pipeline.export import ExportResult, export
+from pipeline.fetch_data import fetch_data
+from pipeline.prepare import prepare
+from pipeline.train import train
+from pipeline.validate import validate
+from tests.conftest import TEXT, Trained
 from tests.reliability.conftest import record, tree_hash
 from tuneops.config import Params
 from tuneops.paths import Paths
-from tuneops.pipeline.evaluate import evaluate
-from tuneops.pipeline.export import ExportResult, export
-from tuneops.pipeline.fetch_data import fetch_data
-from tuneops.pipeline.prepare import prepare
-from tuneops.pipeline.train import train
-from tuneops.pipeline.validate import validate
 from tuneops.runtime import load_bundle
 from tuneops.serving.predict import predict_file, write_records
 
@@ -56,6 +56,7 @@ def with_section(params: Params, section: str, **changes: Any) -> Any:
 
 def run_evaluate(p: Params, paths: Paths, **changes: Any) -> object:
     return evaluate(
+        TEXT,
         with_section(p, "evaluate", **changes),
         p.model,
         p.train.max_length,
@@ -73,6 +74,7 @@ STEPS: list[tuple[str, Step, Callable[[Paths], list[Path]]]] = [
     (
         "validate (reports/validation.json, validation.html)",
         lambda p, paths: validate(
+            TEXT,
             p.data,
             with_section(p, "validate_", max_duplicate_rate=0.5),
             paths.raw_dataset(p.data.name),
@@ -83,6 +85,7 @@ STEPS: list[tuple[str, Step, Callable[[Paths], list[Path]]]] = [
     (
         "prepare (data/prepared/)",
         lambda p, paths: prepare(
+            TEXT,
             p.data,
             with_section(p, "prepare", test_fraction=0.15),
             ("negative", "positive"),
@@ -94,6 +97,7 @@ STEPS: list[tuple[str, Step, Callable[[Paths], list[Path]]]] = [
     (
         "train (models/candidate/)",
         lambda p, paths: train(
+            TEXT,
             p.model,
             with_section(p, "train", max_steps=2),
             paths.data_prepared,
@@ -120,6 +124,7 @@ STEPS: list[tuple[str, Step, Callable[[Paths], list[Path]]]] = [
     (
         "export (models/export/)",
         lambda p, paths: export(
+            TEXT,
             with_section(p, "export", parity_examples=8),
             p.train.max_length,
             paths.candidate,
@@ -131,7 +136,7 @@ STEPS: list[tuple[str, Step, Callable[[Paths], list[Path]]]] = [
     (
         "predict --output (a scored CSV)",
         lambda p, paths: write_records(
-            predict_file(load_bundle(paths.export), paths.root / "texts.csv", "text", 8)[:3],
+            predict_file(load_bundle(paths.export), paths.root / "texts.csv", "text", 8, True)[:3],
             paths.root / "scored.csv",
         ),
         lambda paths: [paths.root / "scored.csv"],
@@ -147,11 +152,12 @@ def project(trained: Trained, exported: ExportResult, tmp_path: Path) -> Paths:
     )
     paths = Paths(root)
     p = trained.params
-    validate(p.data, p.validate_, paths.raw_dataset(p.data.name), paths.reports)
+    validate(TEXT, p.data, p.validate_, paths.raw_dataset(p.data.name), paths.reports)
     run_evaluate(p, paths)
     (root / "texts.csv").write_text("text\na moving film\na tedious film\nfine\nawful\n")
     write_records(
-        predict_file(load_bundle(paths.export), root / "texts.csv", "text", 8), root / "scored.csv"
+        predict_file(load_bundle(paths.export), root / "texts.csv", "text", 8, True),
+        root / "scored.csv",
     )
     return paths
 

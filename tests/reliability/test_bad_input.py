@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from pipeline.io import read_raw
 from tests.conftest import REPO, make_dvc_project, set_dotted
 from tests.data.bad.corpus import ACCEPTED, CASES, Case, huge_text, write_all
 from tests.reliability.conftest import (
@@ -28,8 +29,7 @@ from tests.reliability.conftest import (
     run_cli,
     tree_hash,
 )
-from tuneops import steps
-from tuneops.pipeline.io import read_raw
+from tuneops import stages
 
 pytestmark = pytest.mark.integration
 
@@ -44,15 +44,15 @@ def write_project_params(root: Path, base: str, overrides: dict[str, Any]) -> No
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
 
 
-def bundled_project(tmp: Path, kind: dict[str, str], registry: Registry) -> steps.Context:
+def bundled_project(tmp: Path, kind: dict[str, str], registry: Registry) -> stages.Context:
     """A git + DVC project with the bundled dataset fetched, added and pushed."""
     root = make_dvc_project(tmp)
     write_project_params(
         root, kind["base"], {"data.hold_back_rows": 0, "tracking.uri": registry.uri}
     )
-    ctx = steps.load_context(root)
-    steps.step_fetch(ctx)
-    steps.step_version_data(ctx)
+    ctx = stages.load_context(root)
+    stages.step_fetch(ctx)
+    stages.step_version_data(ctx)
     return ctx
 
 
@@ -104,7 +104,7 @@ def test_ingest_rejects_the_batch_and_appends_nothing(
     tmp_path: Path,
     record_property: Any,
 ) -> None:
-    ctx: steps.Context = projects["ner" if case.kind == "ner" else "text"]
+    ctx: stages.Context = projects["ner" if case.kind == "ner" else "text"]
     raw, dvc_file = ctx.paths.data_raw, ctx.paths.data_raw.with_name("raw.dvc")
     before = (tree_hash(raw, dvc_file), registry.state())
     source = case_file(case, tmp_path)
@@ -132,7 +132,7 @@ def test_run_stops_before_training_and_registers_nothing(
     dataset.mkdir(parents=True)
     source = shutil.copy(case_file(case, tmp_path), dataset)
     if case.notes.get("labels_json") != "none":
-        bundled: steps.Context = projects["ner" if case.kind == "ner" else "text"]
+        bundled: stages.Context = projects["ner" if case.kind == "ner" else "text"]
         shutil.copy(bundled.paths.raw_dataset(kind["name"]) / "labels.json", dataset)
     write_project_params(
         root,
@@ -152,19 +152,19 @@ def test_run_stops_before_training_and_registers_nothing(
 
 
 @pytest.fixture(scope="module")
-def plain_text_project(tmp_path_factory: pytest.TempPathFactory) -> steps.Context:
+def plain_text_project(tmp_path_factory: pytest.TempPathFactory) -> stages.Context:
     """The bundled dataset in a project without DVC (the data version is a file hash)."""
     root = tmp_path_factory.mktemp("accepted")
     write_project_params(root, TEXT["base"], {"data.hold_back_rows": 0})
-    ctx = steps.load_context(root)
-    steps.step_fetch(ctx)
+    ctx = stages.load_context(root)
+    stages.step_fetch(ctx)
     return ctx
 
 
 @pytest.mark.parametrize("case", ACCEPTED, ids=[c.name for c in ACCEPTED])
 def test_valid_but_unusual_files_are_ingested_and_read_right(
     case: Case,
-    plain_text_project: steps.Context,
+    plain_text_project: stages.Context,
     capfd: pytest.CaptureFixture[str],
     record_property: Any,
 ) -> None:
@@ -191,4 +191,4 @@ def test_valid_but_unusual_files_are_ingested_and_read_right(
     if "last_text" in case.notes:
         assert rows.iloc[-1]["text"] == case.notes["last_text"]
     assert set(rows["label"]) == {"negative", "positive"}
-    steps.step_validate(ctx)  # the grown dataset still passes as a whole
+    stages.step_validate(ctx)  # the grown dataset still passes as a whole

@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import free_port, make_dvc_project, run_tool, write_params
 from tests.data.bad.corpus import csv_bytes, good_rows
 from tests.reliability.conftest import CliRun, record, run_cli, tree_hash
-from tuneops import steps
+from tuneops import stages
 
 pytestmark = pytest.mark.integration
 
@@ -119,17 +119,17 @@ def test_mlflow_tracking_uri_from_the_environment_is_checked_too(
 
 
 @pytest.fixture(scope="module")
-def dvc_ingest_project(tmp_path_factory: pytest.TempPathFactory) -> steps.Context:
+def dvc_ingest_project(tmp_path_factory: pytest.TempPathFactory) -> stages.Context:
     """The bundled data tracked and pushed to a local remote (data version 1)."""
     root = make_dvc_project(tmp_path_factory.mktemp("remote"))
     write_params(root, {"data.hold_back_rows": 0})
-    ctx = steps.load_context(root)
-    steps.step_fetch(ctx)
-    steps.step_version_data(ctx)
+    ctx = stages.load_context(root)
+    stages.step_fetch(ctx)
+    stages.step_version_data(ctx)
     return ctx
 
 
-def dvc(ctx: steps.Context, *args: str) -> str:
+def dvc(ctx: stages.Context, *args: str) -> str:
     return run_tool(ctx.paths.root, sys.executable, "-m", "dvc", *args).stdout
 
 
@@ -157,7 +157,7 @@ def test_a_failed_push_leaves_no_half_added_batch(
     case: str,
     damage: Any,
     says: str,
-    dvc_ingest_project: steps.Context,
+    dvc_ingest_project: stages.Context,
     capfd: pytest.CaptureFixture[str],
     tmp_path: Path,
     record_property: Any,
@@ -194,7 +194,7 @@ def test_a_failed_push_leaves_no_half_added_batch(
 
 
 def test_the_remote_repaired_the_same_batch_is_added_and_pushed(
-    dvc_ingest_project: steps.Context, capfd: pytest.CaptureFixture[str], tmp_path: Path
+    dvc_ingest_project: stages.Context, capfd: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     """After the failed attempts above, nothing stands in the way of a retry."""
     ctx = dvc_ingest_project

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from pipeline.export import ExportResult
 from tests.conftest import Trained, write_params
 from tests.reliability.conftest import record, run_cli
-from tuneops.pipeline.export import ExportResult
 from tuneops.tracking import MlflowTracker
 
 

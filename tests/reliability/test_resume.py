@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from pipeline.train import read_manifest
 from tests.conftest import REPO, store_client, tiny_overrides, tool_env, write_params
 from tests.reliability.conftest import record
-from tuneops import steps
-from tuneops.pipeline.train import read_manifest
+from tuneops import stages
 
 pytestmark = pytest.mark.integration
 
@@ -32,24 +32,24 @@ CHECKPOINT_STEPS = 5
 ENV = tool_env() | {"OMP_NUM_THREADS": "1"}
 
 
-def prepared_project(root: Path, tiny_model_dir: Path) -> steps.Context:
+def prepared_project(root: Path, tiny_model_dir: Path) -> stages.Context:
     root.mkdir()
     overrides = tiny_overrides(tiny_model_dir) | {"train.checkpoint_steps": CHECKPOINT_STEPS}
     write_params(root, overrides)
-    ctx = steps.load_context(root)
-    steps.step_fetch(ctx)
-    steps.step_validate(ctx)
-    steps.step_prepare(ctx)
+    ctx = stages.load_context(root)
+    stages.step_fetch(ctx)
+    stages.step_validate(ctx)
+    stages.step_prepare(ctx)
     return ctx
 
 
-def train_stage(ctx: steps.Context) -> subprocess.CompletedProcess[str]:
+def train_stage(ctx: stages.Context) -> subprocess.CompletedProcess[str]:
     """`tuneops stage train`, as `dvc repro` runs it."""
     command = [sys.executable, "-m", "tuneops.cli", "--root", str(ctx.paths.root), "stage", "train"]
     return subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, check=False)
 
 
-def mid_epoch_step(ctx: steps.Context) -> tuple[int, int]:
+def mid_epoch_step(ctx: stages.Context) -> tuple[int, int]:
     """(steps per epoch, the first step checkpoint inside the second epoch)."""
     rows = read_manifest(ctx.paths.data_prepared)["rows"]["train"]
     per_epoch = math.ceil(rows / ctx.params.train.batch_size)
@@ -168,7 +168,7 @@ def test_mlflow_tags_the_resumed_run_and_marks_the_killed_one(runs: dict[str, An
 
 
 def test_only_an_unfinished_run_with_the_same_key_resumes(tmp_path: Path) -> None:
-    from tuneops.pipeline import checkpoints
+    from pipeline.training import checkpoints
 
     folder = tmp_path / "checkpoints"
 

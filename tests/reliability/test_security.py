@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from pipeline.export import ExportResult
+from pipeline.training.modeling import load_classifier
 from tests.conftest import REPO
 from tests.reliability.conftest import record
 from tuneops.errors import ModelFileError
-from tuneops.pipeline.export import ExportResult
-from tuneops.pipeline.modeling import load_classifier
 from tuneops.runtime import OnnxClassifier
 from tuneops.serving.server import Limits, create_app
 
@@ -102,19 +102,20 @@ FORBIDDEN = {
 def test_the_source_has_no_unsafe_loading(record_property: Any) -> None:
     found = [
         f"{path.relative_to(REPO)}: {name}"
-        for path in sorted((REPO / "tuneops").rglob("*.py"))
+        for package in ("tuneops", "pipeline", "flows")
+        for path in sorted((REPO / package).rglob("*.py"))
         for name, pattern in FORBIDDEN.items()
         if pattern.search(path.read_text(encoding="utf-8"))
     ]
     record(
         record_property,
         "security",
-        "tuneops/ scanned for unsafe loading calls",
+        "tuneops/, pipeline/ and flows/ scanned for unsafe loading calls",
         "none found" if not found else "FOUND",
         "; ".join(found) or ", ".join(FORBIDDEN),
     )
     assert found == []
-    loader = (REPO / "tuneops" / "pipeline" / "modeling.py").read_text(encoding="utf-8")
+    loader = (REPO / "pipeline" / "training" / "modeling.py").read_text(encoding="utf-8")
     assert '"use_safetensors": True, "trust_remote_code": False' in loader
 
 

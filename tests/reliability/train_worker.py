@@ -17,7 +17,7 @@ quiet.apply()
 
 from transformers import TrainerCallback  # noqa: E402
 
-from tuneops import steps  # noqa: E402
+from tuneops import stages  # noqa: E402
 
 
 class PauseAfterSave(TrainerCallback):
@@ -32,4 +32,4 @@ class PauseAfterSave(TrainerCallback):
 
 if __name__ == "__main__":
     root, step, marker = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
-    steps.step_train(steps.load_context(root), callbacks=[PauseAfterSave(step, marker)])
+    stages.step_train(stages.load_context(root), callbacks=[PauseAfterSave(step, marker)])

@@ -6,9 +6,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from pipeline.export import ExportResult
 from tuneops.cli import main
 from tuneops.errors import DataValidationError, ModelFileError
-from tuneops.pipeline.export import ExportResult
 from tuneops.runtime import OnnxClassifier
 
 TEXTS = ["a wonderful, moving film", 'dull, "flat"\nand far too long', "fine"]

@@ -8,9 +8,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pipeline.export import ExportResult
+from pipeline.registry import register
 from tests.conftest import free_port, local_server, tool_env
-from tuneops.pipeline.export import ExportResult
-from tuneops.pipeline.registry import register
 from tuneops.runtime import OnnxClassifier
 from tuneops.serving.pull import pull_bundle
 from tuneops.tracking import MlflowTracker

@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pipeline.export import ExportResult
 from tests.conftest import free_port, local_server, tool_env
-from tuneops.pipeline.export import ExportResult
 from tuneops.runtime import OnnxClassifier
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from tuneops.pipeline.modeling import resolve_model_path
+from pipeline.training.modeling import resolve_model_path
 from tuneops.runtime import Entity, entities_in
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-TIME", "I-TIME"]

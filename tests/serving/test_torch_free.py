@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tuneops.pipeline.export import ExportResult
+from pipeline.export import ExportResult
 from tuneops.runtime import OnnxClassifier
 
 REPO = Path(__file__).parents[2]

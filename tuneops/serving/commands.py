@@ -73,7 +73,6 @@ def _classifier(args: argparse.Namespace) -> Any:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from tuneops.runtime import as_record
     from tuneops.serving.predict import predict_file, write_records
 
     if bool(args.texts) == bool(args.input):
@@ -81,11 +80,14 @@ def _predict(args: argparse.Namespace) -> int:
     if args.output and not args.input:
         raise ConfigError("predict: --output needs --input")
     classifier = _classifier(args)
+    flat = args.output is not None and args.output.suffix.lower() == ".csv"
     if args.input:
-        records = predict_file(classifier, args.input, args.text_column, args.batch_size)
+        records = predict_file(classifier, args.input, args.text_column, args.batch_size, flat)
     else:
         predictions = classifier.predict(args.texts, args.batch_size)
-        records = [{"text": t} | as_record(p) for t, p in zip(args.texts, predictions, strict=True)]
+        records = [
+            {"text": t} | classifier.record(p) for t, p in zip(args.texts, predictions, strict=True)
+        ]
     if args.output:
         write_records(records, args.output)
         print(f"predict: {len(records)} rows -> {args.output} ({classifier.model_file})")
@@ -111,11 +113,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _pull(args: argparse.Namespace) -> int:
-    from tuneops import steps
+    from tuneops import stages
     from tuneops.cli import overrides
     from tuneops.serving.pull import pull_bundle
 
-    ctx = steps.load_context(args.root, args.params, overrides(args.overrides))
+    ctx = stages.load_context(args.root, args.params, overrides(args.overrides))
     stamp = pull_bundle(ctx.tracking_uri, ctx.params.registry.model_name, args.ref, args.out)
     print(f"pull-bundle: {stamp['model_uri']} -> {args.out}")
     return 0

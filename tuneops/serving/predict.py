@@ -10,7 +10,7 @@ import pandas as pd
 
 from tuneops.errors import ConfigError, DataValidationError
 from tuneops.paths import atomic_write_text
-from tuneops.runtime import OnnxBundle, as_record
+from tuneops.runtime import OnnxBundle
 
 READERS = {".csv": "csv", ".jsonl": "jsonl"}
 
@@ -47,33 +47,23 @@ def read_texts(path: Path, text_column: str) -> pd.DataFrame:
 
 
 def predict_file(
-    classifier: OnnxBundle, input_path: Path, text_column: str, batch_size: int
+    classifier: OnnxBundle, input_path: Path, text_column: str, batch_size: int, flat: bool = False
 ) -> list[dict[str, Any]]:
-    """Every input row with its label, score and probabilities added."""
+    """Every input row with its prediction added: the bundle's JSON record, or with
+    `flat` its flat columns (for a CSV: p_<label> probabilities, entities as JSON)."""
     frame = read_texts(input_path, text_column)
     predictions: list[Any] = list(classifier.predict(frame[text_column].tolist(), batch_size))
-    return [
-        row | as_record(p) for row, p in zip(frame.to_dict("records"), predictions, strict=True)
-    ]
+    shape = classifier.frame_row if flat else classifier.record
+    return [row | shape(p) for row, p in zip(frame.to_dict("records"), predictions, strict=True)]
 
 
 def write_records(records: list[dict[str, Any]], output_path: Path) -> None:
-    """.jsonl keeps probabilities as an object; .csv flattens them to p_<label> columns."""
+    """.jsonl: one JSON object per record; .csv: one row per (flat) record."""
     suffix = output_path.suffix.lower()
     if suffix == ".jsonl":
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     elif suffix == ".csv":
-        flat = [
-            {k: v for k, v in r.items() if k not in ("probabilities", "entities")}
-            | {f"p_{label}": p for label, p in r.get("probabilities", {}).items()}
-            | (
-                {"entities": json.dumps(r["entities"], ensure_ascii=False)}
-                if "entities" in r
-                else {}
-            )
-            for r in records
-        ]
-        text = pd.DataFrame(flat).to_csv(index=False)
+        text = pd.DataFrame(records).to_csv(index=False)
     else:
         raise ConfigError(f"{output_path}: expected a .csv or .jsonl output file")
     atomic_write_text(output_path, text)

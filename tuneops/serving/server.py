@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tuneops import __version__
-from tuneops.runtime import OnnxBundle, as_record
+from tuneops.runtime import OnnxBundle
 from tuneops.serving.batching import MicroBatcher
 
 log = logging.getLogger("tuneops.serve")
@@ -88,7 +88,7 @@ def create_app(
         predictions = await batcher.predict(texts)
         return {
             "model": metadata["model_file"],
-            "predictions": [as_record(p) for p in predictions],
+            "predictions": [classifier.record(p) for p in predictions],
         }
 
     return app

@@ -80,7 +80,7 @@ def truncated_parquet() -> bytes:
 
 def split_starved() -> bytes:
     """12 negative rows (enough to validate) whose texts all hash out of the test split."""
-    from tuneops.pipeline.prepare import normalise_text, split_of
+    from pipeline.prepare import normalise_text, split_of
 
     def lands_in_test(text: str) -> bool:
         return split_of(normalise_text(text), 0.1, 0.1) == "test"
@@ -94,7 +94,7 @@ def split_starved() -> bytes:
 
 def conflicts_with_existing() -> bytes:
     """A valid batch but for its last row: a bundled snippet with the opposite label."""
-    from tuneops.pipeline.fetch_data import _movie_sentiment
+    from pipeline.fetch_data import _movie_sentiment
 
     bundled, _ = _movie_sentiment()
     text, label = bundled.iloc[0]["text"], bundled.iloc[0]["label"]

@@ -21,15 +21,14 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel
 
+from pipeline import quantize
+from pipeline.tasks.base import Scores, Task
+from pipeline.training.modeling import load_tokenizer
 from tuneops import runtime
 from tuneops.config import ExportConfig
 from tuneops.errors import ExportParityError
 from tuneops.paths import atomic_dir
-from tuneops.pipeline import quantize
-from tuneops.pipeline.evaluate_tokens import word_outputs
-from tuneops.pipeline.modeling import load_classifier, load_tokenizer, predict_logits
-from tuneops.pipeline.token_training import load_token_classifier
-from tuneops.runtime import OnnxBundle, OnnxClassifier, OnnxTokenClassifier, load_bundle
+from tuneops.runtime import OnnxBundle, load_bundle
 
 FP32_FILE, INT8_FILE, RUNTIME_FILE = "model.onnx", "model.int8.onnx", "tuneops_runtime.py"
 
@@ -67,20 +66,18 @@ class _LogitsOnly(torch.nn.Module):
 
 
 def export(
+    task: Task,
     cfg: ExportConfig,
     max_length: int,
     candidate_dir: Path,
     prepared_dir: Path,
     export_dir: Path,
     card: dict[str, Any] | None = None,
-    task: str = "text-classification",
 ) -> ExportResult:
     """Write the bundle atomically; on a parity mismatch raise ExportParityError."""
-    tokens = task == "token-classification"
     # Eager attention exports as plain MatMul/Softmax, which onnxruntime's optimizer
     # fuses into one Attention kernel; the SDPA graph it cannot fuse. Same weights.
-    load = load_token_classifier if tokens else load_classifier
-    model = load(candidate_dir, attn_implementation="eager").eval()
+    model = task.load_model(candidate_dir, attn_implementation="eager").eval()
     tokenizer = load_tokenizer(candidate_dir)
     labels = json.loads((candidate_dir / "labels.json").read_text(encoding="utf-8"))
     input_names = [
@@ -93,7 +90,7 @@ def export(
     with atomic_dir(export_dir) as tmp:
         raw = tmp.parent / f".{tmp.name}.raw.onnx"
         try:
-            _export_onnx(model, tokenizer, input_names, cfg.opset, raw, tokens)
+            _export_onnx(model, tokenizer, input_names, cfg.opset, raw, task.logits_axes)
             optimized = cfg.optimize and _optimize(model.config, raw, tmp / FP32_FILE)
             if not optimized:
                 shutil.move(raw, tmp / FP32_FILE)
@@ -103,7 +100,7 @@ def export(
         (tmp / "labels.json").write_text(json.dumps(labels) + "\n", encoding="utf-8")
         shutil.copyfile(runtime.__file__, tmp / RUNTIME_FILE)
         meta = {
-            "task": task,
+            "task": task.name,
             "max_length": max_length,
             "input_names": input_names,
             "output_names": ["logits"],
@@ -116,14 +113,14 @@ def export(
         _write_meta(tmp, meta)
 
         fp32 = load_bundle(tmp, model="fp32")
-        parity = _check_parity(cfg, model, tokenizer, fp32, test, max_length, export_dir)
-        fp32_scores, fp32_pred = _score(fp32, test, len(labels))
+        parity = _check_parity(cfg, task, model, tokenizer, fp32, test, max_length, export_dir)
+        fp32_scores, fp32_pred = task.score_bundle(fp32, test)
         meta["models"]["fp32"] |= {"bytes": (tmp / FP32_FILE).stat().st_size}
         meta["models"]["fp32"] |= fp32_scores.figures
         meta["parity"] = parity
         meta["test_examples"] = len(test)
 
-        int8, int8_scores = _int8(cfg, tmp, test, fp32_pred, fp32_scores, len(labels))
+        int8, int8_scores = _int8(cfg, task, tmp, test, fp32_pred, fp32_scores)
         meta["models"]["int8"] = int8
         if int8["kept"]:
             meta["default_model"] = "int8"
@@ -138,15 +135,16 @@ def export(
             parity_label_agreement=parity["label_agreement"],
             optimized=optimized,
             fp32_accuracy=fp32_scores.accuracy,
-            fp32_f1=fp32_scores.f1,
+            fp32_f1=fp32_scores.primary,
             int8_kept=int8["kept"],
             int8_reason=int8["reason"],
             int8_bytes=int8.get("bytes"),
             int8_accuracy=int8_scores.accuracy if int8_scores else None,
-            int8_f1=int8_scores.f1 if int8_scores else None,
+            int8_f1=int8_scores.primary if int8_scores else None,
             int8_label_agreement=int8.get("label_agreement"),
         )
-        (tmp / "README.md").write_text(_model_card(meta, labels), encoding="utf-8")
+        card_text = _model_card(meta, task.describe(labels))
+        (tmp / "README.md").write_text(card_text, encoding="utf-8")
     return result
 
 
@@ -163,6 +161,7 @@ def _optimize(config: Any, src: Path, dst: Path) -> bool:
 
 def _check_parity(
     cfg: ExportConfig,
+    task: Task,
     model: PreTrainedModel,
     tokenizer: Any,
     exported: OnnxBundle,
@@ -172,15 +171,7 @@ def _check_parity(
 ) -> dict[str, Any]:
     """PyTorch vs onnxruntime logits on real test examples (per word for token models)."""
     head = test.head(cfg.parity_examples)
-    if isinstance(exported, OnnxTokenClassifier):
-        sentences = [list(t) for t in head["tokens"]]
-        reference = _stack(word_outputs(model, tokenizer, sentences, max_length, 64))
-        logits = _stack(exported.word_logits(sentences, batch_size=64))
-    else:
-        texts = head["text"].tolist()
-        reference = predict_logits(model, tokenizer, texts, max_length, batch_size=64)
-        assert isinstance(exported, OnnxClassifier)
-        logits = exported.logits(texts, batch_size=64)
+    reference, logits = task.parity_logits(model, tokenizer, exported, head, max_length)
     n = len(head)
     max_diff = float(np.abs(reference - logits).max()) if len(reference) else 0.0
     agreement = float((reference.argmax(1) == logits.argmax(1)).mean()) if len(reference) else 1.0
@@ -194,37 +185,20 @@ def _check_parity(
     return {"examples": n, "max_abs_diff": max_diff, "label_agreement": agreement}
 
 
-def _stack(rows: list[np.ndarray]) -> np.ndarray:
-    """Per-word rows of every sentence, words cut by max_length (NaN) left out."""
-    stacked = np.concatenate(rows) if rows else np.zeros((0, 1), np.float32)
-    return stacked[~np.isnan(stacked).any(axis=1)]
-
-
-def _score(bundle: OnnxBundle, test: pd.DataFrame, n_labels: int) -> tuple[quantize.Scores, Any]:
-    """Test figures and the flat predictions two models' agreement is measured on."""
-    if isinstance(bundle, OnnxTokenClassifier):
-        predicted = bundle.predict_words([list(t) for t in test["tokens"]], batch_size=64)
-        scores = quantize.score_tags([list(t) for t in test["tags"]], predicted)
-        return scores, np.array([t for row in predicted for t in row])
-    assert isinstance(bundle, OnnxClassifier)
-    ids = quantize.predicted_ids(bundle, test["text"].tolist())
-    return quantize.score(test["label_id"].to_numpy(), ids, n_labels), ids
-
-
 def _int8(
     cfg: ExportConfig,
+    task: Task,
     bundle: Path,
     test: pd.DataFrame,
     fp32_pred: np.ndarray,
-    fp32_scores: quantize.Scores,
-    n_labels: int,
-) -> tuple[dict[str, Any], quantize.Scores | None]:
+    fp32_scores: Scores,
+) -> tuple[dict[str, Any], Scores | None]:
     """Quantise, score on the whole test split, keep or remove model.int8.onnx."""
     if not cfg.quantize_int8:
         return {"kept": False, "reason": "not built: export.quantize_int8 is false"}, None
     path = bundle / INT8_FILE
     quantize.quantize_int8(bundle / FP32_FILE, path, cfg.int8_weight_type, cfg.int8_per_channel)
-    int8_scores, int8_pred = _score(load_bundle(bundle, model=INT8_FILE), test, n_labels)
+    int8_scores, int8_pred = task.score_bundle(load_bundle(bundle, model=INT8_FILE), test)
     agreement = float((int8_pred == fp32_pred).mean()) if len(int8_pred) else 1.0
     decision = quantize.decide(fp32_scores, int8_scores, agreement, cfg.int8_max_f1_drop)
     figures = int8_scores.figures | {
@@ -250,7 +224,7 @@ def _export_onnx(
     input_names: list[str],
     opset: int,
     path: Path,
-    per_token: bool = False,
+    logits_axes: tuple[str, ...],
 ) -> None:
     # The TorchScript exporter (dynamo=False): for BERT-class encoders it gives a clean
     # graph with dynamic batch and sequence axes in about a second, without the extra
@@ -262,7 +236,7 @@ def _export_onnx(
     )
     args = tuple(sample[name] for name in input_names)
     axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
-    axes["logits"] = {0: "batch", 1: "sequence"} if per_token else {0: "batch"}
+    axes["logits"] = dict(enumerate(logits_axes))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -278,7 +252,7 @@ def _export_onnx(
     onnx.checker.check_model(str(path))
 
 
-def _model_card(meta: dict[str, Any], labels: list[str]) -> str:
+def _model_card(meta: dict[str, Any], description: str) -> str:
     models = meta["models"]
     rows = [
         f"| {name} | {m.get('file', '—')} | {m.get('bytes', 0) / 2**20:.1f} MB | "
@@ -291,13 +265,7 @@ def _model_card(meta: dict[str, Any], labels: list[str]) -> str:
     facts = {k: v for k, v in meta.items() if k not in ("models", "parity")}
     fact_rows = "\n".join(f"| {k} | {v} |" for k, v in facts.items())
     return (
-        "# tuneops model bundle\n\n"
-        + (
-            f"Token classifier (IOB2) over {len(labels)} tags. "
-            if meta["task"] == "token-classification"
-            else f"Text classifier over {len(labels)} labels: {', '.join(labels)}. "
-        )
-        + f"Default model: {meta['default_model']}.\n\n"
+        "# tuneops model bundle\n\n" + f"{description} Default model: {meta['default_model']}.\n\n"
         "Runs with onnxruntime + tokenizers + numpy only (no torch, no tuneops):\n\n"
         "```bash\npip install onnxruntime tokenizers numpy\n"
         'python tuneops_runtime.py --bundle . "some text"\n```\n\n'

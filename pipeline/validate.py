@@ -1,4 +1,4 @@
-"""validate: a Great Expectations suite over the raw dataset, with a JSON and an HTML report.
+"""validate: the task's Great Expectations suite over the raw dataset, with JSON and HTML reports.
 
 Each failed check names the expectation, the column and a few offending rows as
 "file:row", so a person can open the input and fix it.
@@ -10,16 +10,19 @@ import html
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import great_expectations as gx
 import pandas as pd
 from great_expectations.data_context.types.base import ProgressBarsConfig
 
-from tuneops.config import DataConfig, ValidateConfig
+if TYPE_CHECKING:
+    from pipeline.tasks.base import Task
+    from tuneops.config import DataConfig, ValidateConfig
+
+from pipeline.io import raw_files
 from tuneops.errors import DataValidationError
 from tuneops.paths import atomic_write_text
-from tuneops.pipeline.io import raw_files, read_label_file, read_raw
 
 EXAMPLES_PER_CHECK = 5
 
@@ -71,65 +74,31 @@ class ValidationResult:
 
 
 def validate(
-    data: DataConfig, cfg: ValidateConfig, dataset_dir: Path, reports_dir: Path
+    task: Task, data: DataConfig, cfg: ValidateConfig, dataset_dir: Path, reports_dir: Path
 ) -> ValidationResult:
     """Run the task's expectation suite on every batch of `dataset_dir`; write the reports."""
-    frame = read_raw(dataset_dir, data.text_column, data.label_column, data.max_rows)
-    label_types = _label_type_check(frame)
-    frame["label"] = frame["label"].map(lambda v: v if pd.isna(v) else str(v))
-    labels, label_source = _label_set(data, dataset_dir, frame)
+    found = task.validation_input(data, cfg, dataset_dir)
     checks = run_suite(
-        frame, _suite(labels, cfg), ["text", "label"], reports_dir / "data_docs", "text_raw"
+        found.frame,
+        found.expectations,
+        found.columns,
+        reports_dir / "data_docs",
+        found.suite_name,
     )
-    checks += [
-        label_types,
-        _min_examples_check(frame, labels, cfg.min_examples_per_class),
-        _two_labels_check(labels),
-        conflicting_labels_check(frame),
-    ]
-    counts = frame["label"].value_counts().reindex(list(labels), fill_value=0)
+    checks += found.checks
     result = ValidationResult(
         success=all(c.success for c in checks),
-        rows=len(frame),
-        files=[str(p) for p in raw_files(dataset_dir)],
-        labels=labels,
-        label_source=label_source,
-        label_counts={str(k): int(v) for k, v in counts.items()},
+        rows=len(found.frame),
+        files=[str(p) for p in raw_files(dataset_dir, task.raw_suffixes)],
+        labels=found.labels,
+        label_source=found.label_source,
+        label_counts=found.label_counts,
         checks=checks,
         report_json=reports_dir / "validation.json",
         report_html=reports_dir / "validation.html",
     )
     write_reports(result)
     return result
-
-
-def _label_set(
-    data: DataConfig, dataset_dir: Path, frame: pd.DataFrame
-) -> tuple[tuple[str, ...], str]:
-    if data.labels:
-        return tuple(data.labels), "params"
-    frozen = read_label_file(dataset_dir)
-    if frozen:
-        return frozen, "labels.json"
-    return tuple(sorted(frame["label"].dropna().unique())), "inferred"
-
-
-def _suite(labels: tuple[str, ...], cfg: ValidateConfig) -> list[Any]:
-    ex = gx.expectations
-    return [
-        ex.ExpectColumnValuesToNotBeNull(column="text"),
-        ex.ExpectColumnValuesToNotBeNull(column="label"),
-        ex.ExpectColumnValuesToBeOfType(column="text", type_="str"),
-        ex.ExpectColumnValuesToNotMatchRegex(column="text", regex=r"^\s*$"),
-        ex.ExpectColumnValueLengthsToBeBetween(
-            column="text", min_value=cfg.min_text_chars, max_value=cfg.max_text_chars
-        ),
-        ex.ExpectColumnValuesToBeInSet(column="label", value_set=list(labels)),
-        ex.ExpectColumnDistinctValuesToContainSet(column="label", value_set=list(labels)),
-        ex.ExpectColumnProportionOfUniqueValuesToBeBetween(
-            column="text", min_value=1.0 - cfg.max_duplicate_rate
-        ),
-    ]
 
 
 def run_suite(
@@ -208,7 +177,7 @@ def _observed(details: dict[str, Any]) -> Any:
     return details.get("observed_value")
 
 
-def _min_examples_check(frame: pd.DataFrame, labels: tuple[str, ...], minimum: int) -> CheckResult:
+def min_examples_check(frame: pd.DataFrame, labels: tuple[str, ...], minimum: int) -> CheckResult:
     # Written by hand: GX 1.x has no pandas expectation for "every value occurs at least
     # N times" (the distribution expectations compare shares, not counts).
     counts = frame["label"].value_counts().reindex(list(labels), fill_value=0)
@@ -224,7 +193,7 @@ def _min_examples_check(frame: pd.DataFrame, labels: tuple[str, ...], minimum: i
     )
 
 
-def _label_type_check(frame: pd.DataFrame) -> CheckResult:
+def label_type_check(frame: pd.DataFrame) -> CheckResult:
     """Labels all strings, or all numbers: a mix (1 next to "1", or "positive") is a sign of
     a broken export, and str() would silently make 1.0 and "1" different labels."""
     kinds: dict[str, tuple[str, Any]] = {}  # kind -> (source, value) of its first row
@@ -258,7 +227,7 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
-def _two_labels_check(labels: tuple[str, ...]) -> CheckResult:
+def two_labels_check(labels: tuple[str, ...]) -> CheckResult:
     return CheckResult(
         name="expect_at_least_two_labels",
         column="label",
@@ -274,7 +243,7 @@ def conflicting_labels_check(frame: pd.DataFrame, involving: str | None = None) 
     `involving`: only conflicts that touch rows of this file name (an ingested batch
     checked against the batches already there).
     """
-    from tuneops.pipeline.prepare import normalise_text
+    from pipeline.prepare import normalise_text
 
     labelled = frame.dropna(subset=["text", "label"])
     labelled = labelled[labelled["text"].map(lambda v: isinstance(v, str))]

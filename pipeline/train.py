@@ -9,44 +9,28 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from datasets import load_dataset
-from sklearn.metrics import accuracy_score, f1_score
 from transformers import (
-    DataCollatorForTokenClassification,
-    DataCollatorWithPadding,
     EarlyStoppingCallback,
     TrainerCallback,
     TrainingArguments,
     set_seed,
 )
 
+from pipeline.tasks.base import Task
+from pipeline.training import checkpoints
+from pipeline.training.devices import resolve_precision, trainer_options, world_size
+from pipeline.training.memory import peak_memory
+from pipeline.training.modeling import load_tokenizer, pick_device, resolve_model_path
+from pipeline.training.schedules import ScheduledTrainer, trainer_scheduler_type
+from pipeline.training.strategies import apply_strategy, count_parameters, merged, save_adapter
 from tuneops.config import ModelConfig, TrainConfig
 from tuneops.paths import atomic_dir
-from tuneops.pipeline import checkpoints
-from tuneops.pipeline.devices import resolve_precision, trainer_options, world_size
-from tuneops.pipeline.memory import peak_memory
-from tuneops.pipeline.modeling import (
-    load_classifier,
-    load_tokenizer,
-    pick_device,
-    resolve_model_path,
-)
-from tuneops.pipeline.schedules import ScheduledTrainer, trainer_scheduler_type
-from tuneops.pipeline.strategies import apply_strategy, count_parameters, merged, save_adapter
-from tuneops.pipeline.token_training import (
-    load_token_classifier,
-    tokenise_words,
-)
-from tuneops.pipeline.token_training import (
-    validation_metrics as token_validation_metrics,
-)
 from tuneops.tracking import NullTracker, Tracker
 
 
@@ -79,6 +63,7 @@ def read_manifest(prepared_dir: Path) -> dict[str, Any]:
 
 
 def train(
+    task: Task,
     model_cfg: ModelConfig,
     cfg: TrainConfig,
     prepared_dir: Path,
@@ -87,7 +72,6 @@ def train(
     cache_dir: Path,
     tracker: Tracker | None = None,
     extra_summary: dict[str, Any] | None = None,
-    task: str = "text-classification",
     callbacks: Sequence[TrainerCallback] = (),
 ) -> TrainResult:
     """Fine-tune on train, select on validation (early stopping, best checkpoint kept).
@@ -110,32 +94,16 @@ def train(
     args = _training_arguments(cfg, checkpoints_dir, precision, device, processes)
     base_path = resolve_model_path(model_cfg.name_or_path)
     tokenizer = load_tokenizer(base_path)
-    tokens = task == "token-classification"
-    if tokens:
-        model = load_token_classifier(base_path, labels, model_cfg.num_hidden_layers)
-        tokenise = tokenise_words(tokenizer, cfg.max_length, cfg.label_all_subtokens)
-        collator: Any = DataCollatorForTokenClassification(tokenizer)
-        compute_metrics = token_validation_metrics(labels)
-    else:
-        model = load_classifier(base_path, labels, model_cfg.num_hidden_layers)
-        tokenise = _tokenise_texts(tokenizer, cfg.max_length)
-        collator, compute_metrics = DataCollatorWithPadding(tokenizer), _validation_metrics
+    model = task.load_model(base_path, labels, model_cfg.num_hidden_layers)
     with args.main_process_first(desc="tokenise"):
-        splits = _tokenised_splits(prepared_dir, cache_dir, tokenise, cfg.max_length)
-    truncated = {}
-    if tokens:
-        truncated = {s: int(sum(splits[s]["truncated"])) for s in splits}
-        if any(truncated.values()):
-            warnings.warn(
-                f"sentences cut at max_length={cfg.max_length} tokens (their last words get "
-                f"no prediction): {truncated}",
-                stacklevel=2,
-            )
-        splits = splits.remove_columns("truncated")
-    trained_model = apply_strategy(model, cfg)
+        splits = _tokenised_splits(
+            prepared_dir, cache_dir, task.tokenise(tokenizer, cfg), cfg.max_length
+        )
+    splits, task_summary = task.after_tokenise(splits, cfg)
+    trained_model = apply_strategy(model, cfg, task.peft_task_type)
     counts = count_parameters(trained_model)
 
-    key = checkpoints.run_key(model_cfg, cfg, task, manifest)
+    key = checkpoints.run_key(model_cfg, cfg, task.name, manifest)
     # Rank 0 decides (and clears the folder for a fresh run); the others then find the same.
     with args.main_process_first(desc="checkpoints"):
         writer = args.process_index == 0
@@ -150,8 +118,8 @@ def train(
         train_dataset=splits["train"],
         eval_dataset=splits["validation"],
         processing_class=tokenizer,
-        data_collator=collator,
-        compute_metrics=compute_metrics,
+        data_collator=task.collator(tokenizer),
+        compute_metrics=task.compute_metrics(labels),
         callbacks=[
             EarlyStoppingCallback(cfg.early_stopping_patience),
             _TrackerCallback(tracker),
@@ -198,7 +166,7 @@ def train(
         tokenizer.save_pretrained(str(tmp))
         (tmp / "labels.json").write_text(json.dumps(list(labels)) + "\n", encoding="utf-8")
         summary = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(result).items()}
-        summary |= (extra_summary or {}) | ({"truncated_sentences": truncated} if tokens else {})
+        summary |= (extra_summary or {}) | task_summary
         (tmp / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     checkpoints.finish(checkpoints_dir)
     return result
@@ -266,25 +234,6 @@ def _tokenised_splits(
     return raw.map(
         tokenise, batched=True, remove_columns=columns, desc=f"tokenise (max_length={max_length})"
     )
-
-
-def _tokenise_texts(tokenizer: Any, max_length: int) -> Callable[..., Any]:
-    def tokenise(batch: dict[str, list[Any]]) -> dict[str, Any]:
-        encoded = tokenizer(batch["text"], truncation=True, max_length=max_length)
-        encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
-        encoded["labels"] = batch["label_id"]
-        return encoded
-
-    return tokenise
-
-
-def _validation_metrics(prediction: Any) -> dict[str, float]:
-    logits, label_ids = prediction
-    predicted = np.argmax(logits, axis=-1)
-    return {
-        "accuracy": float(accuracy_score(label_ids, predicted)),
-        "macro_f1": float(f1_score(label_ids, predicted, average="macro")),
-    }
 
 
 class _TrackerCallback(TrainerCallback):

@@ -1,8 +1,11 @@
-"""The edges around the pure steps: resolve settings, call the step, record what it did.
+"""The stages: resolve settings, call the pure step, record what it did; and the table.
 
-Used by both the Prefect flow (`tuneops.flows`) and the DVC stages (`tuneops stage
-NAME`), so the two paths run the same code. The MLflow run is created by `train` and
-its id stored in models/candidate/training_summary.json; later steps log to that run.
+`STAGES` lists every stage once (name, function, the pipeline module it runs, data
+deps, params, outs). The CLI's `tuneops stage NAME`, the Prefect flow (`flows`) and
+dvc.yaml (written from it by `tuneops dvc-yaml`) all follow that table, so the three
+paths run the same code. The task is looked up once, in `load_context`. The MLflow run
+is created by `train` and its id stored in models/candidate/training_summary.json;
+later stages log to that run.
 """
 
 from __future__ import annotations
@@ -10,34 +13,31 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
 
+from pipeline import tasks
+from pipeline.evaluate import EvaluationResult, evaluate
+from pipeline.export import ExportResult, export
+from pipeline.fetch_data import FetchResult, fetch_data
+from pipeline.gate import GateVerdict, write_reports
+from pipeline.ingest import IngestResult, ingest
+from pipeline.prepare import PrepareResult, prepare
+from pipeline.register import RegisterInputs, gate_and_register
+from pipeline.registry import RegistrationResult
+from pipeline.tasks.base import Task
+from pipeline.train import TrainResult, read_manifest, train
+from pipeline.training.devices import process_rank
+from pipeline.validate import ValidationResult, validate
+from pipeline.version_data import DataVersion, read_dvc_md5, version_data
 from tuneops.config import Params, load_params
 from tuneops.lineage import git_commit, library_versions
 from tuneops.paths import Paths
-from tuneops.pipeline.devices import process_rank
-from tuneops.pipeline.evaluate import EvaluationResult, evaluate
-from tuneops.pipeline.evaluate_tokens import evaluate_tokens
-from tuneops.pipeline.export import ExportResult, export
-from tuneops.pipeline.fetch_data import FetchResult, fetch_data
-from tuneops.pipeline.gate import GateVerdict, write_reports
-from tuneops.pipeline.ingest import IngestResult, ingest
-from tuneops.pipeline.io import SUPPORTED_SUFFIXES
-from tuneops.pipeline.prepare import PrepareResult, prepare
-from tuneops.pipeline.prepare_tokens import prepare_tokens
-from tuneops.pipeline.registry import RegistrationResult
-from tuneops.pipeline.tokens import TOKEN_SUFFIXES
-from tuneops.pipeline.train import TrainResult, read_manifest, train
-from tuneops.pipeline.validate import ValidationResult, validate
-from tuneops.pipeline.validate_tokens import validate_tokens
-from tuneops.pipeline.version_data import DataVersion, read_dvc_md5, version_data
-from tuneops.promotion import gate_and_register
 from tuneops.tracking import MlflowTracker, NullTracker, Tracker, check_tracking_server
 
 
@@ -46,6 +46,10 @@ class Context:
     params: Params
     paths: Paths
     tracking_uri: str
+
+    @property
+    def task(self) -> Task:
+        return tasks.get(self.params.task)
 
     @property
     def artifact_location(self) -> str | None:
@@ -69,8 +73,11 @@ def tracking_uri_for(params: Params, root: Path) -> str:
 def load_context(
     root: Path, params_file: Path | None = None, overrides: dict[str, Any] | None = None
 ) -> Context:
+    """The project's settings; ConfigError (before any compute) on keys that do not fit
+    the task, e.g. a baseline or validation metric the task does not have."""
     root = root.resolve()
     params = load_params(params_file or root / "params.yaml", overrides)
+    tasks.get(params.task).check(params)
     return Context(params, Paths(root), tracking_uri_for(params, root))
 
 
@@ -93,32 +100,29 @@ def step_version_data(ctx: Context, push: bool = True) -> DataVersion:
 
 def step_ingest(ctx: Context, source: Path) -> tuple[IngestResult, DataVersion | None]:
     """Validate `source` alone, append it as the next batch, version and push data/raw.
-    Token datasets take JSONL or CoNLL batches, checked by the token suite."""
+    The batch is read and checked as the task reads its raw files (rows, or sentences)."""
     versions: list[DataVersion] = []
-    tokens = ctx.params.task == "token-classification"
-    step = validate_tokens if tokens else validate
+    task, data = ctx.task, ctx.params.data
     result = ingest(
         source,
-        lambda folder, reports: step(ctx.params.data, ctx.params.validate_, folder, reports),
-        ctx.paths.raw_dataset(ctx.params.data.name),
+        lambda folder, reports: validate(task, data, ctx.params.validate_, folder, reports),
+        ctx.paths.raw_dataset(data.name),
         ctx.paths.reports,
         ctx.paths.data_lock,
         lambda: versions.append(
             version_data(ctx.paths.root, ctx.paths.data_raw, require_remote=True)
         ),
         (ctx.paths.data_raw.with_name("raw.dvc"),),
-        suffixes=TOKEN_SUFFIXES if tokens else SUPPORTED_SUFFIXES,
-        text_columns=None
-        if tokens
-        else (ctx.params.data.text_column, ctx.params.data.label_column),
+        suffixes=task.raw_suffixes,
+        text_columns=(data.text_column, data.label_column) if task.cross_batch_conflicts else None,
     )
     return result, (versions[0] if versions else None)
 
 
 def step_validate(ctx: Context) -> ValidationResult:
     """Validate and raise DataValidationError (after writing the reports) on any failure."""
-    step = validate_tokens if ctx.params.task == "token-classification" else validate
-    result = step(
+    result = validate(
+        ctx.task,
         ctx.params.data,
         ctx.params.validate_,
         ctx.paths.raw_dataset(ctx.params.data.name),
@@ -131,8 +135,8 @@ def step_validate(ctx: Context) -> ValidationResult:
 def step_prepare(ctx: Context) -> PrepareResult:
     """Prepare with the label set that validation fixed (reports/validation.json)."""
     report = json.loads((ctx.paths.reports / "validation.json").read_text(encoding="utf-8"))
-    step = prepare_tokens if ctx.params.task == "token-classification" else prepare
-    return step(
+    return prepare(
+        ctx.task,
         ctx.params.data,
         ctx.params.prepare,
         tuple(report["labels"]),
@@ -210,6 +214,7 @@ def _train(
     ctx: Context, tracker: Tracker, extra_summary: dict[str, Any], callbacks: Sequence[Any]
 ) -> TrainResult:
     return train(
+        ctx.task,
         ctx.params.model,
         ctx.params.train,
         ctx.paths.data_prepared,
@@ -218,16 +223,15 @@ def _train(
         ctx.paths.data_cache,
         tracker,
         extra_summary=extra_summary,
-        task=ctx.params.task,
         callbacks=callbacks,
     )
 
 
 def step_evaluate(ctx: Context) -> EvaluationResult:
     tracker = _candidate_run(ctx)
-    step = evaluate_tokens if ctx.params.task == "token-classification" else evaluate
     with _run_scope(tracker, finish=False):
-        result = step(
+        result = evaluate(
+            ctx.task,
             ctx.params.evaluate,
             ctx.params.model,
             ctx.params.train.max_length,
@@ -257,13 +261,13 @@ def step_export(ctx: Context) -> ExportResult:
     }
     with _run_scope(tracker, finish=False):
         result = export(
+            ctx.task,
             ctx.params.export,
             ctx.params.train.max_length,
             ctx.paths.candidate,
             ctx.paths.data_prepared,
             ctx.paths.export,
             card,
-            ctx.params.task,
         )
         tracker.log_metrics(
             {
@@ -301,24 +305,40 @@ def step_register(ctx: Context) -> tuple[GateVerdict, RegistrationResult]:
     summary = _training_summary(ctx)
     tags = {k: str(summary[k]) for k in lineage_tags(ctx) if k in summary}
     tags |= {"mlflow_run_id": tracker.run_id}
-    export_cfg = ctx.params.export
     with _run_scope(tracker, finish=True):
-        verdict, result = gate_and_register(
-            ctx.params.gate,
-            tracker,
-            ctx.params.registry.model_name,
-            ctx.paths.export,
-            ctx.paths.data_prepared,
-            ctx.paths.reports,
-            tags,
-            (export_cfg.parity_max_abs_diff, export_cfg.parity_min_label_agreement),
-        )
+        verdict, result = gate_and_register(register_inputs(ctx), tracker, ctx.paths.export, tags)
         for path in write_reports(verdict, ctx.paths.reports):
             tracker.log_artifact(path, "reports")
         tracker.set_tags(
             {"registered_model": result.model_name, "registered_version": result.version}
         )
     return verdict, result
+
+
+def run_register(ctx: Context) -> str:
+    """The register stage as a command: says where the aliases are, and raises
+    GateRejected (exit code 4) on a rejection, after registering the challenger."""
+    from tuneops.errors import GateRejected
+
+    verdict, result = step_register(ctx)
+    print(f"{result.model_name} v{result.version}: aliases {', '.join(result.aliases)}")
+    if not verdict.passed:
+        raise GateRejected(verdict.summary())
+    return verdict.summary()
+
+
+def register_inputs(ctx: Context) -> RegisterInputs:
+    """What the register stage and `tuneops promote` judge a model with."""
+    export_cfg = ctx.params.export
+    return RegisterInputs(
+        task=ctx.task,
+        cfg=ctx.params.gate,
+        tracking_uri=ctx.tracking_uri,
+        model_name=ctx.params.registry.model_name,
+        prepared_dir=ctx.paths.data_prepared,
+        reports_dir=ctx.paths.reports,
+        parity_limits=(export_cfg.parity_max_abs_diff, export_cfg.parity_min_label_agreement),
+    )
 
 
 def _record_resume(ctx: Context, tracker: MlflowTracker, result: TrainResult) -> None:
@@ -381,11 +401,109 @@ def _log_datasets(ctx: Context, tracker: MlflowTracker) -> None:
     with tracker.active():
         for split in ("train", "validation", "test"):
             path = ctx.paths.data_prepared / f"{split}.parquet"
-            target = "tags" if ctx.params.task == "token-classification" else "label"
-            frame = pd.read_parquet(path, columns=["text", target])
-            if target == "tags":  # a tag sequence, as one space-joined string per sentence
-                frame["tags"] = frame["tags"].map(" ".join)
+            frame = ctx.task.dataset_frame(pd.read_parquet(path))
             dataset = from_pandas(
-                frame, source=str(path), name=f"{ctx.params.data.name}-{split}", targets=target
+                frame,
+                source=str(path),
+                name=f"{ctx.params.data.name}-{split}",
+                targets=ctx.task.target_column,
             )
             mlflow.log_input(dataset, context=split)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage: what `tuneops stage NAME` runs, a Prefect task wraps and dvc.yaml lists."""
+
+    name: str
+    run: Callable[[Context], Any]
+    module: str  # the pipeline module it runs; its dvc.yaml code deps are its imports
+    deps: tuple[str, ...] = ()  # data and model folders it reads
+    params: tuple[str, ...] = ()  # params.yaml keys besides `task`
+    outs: dict[str, list[Any]] = field(default_factory=dict)  # dvc.yaml outs/metrics/plots
+    dvc: bool = True  # False: a one-off step (fetch, version) that is not a DVC stage
+
+    @property
+    def cmd(self) -> str:
+        return f"python -m tuneops.cli stage {self.name}"
+
+
+def _untracked(*paths: str) -> list[Any]:
+    """dvc.yaml outputs that are reports, kept in git's view (`cache: false`)."""
+    return [{path: {"cache": False}} for path in paths]
+
+
+STAGES: dict[str, Stage] = {
+    stage.name: stage
+    for stage in (
+        Stage("fetch-data", step_fetch, "pipeline.fetch_data", dvc=False),
+        Stage("version-data", step_version_data, "pipeline.version_data", dvc=False),
+        Stage(
+            "validate",
+            step_validate,
+            "pipeline.validate",
+            deps=("data/raw",),
+            params=("data", "validate"),
+            outs={
+                "outs": _untracked(
+                    "reports/validation.json", "reports/validation.html", "reports/data_docs"
+                )
+            },
+        ),
+        Stage(
+            "prepare",
+            step_prepare,
+            "pipeline.prepare",
+            deps=("data/raw", "reports/validation.json"),
+            params=("data", "prepare"),
+            outs={"outs": ["data/prepared"]},
+        ),
+        Stage(
+            "train",
+            lambda ctx: step_train(ctx)[0],
+            "pipeline.train",
+            deps=("data/prepared",),
+            params=("model", "train"),
+            outs={"outs": ["models/candidate"]},
+        ),
+        Stage(
+            "evaluate",
+            step_evaluate,
+            "pipeline.evaluate",
+            deps=("data/prepared", "models/candidate"),
+            params=("evaluate", "model", "train.max_length", "train.seed"),
+            outs={
+                "metrics": _untracked("reports/metrics.json"),
+                "plots": _untracked("reports/confusion_matrix.png"),
+                "outs": _untracked(
+                    "reports/classification_report.json", "reports/test_predictions.parquet"
+                ),
+            },
+        ),
+        Stage(
+            "export",
+            step_export,
+            "pipeline.export",
+            deps=("data/prepared/test.parquet", "models/candidate"),
+            params=("export", "train.max_length"),
+            outs={"outs": ["models/export"]},
+        ),
+        # register runs the gate first: the champion is re-scored on the current test
+        # split under the registry lock, and `champion` moves only on a pass.
+        Stage(
+            "register",
+            run_register,
+            "pipeline.register",
+            deps=("models/export", "reports/metrics.json", "reports/classification_report.json"),
+            params=(
+                "registry",
+                "gate",
+                "export.parity_max_abs_diff",
+                "export.parity_min_label_agreement",
+            ),
+            outs={
+                "outs": _untracked("reports/registry.json", "reports/gate.json", "reports/gate.md")
+            },
+        ),
+    )
+}

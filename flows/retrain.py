@@ -18,14 +18,14 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed, State
 
-from tuneops import steps
-from tuneops.flows.training import RunSummary, preflight_task, training_flow, version_task
-from tuneops.pipeline.registry import version_by_alias
+from flows.training import RunSummary, preflight_task, training_flow, version_task
+from pipeline.registry import version_by_alias
+from tuneops import stages
 from tuneops.tracking import store_client
 
 
 @task(name="trained-data-versions", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def trained_task(ctx: steps.Context) -> dict[str, tuple[str, str | None, str | None]]:
+def trained_task(ctx: stages.Context) -> dict[str, tuple[str, str | None, str | None]]:
     """alias -> (version, data.version tag, params.hash tag) for champion and challenger."""
     client = store_client(ctx.tracking_uri)
     found = {}
@@ -65,7 +65,7 @@ def retrain_flow(
     root: str = ".", params_file: str | None = None, overrides: dict[str, Any] | None = None
 ) -> State[Any]:
     """Retrain when data/raw changed since the last model was trained; otherwise skip."""
-    ctx = steps.load_context(Path(root), Path(params_file) if params_file else None, overrides)
+    ctx = stages.load_context(Path(root), Path(params_file) if params_file else None, overrides)
     preflight_task(ctx)
     current = version_task(ctx)
     trained = trained_task(ctx)

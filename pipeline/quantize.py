@@ -12,21 +12,9 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
-from sklearn.metrics import accuracy_score, f1_score
 
-from tuneops.runtime import OnnxClassifier
-
-
-@dataclass(frozen=True)
-class Scores:
-    """A model's test figures (as written to bundle.json) and the F1 the int8 check uses:
-    macro-F1 for text classification, entity-level micro-F1 for token classification."""
-
-    figures: dict[str, float]
-    f1: float
-    accuracy: float
+from pipeline.tasks.base import Scores
 
 
 @dataclass(frozen=True)
@@ -79,33 +67,15 @@ def quantize_int8(src: Path, dst: Path, weight_type: str, per_channel: bool) -> 
         )
 
 
-def predicted_ids(classifier: OnnxClassifier, texts: list[str]) -> np.ndarray:
-    return classifier.logits(texts, batch_size=64).argmax(axis=1)
-
-
-def score(y_true: np.ndarray, y_pred: np.ndarray, n_labels: int) -> Scores:
-    labels = list(range(n_labels))
-    accuracy = float(accuracy_score(y_true, y_pred))
-    f1 = float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0))
-    return Scores({"accuracy": accuracy, "macro_f1": f1}, f1, accuracy)
-
-
-def score_tags(gold: list[list[str]], predicted: list[list[str]]) -> Scores:
-    from tuneops.pipeline.evaluate_tokens import entity_scores
-
-    s = entity_scores(gold, predicted)
-    figures = {"token_accuracy": s["test_token_accuracy"], "entity_f1": s["test_entity_f1"]}
-    return Scores(figures, s["test_entity_f1"], s["test_token_accuracy"])
-
-
 def decide(fp32: Scores, int8: Scores, agreement: float, max_f1_drop: float) -> Int8Decision:
-    """Keep the int8 model only when it loses at most `max_f1_drop` of the task's F1."""
-    drop = fp32.f1 - int8.f1
+    """Keep the int8 model only when it loses at most `max_f1_drop` of the task's primary
+    metric (macro-F1, entity-F1)."""
+    drop = fp32.primary - int8.primary
     if drop <= max_f1_drop:
         reason = f"F1 drop {drop:+.4f} within the allowed {max_f1_drop:.4f}"
         return Int8Decision(True, reason, drop, agreement)
     reason = (
-        f"left out: F1 {int8.f1:.4f} vs fp32 {fp32.f1:.4f} is a drop of "
+        f"left out: F1 {int8.primary:.4f} vs fp32 {fp32.primary:.4f} is a drop of "
         f"{drop:.4f}, more than export.int8_max_f1_drop={max_f1_drop:.4f}"
     )
     return Int8Decision(False, reason, drop, agreement)

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from pipeline.io import SUPPORTED_SUFFIXES, raw_files, read_raw
+from pipeline.validate import ValidationResult, conflicting_labels_check
 from tuneops.errors import DataValidationError, ExternalToolError
-from tuneops.pipeline.io import SUPPORTED_SUFFIXES, raw_files, read_raw
-from tuneops.pipeline.validate import ValidationResult, conflicting_labels_check
 
 # validate(dataset_dir, reports_dir): the task's validation step over one dataset folder.
 Validator = Callable[[Path, Path], ValidationResult]

@@ -10,8 +10,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.io import jsonl_records, raw_files, read_utf8
 from tuneops.errors import DataValidationError
-from tuneops.pipeline.io import jsonl_records, raw_files, read_utf8
 from tuneops.runtime import iob2_entities as entities  # noqa: F401  (one implementation)
 
 OUTSIDE = "O"

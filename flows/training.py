@@ -17,10 +17,10 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
-from tuneops import steps
+from pipeline.gate import GateVerdict, to_markdown
+from pipeline.validate import ValidationResult
+from tuneops import stages
 from tuneops.errors import DataValidationError, GateRejected, TuneopsError
-from tuneops.pipeline.gate import GateVerdict, to_markdown
-from tuneops.pipeline.validate import ValidationResult
 from tuneops.tracking import check_tracking_server, redact_uri
 
 
@@ -57,15 +57,18 @@ class RunSummary:
     mlflow_run_id: str
     tracking_uri: str
     gate: str
+    # The task's metric names: (accuracy key, primary metric key, its label for people).
+    metric_names: tuple[str, str, str] = ("test_accuracy", "test_macro_f1", "macro-F1")
 
     def text(self) -> str:
-        accuracy, f1, rows = comparison_rows(self.metrics)
+        accuracy, f1, label = self.metric_names
+        rows = comparison_rows(self.metrics)
         table = "\n".join(f"  {name:<30} {r[accuracy]:>8.4f} {r[f1]:>9.4f}" for name, r in rows)
         return (
             f"data version      {self.data_version}\n"
             f"rows              train {self.rows['train']}, validation "
             f"{self.rows['validation']}, test {self.rows['test']}\n"
-            f"test metrics        {'model':<28} {'accuracy':>8} {f1_name(f1):>9}\n{table}\n"
+            f"test metrics        {'model':<28} {'accuracy':>8} {label:>9}\n{table}\n"
             f"gate              {self.gate}\n"
             f"registered        {self.model_name} version {self.model_version} "
             f"(aliases: {', '.join(self.aliases) or 'none'}; champion is "
@@ -86,43 +89,36 @@ BASELINE_NAMES = {
 }
 
 
-def comparison_rows(metrics: dict[str, Any]) -> tuple[str, str, list[tuple[str, Any]]]:
-    """(accuracy key, F1 key, [(model, its metrics)]): the model and each baseline."""
-    tokens = "test_entity_f1" in metrics
-    accuracy, f1 = (
-        ("test_token_accuracy", "test_entity_f1")
-        if tokens
-        else (
-            "test_accuracy",
-            "test_macro_f1",
-        )
-    )
+def comparison_rows(metrics: dict[str, Any]) -> list[tuple[str, Any]]:
+    """[(model, its metrics)]: the fine-tuned model, then each baseline."""
     baselines = [(BASELINE_NAMES.get(k, k), v) for k, v in metrics.items() if isinstance(v, dict)]
-    return accuracy, f1, [("fine-tuned", metrics), *baselines]
+    return [("fine-tuned", metrics), *baselines]
 
 
-def f1_name(key: str) -> str:
-    return "entity-F1" if key == "test_entity_f1" else "macro-F1"
+def metric_names(ctx: stages.Context) -> tuple[str, str, str]:
+    """The task's accuracy and primary metric keys, and the primary metric's label."""
+    task = ctx.task
+    return task.accuracy_metric, task.primary_metric, task.primary_metric_label
 
 
 @task(name="preflight", cache_policy=NO_CACHE)
-def preflight_task(ctx: steps.Context) -> None:
+def preflight_task(ctx: stages.Context) -> None:
     """The tracking store answers (seconds), before any step that costs minutes."""
     check_tracking_server(ctx.tracking_uri)
     get_run_logger().info(f"MLflow tracking store {redact_uri(ctx.tracking_uri)} answers")
 
 
 @task(name="fetch-data", cache_policy=NO_CACHE)
-def fetch_task(ctx: steps.Context) -> None:
-    result = steps.step_fetch(ctx)
+def fetch_task(ctx: stages.Context) -> None:
+    result = stages.step_fetch(ctx)
     get_run_logger().info(
         f"raw data: {result.dataset_dir} ({'written' if result.created else 'already present'})"
     )
 
 
 @task(name="version-data", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def version_task(ctx: steps.Context) -> str:
-    version = steps.step_version_data(ctx)
+def version_task(ctx: stages.Context) -> str:
+    version = stages.step_version_data(ctx)
     get_run_logger().info(
         f"data version {version.version} (pushed to DVC remote: {version.remote or 'none'})"
     )
@@ -130,9 +126,9 @@ def version_task(ctx: steps.Context) -> str:
 
 
 @task(name="validate", cache_policy=NO_CACHE)
-def validate_task(ctx: steps.Context) -> None:
+def validate_task(ctx: stages.Context) -> None:
     try:
-        result = steps.step_validate(ctx)
+        result = stages.step_validate(ctx)
     except DataValidationError:
         _publish_validation(ctx)
         raise
@@ -140,8 +136,8 @@ def validate_task(ctx: steps.Context) -> None:
 
 
 @task(name="prepare", cache_policy=NO_CACHE)
-def prepare_task(ctx: steps.Context) -> dict[str, int]:
-    result = steps.step_prepare(ctx)
+def prepare_task(ctx: stages.Context) -> dict[str, int]:
+    result = stages.step_prepare(ctx)
     get_run_logger().info(
         f"prepared {result.rows} (fingerprint {result.fingerprint[:12]}, dropped "
         f"{result.dropped_duplicates} duplicates, {result.dropped_conflicts} conflicting)"
@@ -150,8 +146,8 @@ def prepare_task(ctx: steps.Context) -> dict[str, int]:
 
 
 @task(name="train", cache_policy=NO_CACHE)
-def train_task(ctx: steps.Context) -> str:
-    result, run_id = steps.step_train(ctx)
+def train_task(ctx: stages.Context) -> str:
+    result, run_id = stages.step_train(ctx)
     assert run_id is not None  # one process: the CLI runs only `stage train` data-parallel
     get_run_logger().info(
         f"trained on {result.device} in {result.train_runtime_s:.0f}s "
@@ -161,17 +157,20 @@ def train_task(ctx: steps.Context) -> str:
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_task(ctx: steps.Context) -> dict[str, Any]:
-    result = steps.step_evaluate(ctx)
-    accuracy, f1, compared = comparison_rows(result.metrics)
-    rows = [{"model": name, accuracy: r[accuracy], f1: r[f1]} for name, r in compared]
+def evaluate_task(ctx: stages.Context) -> dict[str, Any]:
+    result = stages.step_evaluate(ctx)
+    accuracy, f1, _ = metric_names(ctx)
+    rows = [
+        {"model": name, accuracy: r[accuracy], f1: r[f1]}
+        for name, r in comparison_rows(result.metrics)
+    ]
     create_table_artifact(key="test-metrics", table=rows, description="Test split, same rows")
     return result.metrics
 
 
 @task(name="export", cache_policy=NO_CACHE)
-def export_task(ctx: steps.Context) -> tuple[str, float, float, str]:
-    result = steps.step_export(ctx)
+def export_task(ctx: stages.Context) -> tuple[str, float, float, str]:
+    result = stages.step_export(ctx)
     if result.int8_kept:
         int8 = (
             f"{result.export_dir / 'model.int8.onnx'} ({(result.int8_bytes or 0) / 2**20:.1f} MB, "
@@ -184,9 +183,9 @@ def export_task(ctx: steps.Context) -> tuple[str, float, float, str]:
     return str(result.onnx_path), result.parity_max_abs_diff, result.parity_label_agreement, int8
 
 
-@task(name="gate-and-register", cache_policy=NO_CACHE)
-def register_task(ctx: steps.Context) -> tuple[GateVerdict, steps.RegistrationResult]:
-    verdict, result = steps.step_register(ctx)
+@task(name="register", cache_policy=NO_CACHE)
+def register_task(ctx: stages.Context) -> tuple[GateVerdict, stages.RegistrationResult]:
+    verdict, result = stages.step_register(ctx)
     create_markdown_artifact(
         key="gate", markdown=to_markdown(verdict), description=verdict.summary()
     )
@@ -204,7 +203,7 @@ def training_flow(
     root: str = ".", params_file: str | None = None, overrides: dict[str, Any] | None = None
 ) -> RunSummary:
     """Run the whole chain once on params.yaml (plus dotted `overrides`)."""
-    ctx = steps.load_context(Path(root), Path(params_file) if params_file else None, overrides)
+    ctx = stages.load_context(Path(root), Path(params_file) if params_file else None, overrides)
     preflight_task(ctx)
     fetch_task(ctx)
     data_version = version_task(ctx)
@@ -234,10 +233,11 @@ def training_flow(
         run_id,
         ctx.tracking_uri,
         verdict.summary(),
+        metric_names(ctx),
     )
 
 
-def _publish_validation(ctx: steps.Context, result: ValidationResult | None = None) -> None:
+def _publish_validation(ctx: stages.Context, result: ValidationResult | None = None) -> None:
     path = ctx.paths.reports / "validation.json"
     if result is None and not path.exists():
         return

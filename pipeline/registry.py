@@ -103,15 +103,12 @@ def _log_bundle(export_dir: Path, tracker: MlflowTracker) -> Any:
     from mlflow.models import infer_signature
 
     import tuneops
+    from pipeline import tasks
     from tuneops.mlflow_model import predictions_frame
     from tuneops.runtime import load_bundle
 
     bundle = load_bundle(export_dir)
-    texts = (
-        ["show me flights from boston to denver", "a morning flight to dallas"]
-        if bundle.meta.get("task") == "token-classification"
-        else ["a great, moving film", "dull and far too long"]
-    )
+    texts = list(tasks.get(bundle.meta["task"]).example_inputs)
     example = pd.DataFrame({"text": texts})
     output = predictions_frame(bundle, texts)
     requirements = [

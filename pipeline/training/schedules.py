@@ -18,8 +18,8 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer
 
+from pipeline.training.strategies import encoder_depth
 from tuneops.config import TrainConfig
-from tuneops.pipeline.strategies import encoder_depth
 
 
 def trainer_scheduler_type(cfg: TrainConfig) -> str:

@@ -5,11 +5,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline import tasks
+from pipeline.fetch_data import fetch_data
+from pipeline.prepare import prepare
+from pipeline.tasks.iob2 import Sentence, write_jsonl
+from pipeline.validate import validate
 from tuneops.config import DataConfig, PrepareConfig, ValidateConfig
-from tuneops.pipeline.fetch_data import fetch_data
-from tuneops.pipeline.prepare_tokens import prepare_tokens
-from tuneops.pipeline.tokens import Sentence, write_jsonl
-from tuneops.pipeline.validate_tokens import validate_tokens
 
 ATIS = DataConfig(
     source="slot-filling-atis",
@@ -18,13 +19,14 @@ ATIS = DataConfig(
     label_column="tags",
     hold_back_rows=0,
 )
+TOKENS = tasks.get("token-classification")
 
 
 def test_atis_keeps_its_own_test_split_whole_and_nothing_of_it_leaks(tmp_path: Path) -> None:
     fetched = fetch_data(ATIS, tmp_path / "raw")
     labels = tuple(json.loads((fetched.dataset_dir / "labels.json").read_text()))
     assert (fetched.rows, len(labels), labels[0]) == (5871, 127, "O")
-    result = prepare_tokens(ATIS, PrepareConfig(), labels, fetched.dataset_dir, tmp_path / "p")
+    result = prepare(TOKENS, ATIS, PrepareConfig(), labels, fetched.dataset_dir, tmp_path / "p")
     assert result.rows["test"] == 893  # as shipped, so figures compare with published ones
     splits = {s: pd.read_parquet(tmp_path / "p" / f"{s}.parquet") for s in result.rows}
     test_texts = set(splits["test"]["text"])
@@ -49,7 +51,7 @@ def test_sentence_checks_name_the_line_and_what_was_expected(tmp_path: Path) -> 
     )
     (dataset / "labels.json").write_text(json.dumps(["O", "B-city", "I-city"]))
     cfg = DataConfig(source="files", name="mine", text_column="tokens", label_column="tags")
-    result = validate_tokens(cfg, ValidateConfig(), dataset, tmp_path / "reports")
+    result = validate(TOKENS, cfg, ValidateConfig(), dataset, tmp_path / "reports")
     failed = {c.name + ":" + str(c.column): c for c in result.failed}
     assert set(failed) == {
         "expect_column_pair_values_to_be_equal:n_tokens",

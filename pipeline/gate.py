@@ -1,12 +1,8 @@
 """gate: decide, check by check, whether a challenger may replace the champion.
 
-Pure: it takes the numbers (metrics, per-example predictions of both models on the same
-current test split, export parity, latency) and returns a verdict. Loading the champion
-from the registry and moving aliases happen in `tuneops.steps` / `pipeline.registry`.
-
-The champion comparison is a paired bootstrap over test examples: both models are
-scored on the same resampled rows, so the interval is about their difference on this
-data, not about two numbers measured on different (or stale) test sets.
+Pure: it takes the numbers (GateInputs: metrics, the champion comparison, export
+parity, latency) and returns a verdict. Re-scoring the champion and moving aliases
+happen in `pipeline.register`; the comparison's paired bootstrap is `pipeline.bootstrap`.
 """
 
 from __future__ import annotations
@@ -15,9 +11,6 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-from sklearn.metrics import f1_score
 
 from tuneops.config import GateConfig
 from tuneops.errors import ConfigError
@@ -70,138 +63,54 @@ class GateVerdict:
         return f"gate rejected {who}{against}: {failures}"
 
 
-def paired_bootstrap(
-    y_true: np.ndarray,
-    challenger: np.ndarray,
-    champion: np.ndarray,
-    n_labels: int,
-    resamples: int,
-    confidence: float,
-    seed: int,
-) -> tuple[float, float, float]:
-    """Observed macro-F1 difference (challenger - champion) and its percentile interval.
+@dataclass
+class GateInputs:
+    """Everything the gate judges: one model's figures on the current test split."""
 
-    Each resample draws test rows with replacement; both models are scored on the same
-    draw. The observed value is sklearn's f1_score; the resamples use the same formula
-    on per-resample counts (`_macro_f1`), vectorised because calling sklearn 2 x 1,000
-    times costs ~10 s on 1,000 rows here, and tests check the two agree.
-    """
-    labels = list(range(n_labels))
-    observed = float(
-        f1_score(y_true, challenger, labels=labels, average="macro", zero_division=0)
-        - f1_score(y_true, champion, labels=labels, average="macro", zero_division=0)
-    )
-    n = len(y_true)
-    rng = np.random.default_rng(seed)
-    # weights[r, i]: how often row i was drawn in resample r.
-    weights = np.stack(
-        [np.bincount(rng.integers(0, n, size=n), minlength=n) for _ in range(resamples)]
-    )
-    diffs = _macro_f1(weights, y_true, challenger, n_labels) - _macro_f1(
-        weights, y_true, champion, n_labels
-    )
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(diffs, [tail, 100 - tail])
-    return observed, float(low), float(high)
+    metrics: dict[str, Any]  # reports/metrics.json: test_* and one dict per baseline
+    per_class: dict[str, dict[str, float]]
+    labels: list[str]  # the classes (entity types) the per-class floor judges
+    primary_metric: str  # the task's: test_macro_f1, test_entity_f1
+    primary_metric_label: str  # its name for people: macro-F1, entity-F1
+    parity: dict[str, float] | None  # the export step's max |logit diff| and agreement
+    parity_limits: tuple[float, float] = (1e-4, 1.0)
+    # None when there is no champion yet (the check passes, "no champion") or when the
+    # champion cannot be compared (`not_comparable` says why; the check fails).
+    comparison: ChampionComparison | None = None
+    not_comparable: str | None = None
+    champion: str | None = None
+    latency_p95_ms: float | None = None
 
 
-def entity_counts(gold: list[list[str]], predicted: list[list[str]]) -> np.ndarray:
-    """Per sentence [true positives, predicted entities, gold entities] (exact spans+type)."""
-    from tuneops.runtime import iob2_entities
-
-    counts = np.zeros((len(gold), 3), dtype=np.int64)
-    for i, (g, p) in enumerate(zip(gold, predicted, strict=True)):
-        gold_set, predicted_set = set(iob2_entities(g)), set(iob2_entities(p))
-        counts[i] = (len(gold_set & predicted_set), len(predicted_set), len(gold_set))
-    return counts
-
-
-def paired_bootstrap_entities(
-    challenger: np.ndarray,
-    champion: np.ndarray,
-    resamples: int,
-    confidence: float,
-    seed: int,
-) -> tuple[float, float, float]:
-    """As paired_bootstrap, for entity-level micro-F1 over sentences (rows of
-    entity_counts): micro-F1 = 2 TP / (predicted + gold), summed over the drawn sentences."""
-
-    def micro_f1(weights: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        totals = weights @ counts
-        denominator = totals[..., 1] + totals[..., 2]
-        return np.divide(
-            2.0 * totals[..., 0],
-            denominator,
-            out=np.zeros(denominator.shape),
-            where=denominator > 0,
-        )
-
-    n = len(challenger)
-    ones = np.ones(n)
-    observed = float(micro_f1(ones, challenger) - micro_f1(ones, champion))
-    rng = np.random.default_rng(seed)
-    weights = np.stack(
-        [np.bincount(rng.integers(0, n, size=n), minlength=n) for _ in range(resamples)]
-    )
-    diffs = micro_f1(weights, challenger) - micro_f1(weights, champion)
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(diffs, [tail, 100 - tail])
-    return observed, float(low), float(high)
-
-
-def _macro_f1(weights: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
-    """Macro-F1 per resample (rows of `weights`); a class with no support and no
-    predictions scores 0, as sklearn's zero_division=0 does."""
-    true_1hot = np.eye(k)[y_true]
-    pred_1hot = np.eye(k)[y_pred]
-    true_pos = weights @ (true_1hot * pred_1hot)
-    denominator = weights @ true_1hot + weights @ pred_1hot
-    f1 = np.divide(2 * true_pos, denominator, out=np.zeros_like(true_pos), where=denominator > 0)
-    return np.asarray(f1.mean(axis=1))
-
-
-def gate(
-    cfg: GateConfig,
-    metrics: dict[str, Any],
-    per_class: dict[str, dict[str, float]],
-    labels: list[str],
-    parity: dict[str, float] | None,
-    comparison: ChampionComparison | None,
-    latency_p95_ms: float | None = None,
-    parity_limits: tuple[float, float] = (1e-4, 1.0),
-    not_comparable: str | None = None,
-    champion: str | None = None,
-) -> GateVerdict:
-    """Run every enabled check.
-
-    `comparison` is None when there is no champion yet (the check passes, "no champion")
-    or when the champion cannot be compared (`not_comparable` says why; the check fails).
-    """
-    checks = [*_floors(cfg, metrics)]
+def gate(cfg: GateConfig, inputs: GateInputs) -> GateVerdict:
+    """Run every enabled check."""
+    checks = [*_floors(cfg, inputs.metrics)]
     if cfg.beat_baselines:
-        checks += _baselines(cfg, metrics)
+        checks += _baselines(cfg, inputs)
     if cfg.vs_champion:
-        checks.append(_champion(cfg, comparison, not_comparable))
+        checks.append(_champion(cfg, inputs))
     if cfg.per_class:
-        checks.append(_per_class(cfg, per_class, labels))
+        checks.append(_per_class(cfg, inputs.per_class, inputs.labels))
     if cfg.export_parity:
-        checks.append(_parity(parity, *parity_limits))
+        checks.append(_parity(inputs.parity, *inputs.parity_limits))
     if cfg.latency:
+        latency = inputs.latency_p95_ms
         checks.append(
             GateCheck(
                 "latency_p95_ms",
-                latency_p95_ms is not None and latency_p95_ms <= cfg.latency_p95_ms,
-                None if latency_p95_ms is None else round(latency_p95_ms, 3),
+                latency is not None and latency <= cfg.latency_p95_ms,
+                None if latency is None else round(latency, 3),
                 cfg.latency_p95_ms,
-                f"p95 {latency_p95_ms:.1f} ms vs budget {cfg.latency_p95_ms} ms"
-                if latency_p95_ms is not None
+                f"p95 {latency:.1f} ms vs budget {cfg.latency_p95_ms} ms"
+                if latency is not None
                 else "not measured",
             )
         )
+    comparison = inputs.comparison
     return GateVerdict(
         passed=all(c.passed for c in checks),
         checks=checks,
-        champion_version=comparison.champion_version if comparison else champion,
+        champion_version=comparison.champion_version if comparison else inputs.champion,
         comparison=comparison,
     )
 
@@ -225,17 +134,8 @@ def _floors(cfg: GateConfig, metrics: dict[str, Any]) -> list[GateCheck]:
     return checks
 
 
-def primary_metric(metrics: dict[str, Any]) -> str:
-    """The F1 the gate compares: entity-level micro-F1 for token classification."""
-    return "test_entity_f1" if "test_entity_f1" in metrics else "test_macro_f1"
-
-
-def _metric_name(metric: str) -> str:
-    return "entity-F1" if metric == "test_entity_f1" else "macro-F1"
-
-
-def _baselines(cfg: GateConfig, metrics: dict[str, Any]) -> list[GateCheck]:
-    metric = primary_metric(metrics)
+def _baselines(cfg: GateConfig, inputs: GateInputs) -> list[GateCheck]:
+    metrics, metric = inputs.metrics, inputs.primary_metric
     ours = float(metrics[metric])
     checks = []
     for baseline in cfg.baselines:
@@ -252,21 +152,19 @@ def _baselines(cfg: GateConfig, metrics: dict[str, Any]) -> list[GateCheck]:
                 ours >= needed,
                 round(ours - theirs, 4),
                 cfg.baseline_margin,
-                f"{_metric_name(metric)} {ours:.4f} vs {baseline} {theirs:.4f} "
+                f"{inputs.primary_metric_label} {ours:.4f} vs {baseline} {theirs:.4f} "
                 f"(+{cfg.baseline_margin} needed)",
             )
         )
     return checks
 
 
-def _champion(
-    cfg: GateConfig, comparison: ChampionComparison | None, not_comparable: str | None
-) -> GateCheck:
-    if not_comparable is not None:
-        return GateCheck("no_regression_vs_champion", False, None, None, not_comparable)
-    if comparison is None:
+def _champion(cfg: GateConfig, inputs: GateInputs) -> GateCheck:
+    if inputs.not_comparable is not None:
+        return GateCheck("no_regression_vs_champion", False, None, None, inputs.not_comparable)
+    if inputs.comparison is None:
         return GateCheck("no_regression_vs_champion", True, None, None, "no champion")
-    c = comparison
+    c = inputs.comparison
     return GateCheck(
         "no_regression_vs_champion",
         c.ci_low >= -cfg.champion_tolerance,
@@ -276,7 +174,8 @@ def _champion(
             "ci_high": round(c.ci_high, 4),
         },
         -cfg.champion_tolerance,
-        f"{_metric_name(c.metric)} diff vs champion v{c.champion_version} {c.observed_diff:+.4f}, "
+        f"{inputs.primary_metric_label} diff vs champion v{c.champion_version} "
+        f"{c.observed_diff:+.4f}, "
         f"{c.confidence:.0%} CI [{c.ci_low:+.4f}, {c.ci_high:+.4f}], lower bound must be "
         f">= {-cfg.champion_tolerance}",
     )

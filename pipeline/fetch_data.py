@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.io import rows_by_text_hash
+from pipeline.tasks.iob2 import OUTSIDE, Sentence, read_conll, write_jsonl
 from tuneops.config import DataConfig
 from tuneops.errors import ConfigError
 from tuneops.paths import atomic_dir, atomic_write_text
-from tuneops.pipeline.io import rows_by_text_hash
-from tuneops.pipeline.tokens import OUTSIDE, Sentence, read_conll, write_jsonl
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Two ways to run it: `tuneops schedule` serves it from this process (the process is the
 worker); `tuneops deploy` registers it with a work pool, whose workers (a process, a Docker
 host, a Kubernetes cluster) start each flow run. The deployment names the flow by module
-path (`tuneops.flows.retrain.retrain_flow`), so any worker where tuneops is installed, or
+path (`flows.retrain.retrain_flow`), so any worker where tuneops is installed, or
 any image that has it, can run it; no code is uploaded.
 """
 
@@ -42,7 +42,7 @@ def retrain_parameters(
 
 def serve_retrain(name: str, cron: str, parameters: dict[str, Any]) -> None:
     """Serve the deployment on `cron` from this process until it is stopped."""
-    from tuneops.flows.retrain import retrain_flow
+    from flows.retrain import retrain_flow
 
     retrain_flow.serve(name=name, cron=cron, parameters=parameters)
 
@@ -65,7 +65,7 @@ def deploy_retrain(
     from prefect.deployments.runner import EntrypointType, RunnerDeployment
     from prefect.exceptions import ObjectNotFound
 
-    from tuneops.flows.retrain import retrain_flow
+    from flows.retrain import retrain_flow
 
     with get_client(sync_client=True) as client:
         try:

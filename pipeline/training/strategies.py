@@ -47,12 +47,16 @@ def count_parameters(model: nn.Module) -> ParameterCounts:
     )
 
 
-def apply_strategy(model: PreTrainedModel, cfg: TrainConfig) -> nn.Module:
-    """The model to train under `cfg.strategy` (a peft model for `lora`, else `model`)."""
+def apply_strategy(
+    model: PreTrainedModel, cfg: TrainConfig, peft_task_type: str = "SEQ_CLS"
+) -> nn.Module:
+    """The model to train under `cfg.strategy` (a peft model for `lora`, else `model`).
+
+    `peft_task_type`: the task's peft.TaskType name (SEQ_CLS, TOKEN_CLS, ...)."""
     if cfg.strategy == "full":
         return model
     if cfg.strategy == "lora":
-        return _lora(model, cfg)
+        return _lora(model, cfg, peft_task_type)
     for name, param in model.named_parameters():
         param.requires_grad = is_head(model, name) or _trains(model, name, cfg)
     return model
@@ -88,15 +92,14 @@ def _trains(model: PreTrainedModel, name: str, cfg: TrainConfig) -> bool:
     return top > 0 and depth <= top
 
 
-def _lora(model: PreTrainedModel, cfg: TrainConfig) -> nn.Module:
+def _lora(model: PreTrainedModel, cfg: TrainConfig, peft_task_type: str) -> nn.Module:
     from peft import LoraConfig, TaskType, get_peft_model
 
     head = sorted(
         {name.split(".")[0] for name, _ in model.named_parameters() if is_head(model, name)}
     )
-    token_model = type(model).__name__.endswith("ForTokenClassification")
     lora = LoraConfig(
-        task_type=TaskType.TOKEN_CLS if token_model else TaskType.SEQ_CLS,
+        task_type=TaskType[peft_task_type],
         r=cfg.lora.r,
         lora_alpha=cfg.lora.alpha,
         lora_dropout=cfg.lora.dropout,

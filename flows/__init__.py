@@ -1,0 +1,5 @@
+"""Prefect orchestration over `tuneops.stages`: thin tasks, one flow per job."""
+
+from tuneops import quiet
+
+quiet.apply()

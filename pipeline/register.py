@@ -1,0 +1,238 @@
+"""register: re-score the champion, gate, register the challenger, move aliases.
+
+Everything that reads or moves `champion` runs under the registry lock, so the champion
+a challenger was compared with is the champion it replaces: two flows finishing at once
+are serialised, and the second one is compared with the first one's result. The verdict
+itself is pure (`pipeline.gate`); the task says how its test split is re-scored.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.bootstrap import paired_bootstrap
+from pipeline.gate import ChampionComparison, GateInputs, GateVerdict, gate
+from pipeline.registry import (
+    RegistrationResult,
+    champion_version,
+    load_bundle,
+    register,
+    registry_lock,
+)
+from pipeline.tasks.base import Task, TestSplit
+from tuneops.config import GateConfig
+from tuneops.runtime import load_bundle as load_runtime_bundle
+from tuneops.tracking import MlflowTracker, store_client
+
+
+@dataclass(frozen=True)
+class RegisterInputs:
+    """What registering or promoting a model needs, besides the model itself."""
+
+    task: Task
+    cfg: GateConfig
+    tracking_uri: str
+    model_name: str
+    prepared_dir: Path  # the current test split: every model is judged on it
+    reports_dir: Path  # metrics.json, classification_report.json in; gate/registry out
+    parity_limits: tuple[float, float] = (1e-4, 1.0)  # export.parity_* (max diff, agreement)
+
+
+def gate_and_register(
+    inputs: RegisterInputs, tracker: MlflowTracker, export_dir: Path, tags: dict[str, str]
+) -> tuple[GateVerdict, RegistrationResult]:
+    """Under the registry lock: compare with the current champion, gate, register, promote."""
+    cfg, reports_dir = inputs.cfg, inputs.reports_dir
+    metrics = json.loads((reports_dir / "metrics.json").read_text(encoding="utf-8"))
+    per_class = json.loads((reports_dir / "classification_report.json").read_text("utf-8"))
+    bundle_meta = json.loads((export_dir / "bundle.json").read_text(encoding="utf-8"))
+    challenger = load_runtime_bundle(export_dir)
+    split = inputs.task.test_split(inputs.prepared_dir, challenger.labels)
+    challenger_pred = split.rescore(challenger)
+    latency = p95_latency_ms(challenger, split.texts, cfg.latency_samples) if cfg.latency else None
+    judged = _inputs(inputs, split, metrics, per_class, bundle_meta.get("parity"), latency)
+
+    with registry_lock(tracker.client, inputs.model_name):
+        current = champion_version(tracker.client, inputs.model_name)
+        verdict = _judge(inputs, split, challenger_pred, judged, current, current)
+        comparison = verdict.comparison
+        tags = tags | {
+            "gate.verdict": "passed" if verdict.passed else "failed",
+            "gate.failed_checks": ",".join(verdict.failed_checks),
+            "gate.champion_compared": current or "none",
+        }
+        registered = register(
+            inputs.model_name,
+            export_dir,
+            tags,
+            verdict.passed,
+            tracker,
+            reports_dir / "registry.json",
+        )
+    verdict.challenger_version = registered.version
+    if comparison is not None:
+        tracker.log_metrics(
+            {f"champion.{k}": v for k, v in comparison.champion_metrics.items()}
+            | {
+                "gate.champion_diff_ci_low": comparison.ci_low,
+                "gate.champion_diff_ci_high": comparison.ci_high,
+            }
+        )
+    if latency is not None:
+        tracker.log_metrics({"gate.latency_p95_ms": latency})
+    tracker.log_metrics({"gate.passed": float(verdict.passed)})
+    tracker.set_tags(
+        {"gate.verdict": tags["gate.verdict"], "gate.failed_checks": tags["gate.failed_checks"]}
+    )
+    return verdict, registered
+
+
+def promote(inputs: RegisterInputs, version: str, reason: str, force: bool) -> GateVerdict | None:
+    """Move `champion` to `version` by hand. Unless `force`, the version is first re-scored
+    on the current test split and must pass the gate; raises GateRejected otherwise."""
+    from pipeline.registry import move_champion
+    from tuneops.errors import ConfigError, GateRejected
+
+    client = store_client(inputs.tracking_uri)
+    model_version = client.get_model_version(inputs.model_name, version)
+    verdict = None
+    with registry_lock(client, inputs.model_name):
+        if not force:
+            if not (inputs.prepared_dir / "test.parquet").exists():
+                raise ConfigError(
+                    f"{inputs.prepared_dir}: no current test split to gate on; run the "
+                    f"flow (or `tuneops stage prepare`) first, or use --force"
+                )
+            verdict = _gate_version(inputs, client, version, model_version.run_id)
+            if not verdict.passed:
+                raise GateRejected(verdict.summary())
+        tags = audit_tags("promotion", reason, force)
+        if verdict is not None:
+            tags |= {"gate.verdict": "passed", "gate.failed_checks": ""}
+        move_champion(client, inputs.model_name, version, tags)
+    return verdict
+
+
+def audit_tags(action: str, reason: str, forced: bool = False) -> dict[str, str]:
+    """Who did what, when and why: recorded on the versions an action touches."""
+    return {
+        f"{action}.at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        f"{action}.by": getpass.getuser(),
+        f"{action}.reason": reason,
+        f"{action}.forced": str(forced).lower(),
+    }
+
+
+def compare_with_champion(
+    inputs: RegisterInputs, version: str, split: TestSplit, challenger_pred: Any
+) -> tuple[ChampionComparison | None, str | None]:
+    """The champion re-scored on `split` and the paired bootstrap; or (None, why not)."""
+    cfg = inputs.cfg
+    champion = load_bundle(inputs.tracking_uri, inputs.model_name, version)
+    if sorted(champion.labels) != sorted(split.labels):
+        return None, (
+            f"champion v{version} predicts labels {champion.labels}, the challenger "
+            f"{split.labels}: not comparable (promote by hand with --force)"
+        )
+    champion_pred = split.rescore(champion)
+    observed, low, high = paired_bootstrap(
+        split.row_counts(challenger_pred),
+        split.row_counts(champion_pred),
+        cfg.bootstrap_resamples,
+        cfg.bootstrap_confidence,
+        cfg.bootstrap_seed,
+    )
+    metrics, _ = split.report(champion_pred)
+    return ChampionComparison(
+        version,
+        metrics,
+        observed,
+        low,
+        high,
+        cfg.bootstrap_confidence,
+        cfg.bootstrap_resamples,
+        inputs.task.primary_metric,
+    ), None
+
+
+def p95_latency_ms(classifier: Any, texts: list[str], samples: int) -> float:
+    """p95 of single-text predict latency (after 5 warm-up calls)."""
+    for text in texts[:5]:
+        classifier.predict([text])
+    timings = []
+    for text in (texts * (samples // max(len(texts), 1) + 1))[:samples]:
+        started = time.perf_counter()
+        classifier.predict([text])
+        timings.append((time.perf_counter() - started) * 1000)
+    return float(np.percentile(timings, 95))
+
+
+def _gate_version(
+    inputs: RegisterInputs, client: Any, version: str, run_id: str | None
+) -> GateVerdict:
+    """A registered version judged as a challenger would be, on the current test split."""
+    bundle = load_bundle(inputs.tracking_uri, inputs.model_name, version)
+    split = inputs.task.test_split(inputs.prepared_dir, bundle.labels)
+    predicted = split.rescore(bundle)
+    metrics, per_class = split.report(predicted)
+    current = json.loads((inputs.reports_dir / "metrics.json").read_text(encoding="utf-8"))
+    metrics |= {name: current[name] for name in inputs.cfg.baselines if name in current}
+    run_metrics = client.get_run(run_id).data.metrics if run_id else {}
+    parity = None
+    if "export.parity_max_abs_diff" in run_metrics:
+        parity = {
+            "max_abs_diff": run_metrics["export.parity_max_abs_diff"],
+            "label_agreement": run_metrics["export.parity_label_agreement"],
+        }
+    champion = champion_version(client, inputs.model_name)
+    other = champion if champion != version else None
+    judged = _inputs(inputs, split, metrics, per_class, parity, None)
+    verdict = _judge(inputs, split, predicted, judged, other, champion)
+    verdict.challenger_version = version
+    return verdict
+
+
+def _inputs(
+    inputs: RegisterInputs,
+    split: TestSplit,
+    metrics: dict[str, Any],
+    per_class: dict[str, Any],
+    parity: dict[str, float] | None,
+    latency: float | None,
+) -> GateInputs:
+    return GateInputs(
+        metrics=metrics,
+        per_class=per_class,
+        labels=split.gate_labels(per_class),
+        primary_metric=inputs.task.primary_metric,
+        primary_metric_label=inputs.task.primary_metric_label,
+        parity=parity,
+        parity_limits=inputs.parity_limits,
+        latency_p95_ms=latency,
+    )
+
+
+def _judge(
+    inputs: RegisterInputs,
+    split: TestSplit,
+    predicted: Any,
+    judged: GateInputs,
+    compare_with: str | None,
+    champion: str | None,
+) -> GateVerdict:
+    """The gate on `predicted`; with another champion (`compare_with`), that champion is
+    re-scored on the same `split` first (for the flow's challenger and a hand promotion)."""
+    comparison, not_comparable = None, None
+    if compare_with is not None and inputs.cfg.vs_champion:
+        comparison, not_comparable = compare_with_champion(inputs, compare_with, split, predicted)
+    judged = replace(
+        judged, comparison=comparison, not_comparable=not_comparable, champion=champion
+    )
+    return gate(inputs.cfg, judged)

@@ -1,0 +1,187 @@
+"""The task interface: everything that differs between supervised tasks, and nothing else.
+
+A task is one object in `pipeline.tasks.TASKS`. Its fixed facts are plain attributes (as
+Optimum's TasksManager keeps them as data); what varies in code is a hook (the five
+things HF's run_glue.py and run_ner.py differ in, plus reading, scoring and the gate's
+unit). The steps (validate, prepare, train, evaluate, export, register) call these hooks
+and never ask which task they run. Heavy libraries are imported inside the hooks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from tuneops.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pipeline.validate import CheckResult
+    from tuneops.config import (
+        DataConfig,
+        EvaluateConfig,
+        ModelConfig,
+        Params,
+        PrepareConfig,
+        TrainConfig,
+        ValidateConfig,
+    )
+
+
+@dataclass
+class ValidationInput:
+    """What the validate step runs Great Expectations on, as a task read it."""
+
+    frame: pd.DataFrame  # one row per example, plus a "source" column (file:row)
+    columns: list[str]  # the columns GX sees
+    expectations: list[Any]
+    suite_name: str
+    labels: tuple[str, ...]
+    label_source: str  # "params", "labels.json" or "inferred"
+    label_counts: dict[str, int]
+    checks: list[CheckResult] = field(default_factory=list)  # hand-written, after GX's
+
+
+@dataclass
+class SplitFrame:
+    """A task's examples, de-duplicated and each assigned a split (column "split")."""
+
+    frame: pd.DataFrame
+    columns: list[str]  # written to each {train,validation,test}.parquet
+    label_counts: dict[str, dict[str, int]]
+    fingerprint: str
+    dropped_duplicates: int
+    conflicts: list[dict[str, str]]
+    max_stratification_gap: float = 0.0
+    manifest: dict[str, Any] = field(default_factory=dict)  # task-specific manifest keys
+
+
+@dataclass
+class Evaluation:
+    """A task's test evaluation: unrounded scores, baselines, the per-class report."""
+
+    metrics: dict[str, Any]  # test_* scores, then one dict per baseline
+    per_class: dict[str, Any]
+    predictions: pd.DataFrame  # one row per test example (reports/test_predictions.parquet)
+    reports: dict[str, Any] = field(default_factory=dict)  # extra reports/<name>.json
+    plot: Callable[[Path], None] | None = None  # writes the confusion matrix PNG
+
+
+@dataclass(frozen=True)
+class Scores:
+    """A model's test figures as bundle.json records them, and its primary metric."""
+
+    figures: dict[str, float]
+    primary: float  # the task's primary metric (macro-F1, entity-F1)
+    accuracy: float  # accuracy, or token accuracy
+
+
+class TestSplit(Protocol):
+    """The current test split, as the gate re-scores bundles on it."""
+
+    labels: list[str]
+
+    @property
+    def texts(self) -> list[str]: ...
+
+    def rescore(self, bundle: Any) -> Any: ...
+
+    def report(self, predicted: Any) -> tuple[dict[str, Any], dict[str, Any]]: ...
+
+    def gate_labels(self, per_class: dict[str, Any]) -> list[str]: ...
+
+    def row_counts(self, predicted: Any) -> np.ndarray: ...
+
+
+class Task(Protocol):
+    name: str
+    row_unit: str  # what one example is called in messages: "rows", "sentences"
+    raw_suffixes: tuple[str, ...]  # the batch files it reads from data/raw/<name>/
+    target_column: str  # the prepared splits' gold column
+    primary_metric: str  # the metric the gate, baselines and int8 decision compare
+    primary_metric_label: str  # its name for people ("macro-F1")
+    accuracy_metric: str
+    validation_metrics: tuple[str, ...]  # what compute_metrics returns, without "eval_"
+    baselines: tuple[str, ...]
+    reproduce_metrics: tuple[str, ...]  # MLflow metrics `tuneops reproduce` compares
+    peft_task_type: str  # peft.TaskType member name
+    logits_axes: tuple[str, ...]  # the ONNX logits output's dynamic axes, in order
+    cross_batch_conflicts: bool  # ingest checks a batch's labels against the batches there
+    example_inputs: tuple[str, ...]  # texts for the MLflow signature
+    # The task's own modules (dotted names): what every stage runs for it, so each is a
+    # dvc.yaml dependency of every stage, with everything it imports (tuneops.dvcfile).
+    modules: tuple[str, ...]
+
+    def check(self, params: Params) -> None:
+        """Raise ConfigError, before any compute, on keys that do not fit this task."""
+
+    def validation_input(
+        self, data: DataConfig, cfg: ValidateConfig, dataset_dir: Path
+    ) -> ValidationInput: ...
+
+    def split(
+        self, data: DataConfig, cfg: PrepareConfig, labels: tuple[str, ...], dataset_dir: Path
+    ) -> SplitFrame: ...
+
+    def load_model(
+        self,
+        path: str | Path,
+        labels: tuple[str, ...] | None = None,
+        num_hidden_layers: int | None = None,
+        attn_implementation: str | None = None,
+    ) -> Any: ...
+
+    def tokenise(self, tokenizer: Any, cfg: TrainConfig) -> Callable[..., dict[str, Any]]: ...
+
+    def collator(self, tokenizer: Any) -> Any: ...
+
+    def compute_metrics(self, labels: tuple[str, ...]) -> Callable[[Any], dict[str, float]]: ...
+
+    def after_tokenise(self, splits: Any, cfg: TrainConfig) -> tuple[Any, dict[str, Any]]:
+        """The tokenised splits ready for the Trainer, and extra training-summary keys."""
+
+    def evaluate(
+        self,
+        cfg: EvaluateConfig,
+        base: ModelConfig,
+        max_length: int,
+        seed: int,
+        prepared_dir: Path,
+        candidate_dir: Path,
+    ) -> Evaluation: ...
+
+    def parity_logits(
+        self, model: Any, tokenizer: Any, bundle: Any, test: pd.DataFrame, max_length: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(PyTorch, onnxruntime) logits on real test examples, one row per prediction."""
+
+    def score_bundle(self, bundle: Any, test: pd.DataFrame) -> tuple[Scores, np.ndarray]:
+        """A bundle's test Scores and its flat predictions (for label agreement)."""
+
+    def describe(self, labels: list[str]) -> str:
+        """One sentence for the model card."""
+
+    def test_split(self, prepared_dir: Path, labels: list[str]) -> TestSplit: ...
+
+    def dataset_frame(self, split: pd.DataFrame) -> pd.DataFrame:
+        """The split as MLflow logs it: a text column and a scalar target column."""
+
+
+def check_keys(task: Task, params: Params) -> None:
+    """The keys naming metrics and baselines must name this task's (before any compute)."""
+    metric = params.train.metric_for_best_model
+    if metric not in task.validation_metrics:
+        raise ConfigError(
+            f"train.metric_for_best_model: {metric!r} is not a validation metric of "
+            f"{task.name}; expected one of {list(task.validation_metrics)}"
+        )
+    unknown = sorted(set(params.gate.baselines) - set(task.baselines))
+    if unknown:
+        raise ConfigError(
+            f"gate.baselines: unknown baseline(s) {unknown} for {task.name}; expected "
+            f"some of {list(task.baselines)}"
+        )

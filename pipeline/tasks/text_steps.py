@@ -1,0 +1,344 @@
+"""What text classification does inside the generic steps: read, split, evaluate.
+
+Kept apart from text_classification.py (the task's facts and small hooks) so that each
+file reads on a screen or two; nothing outside that module calls this one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.io import read_label_file, read_raw
+from pipeline.prepare import SPLITS, normalise_text, split_of
+from pipeline.tasks.base import Evaluation, SplitFrame, ValidationInput
+from pipeline.validate import (
+    conflicting_labels_check,
+    label_type_check,
+    min_examples_check,
+    two_labels_check,
+)
+from tuneops.errors import DataValidationError
+
+if TYPE_CHECKING:
+    from pipeline.tasks.text_classification import TextClassification
+    from tuneops.config import (
+        DataConfig,
+        EvaluateConfig,
+        ModelConfig,
+        PrepareConfig,
+        ValidateConfig,
+    )
+
+
+# --- validate -------------------------------------------------------------------------
+
+
+def validation_input(data: DataConfig, cfg: ValidateConfig, dataset_dir: Path) -> ValidationInput:
+    frame = read_raw(dataset_dir, data.text_column, data.label_column, data.max_rows)
+    label_types = label_type_check(frame)
+    frame["label"] = frame["label"].map(lambda v: v if pd.isna(v) else str(v))
+    labels, label_source = _label_set(data, dataset_dir, frame)
+    counts = frame["label"].value_counts().reindex(list(labels), fill_value=0)
+    return ValidationInput(
+        frame=frame,
+        columns=["text", "label"],
+        expectations=_suite(labels, cfg),
+        suite_name="text_raw",
+        labels=labels,
+        label_source=label_source,
+        label_counts={str(k): int(v) for k, v in counts.items()},
+        checks=[
+            label_types,
+            min_examples_check(frame, labels, cfg.min_examples_per_class),
+            two_labels_check(labels),
+            conflicting_labels_check(frame),
+        ],
+    )
+
+
+def _label_set(
+    data: DataConfig, dataset_dir: Path, frame: pd.DataFrame
+) -> tuple[tuple[str, ...], str]:
+    if data.labels:
+        return tuple(data.labels), "params"
+    frozen = read_label_file(dataset_dir)
+    if frozen:
+        return frozen, "labels.json"
+    return tuple(sorted(frame["label"].dropna().unique())), "inferred"
+
+
+def _suite(labels: tuple[str, ...], cfg: ValidateConfig) -> list[Any]:
+    import great_expectations as gx
+
+    ex = gx.expectations
+    return [
+        ex.ExpectColumnValuesToNotBeNull(column="text"),
+        ex.ExpectColumnValuesToNotBeNull(column="label"),
+        ex.ExpectColumnValuesToBeOfType(column="text", type_="str"),
+        ex.ExpectColumnValuesToNotMatchRegex(column="text", regex=r"^\s*$"),
+        ex.ExpectColumnValueLengthsToBeBetween(
+            column="text", min_value=cfg.min_text_chars, max_value=cfg.max_text_chars
+        ),
+        ex.ExpectColumnValuesToBeInSet(column="label", value_set=list(labels)),
+        ex.ExpectColumnDistinctValuesToContainSet(column="label", value_set=list(labels)),
+        ex.ExpectColumnProportionOfUniqueValuesToBeBetween(
+            column="text", min_value=1.0 - cfg.max_duplicate_rate
+        ),
+    ]
+
+
+# --- prepare --------------------------------------------------------------------------
+
+
+def split(
+    data: DataConfig, cfg: PrepareConfig, labels: tuple[str, ...], dataset_dir: Path
+) -> SplitFrame:
+    """Normalised, de-duplicated rows, each in the split its text hashes to."""
+    frame = read_raw(dataset_dir, data.text_column, data.label_column, data.max_rows)
+    frame["text"] = frame["text"].astype(str).map(normalise_text)
+    frame["label"] = frame["label"].astype(str)
+    frame, dropped_duplicates, conflicts = _deduplicate(frame)
+    frame["split"] = [
+        split_of(t, cfg.validation_fraction, cfg.test_fraction) for t in frame["text"]
+    ]
+    label_ids = {label: i for i, label in enumerate(labels)}
+    frame["label_id"] = frame["label"].map(label_ids).astype("int64")
+    counts = {s: _label_counts(frame[frame["split"] == s], labels) for s in SPLITS}
+    _require_every_label(counts, frame, ("train", "test"))
+    return SplitFrame(
+        frame=frame,
+        columns=["text", "label", "label_id", "source"],
+        label_counts=counts,
+        fingerprint=_fingerprint(frame, labels),
+        dropped_duplicates=dropped_duplicates,
+        conflicts=conflicts,
+        max_stratification_gap=_stratification_gap(frame, labels),
+    )
+
+
+def _deduplicate(frame: pd.DataFrame) -> tuple[pd.DataFrame, int, list[dict[str, str]]]:
+    """Drop exact (text, label) repeats; drop every copy of a text seen with two labels.
+
+    A text with conflicting labels cannot be trusted either way, so none of its rows
+    is kept; each one is reported with its source rows.
+    """
+    before = len(frame)
+    frame = frame.drop_duplicates(subset=["text", "label"], keep="first")
+    dropped_duplicates = before - len(frame)
+    labels_per_text = frame.groupby("text")["label"].transform("nunique")
+    conflicting = frame[labels_per_text > 1]
+    conflicts = [
+        {
+            "text": text[:80],
+            "labels": ",".join(sorted(group["label"])),
+            "sources": ",".join(group["source"]),
+        }
+        for text, group in conflicting.groupby("text", sort=True)
+    ]
+    return frame[labels_per_text == 1].reset_index(drop=True), dropped_duplicates, conflicts
+
+
+def _label_counts(part: pd.DataFrame, labels: tuple[str, ...]) -> dict[str, int]:
+    counts = part["label"].value_counts()
+    return {label: int(counts.get(label, 0)) for label in labels}
+
+
+def _require_every_label(
+    counts: dict[str, dict[str, int]], frame: pd.DataFrame, splits: tuple[str, ...]
+) -> None:
+    for name in splits:
+        empty = [label for label, n in counts[name].items() if n == 0]
+        if empty:
+            rows = frame.loc[frame["label"] == empty[0], "source"].tolist()
+            shown = ", ".join(rows[:5]) + (", ..." if len(rows) > 5 else "")
+            raise DataValidationError(
+                f"the {name} split has no rows of label(s) {empty}; expected every label in "
+                f"{name}: the {len(rows)} row(s) of {empty[0]!r} ({shown}) all hash to other "
+                f"splits (add data for those labels, or raise prepare.{name}_fraction)"
+            )
+
+
+def _stratification_gap(frame: pd.DataFrame, labels: tuple[str, ...]) -> float:
+    overall = frame["label"].value_counts(normalize=True)
+    gaps = [
+        abs(
+            frame[frame["split"] == s]["label"].value_counts(normalize=True).get(label, 0.0)
+            - overall.get(label, 0.0)
+        )
+        for s in SPLITS
+        for label in labels
+        if (frame["split"] == s).any()
+    ]
+    return float(max(gaps, default=0.0))
+
+
+def _fingerprint(frame: pd.DataFrame, labels: tuple[str, ...]) -> str:
+    """sha256 over the label list and the sorted (split, text, label) rows."""
+    digest = hashlib.sha256(json.dumps(list(labels)).encode())
+    for name, text, label in sorted(
+        zip(frame["split"], frame["text"], frame["label"], strict=True)
+    ):
+        digest.update(f"{name}\t{label}\t{text}\n".encode())
+    return digest.hexdigest()
+
+
+# --- evaluate -------------------------------------------------------------------------
+
+
+def evaluate(
+    task: TextClassification,
+    cfg: EvaluateConfig,
+    base: ModelConfig,
+    max_length: int,
+    seed: int,
+    prepared_dir: Path,
+    candidate_dir: Path,
+) -> Evaluation:
+    """The candidate and three baselines (majority class, TF-IDF + logistic regression,
+    the frozen base encoder) on the same test rows."""
+    from sklearn.metrics import classification_report
+
+    from pipeline.tasks.text_classification import score
+    from pipeline.training.modeling import load_tokenizer, predict_logits
+
+    train = pd.read_parquet(prepared_dir / "train.parquet")
+    test = pd.read_parquet(prepared_dir / "test.parquet")
+    labels = tuple(json.loads((candidate_dir / "labels.json").read_text(encoding="utf-8")))
+    y_test = test["label_id"].to_numpy()
+
+    model = task.load_model(candidate_dir)
+    tokenizer = load_tokenizer(candidate_dir)
+    logits = predict_logits(model, tokenizer, test["text"].tolist(), max_length, cfg.batch_size)
+    predicted = logits.argmax(axis=1)
+
+    metrics: dict[str, Any] = score(y_test, predicted, len(labels))
+    metrics["test_rows"] = len(test)
+    metrics |= _baselines(task, cfg, base, max_length, seed, train, test, len(labels))
+    per_class = classification_report(
+        y_test,
+        predicted,
+        labels=list(range(len(labels))),
+        target_names=list(labels),
+        output_dict=True,
+        zero_division=0,
+    )
+    return Evaluation(
+        metrics=metrics,
+        per_class=per_class,
+        predictions=_predictions(test, logits, labels),
+        plot=lambda path: _plot_confusion(y_test, predicted, labels, path),
+    )
+
+
+def _baselines(
+    task: TextClassification,
+    cfg: EvaluateConfig,
+    base: ModelConfig,
+    max_length: int,
+    seed: int,
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    n_labels: int,
+) -> dict[str, Any]:
+    from sklearn.dummy import DummyClassifier
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    from pipeline.tasks.text_classification import score
+
+    y_train, y_test = train["label_id"].to_numpy(), test["label_id"].to_numpy()
+    majority = DummyClassifier(strategy="most_frequent").fit(train[["text"]], y_train)
+    tfidf = make_pipeline(
+        TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True),
+        LogisticRegression(max_iter=2000, C=4.0, random_state=seed),
+    ).fit(train["text"], y_train)
+    return {
+        "majority": score(y_test, majority.predict(test[["text"]]), n_labels),
+        "tfidf": score(y_test, tfidf.predict(test["text"]), n_labels),
+        "before_finetuning": _frozen_encoder_baseline(
+            task, cfg, base, max_length, seed, train, test, n_labels
+        ),
+    }
+
+
+def _frozen_encoder_baseline(
+    task: TextClassification,
+    cfg: EvaluateConfig,
+    base: ModelConfig,
+    max_length: int,
+    seed: int,
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    n_labels: int,
+) -> dict[str, float]:
+    """The base encoder frozen, only the head trained: a logistic regression on the
+    features the classification head reads (equivalent to training that linear head)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from pipeline.tasks.text_classification import score
+    from pipeline.training.modeling import load_tokenizer, predict_logits, resolve_model_path
+
+    sample = train.sample(n=min(cfg.frozen_baseline_train_rows, len(train)), random_state=seed)
+    path = resolve_model_path(base.name_or_path)
+    model = task.load_model(path, tuple(str(i) for i in range(n_labels)), base.num_hidden_layers)
+    tokenizer = load_tokenizer(path)
+    x_train = predict_logits(
+        model, tokenizer, sample["text"].tolist(), max_length, cfg.batch_size, features=True
+    )
+    x_test = predict_logits(
+        model, tokenizer, test["text"].tolist(), max_length, cfg.batch_size, features=True
+    )
+    # Standardising first keeps it a linear head (the scaling folds into its weights) but
+    # lets the regulariser treat every feature alike; raw pooler features are near-saturated.
+    head = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
+    head.fit(x_train, sample["label_id"])
+    scores = score(test["label_id"].to_numpy(), head.predict(x_test), n_labels)
+    return scores | {"train_rows": len(sample)}
+
+
+def _plot_confusion(
+    y_true: np.ndarray, y_pred: np.ndarray, labels: tuple[str, ...], path: Path
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    from tuneops.paths import atomic_file
+
+    fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 3, 1.2 * len(labels) + 2.5))
+    ConfusionMatrixDisplay.from_predictions(
+        y_true,
+        y_pred,
+        labels=list(range(len(labels))),
+        display_labels=list(labels),
+        ax=ax,
+        colorbar=False,
+        xticks_rotation=45,
+    )
+    ax.set_title("test split")
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+
+
+def _predictions(test: pd.DataFrame, logits: np.ndarray, labels: tuple[str, ...]) -> pd.DataFrame:
+    """Per-example predictions: what error analysis reads."""
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities = shifted / shifted.sum(axis=1, keepdims=True)
+    frame = test[["text", "label", "label_id", "source"]].copy()
+    frame["predicted_id"] = logits.argmax(axis=1)
+    frame["predicted"] = [labels[i] for i in frame["predicted_id"]]
+    frame["confidence"] = probabilities.max(axis=1)
+    return frame
