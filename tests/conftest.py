@@ -314,3 +314,11 @@ def _text_task() -> Any:
 
 
 TEXT = _text_task()  # the text classification task the unit tests run through the steps
+
+
+def preset(name: str) -> dict[str, Any]:
+    """A params preset of the repository (an overlay of params.yaml), resolved to the whole
+    config, ready to be edited and written into a test project."""
+    from tuneops.config import load_params
+
+    return load_params(REPO / name).resolved()

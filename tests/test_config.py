@@ -49,3 +49,67 @@ def test_flat_params_use_stable_dotted_names() -> None:
 def test_missing_params_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="params file not found"):
         load_params(tmp_path / "nope.yaml")
+
+
+def _differs_from_base(top: dict, base: dict) -> list[str]:
+    """Keys of an overlay whose value equals what the base already has (repeated defaults)."""
+    same = []
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and key != "floors":
+            same += [f"{key}.{k}" for k in _differs_from_base(value, base[key])]
+        elif base.get(key) == value:
+            same.append(key)
+    return same
+
+
+@pytest.mark.parametrize("name", ["params.ner.yaml", "params.wnut.yaml"])
+def test_presets_hold_only_what_differs_from_params_yaml(name: str) -> None:
+    import yaml
+
+    top = yaml.safe_load((REPO / name).read_text(encoding="utf-8"))
+    assert top.pop("base") == "params.yaml"
+    base = load_params(REPO / "params.yaml").resolved()
+    assert _differs_from_base(top, base) == []
+    assert len(top) <= 8  # sections; about 20 keys, not the 69 of a full params file
+
+
+def test_an_overlay_merges_sections_and_replaces_mappings(tmp_path: Path) -> None:
+    params = load_params(REPO / "params.ner.yaml")
+    assert params.task == "token-classification"
+    assert params.gate.floors == {"test_entity_f1": 0.85}  # not params.yaml's two floors
+    assert params.train.batch_size == 16 and params.train.learning_rate == 1.0e-4
+    assert params.train.lr_scheduler == "linear"  # from params.yaml
+    # The ATIS preset resolves to the same config as the full file it replaced (9fa413e).
+    assert params.params_hash() == "04e53e4cf42b13bc"
+    (tmp_path / "a.yaml").write_text("base: b.yaml\ntrain:\n  epochs: 2\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"overlays itself"):
+        load_params(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match=r"missing\.yaml: params file not found"):
+        load_params(tmp_path / "c.yaml")
+
+
+def test_config_show_prints_the_resolved_config(capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    from tuneops.cli import main
+
+    assert (
+        main(
+            [
+                "--root",
+                str(REPO),
+                "--params",
+                str(REPO / "params.ner.yaml"),
+                "config",
+                "show",
+                "--set",
+                "train.epochs=3",
+            ]
+        )
+        == 0
+    )
+    shown = yaml.safe_load(capsys.readouterr().out)
+    expected = load_params(REPO / "params.ner.yaml", {"train.epochs": 3}).resolved()
+    assert shown == expected and shown["train"]["epochs"] == 3

@@ -306,7 +306,32 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def load_params(path: Path, overrides: dict[str, Any] | None = None) -> Params:
-    """Read and validate params.yaml; `overrides` (dotted keys) are applied on top."""
+    """Read and validate params.yaml; `overrides` (dotted keys) are applied on top.
+
+    A preset names the file it overlays with a top-level `base:` (a path relative to the
+    preset) and holds only the keys that differ: sections merge key by key, every other
+    value (a list, or a mapping such as gate.floors) replaces the base's whole.
+    """
+    raw = _read_layers(path, ())
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    return validate_params(raw, str(path))
+
+
+def _read_layers(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    raw = _read_yaml(path)
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base: expected the path of the params file it overlays")
+    base_path = path.parent / base
+    if base_path.resolve() in (*seen, path.resolve()):
+        raise ConfigError(f"{path}: base: {base} overlays itself (a cycle of base: keys)")
+    return overlay(_read_layers(base_path, (*seen, path.resolve())), raw, Params)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError as exc:
@@ -317,9 +342,23 @@ def load_params(path: Path, overrides: dict[str, Any] | None = None) -> Params:
         raise ConfigError(
             f"{path}: expected a mapping at the top level, found {type(raw).__name__}"
         )
-    for dotted, value in (overrides or {}).items():
-        _set_dotted(raw, dotted, value)
-    return validate_params(raw, str(path))
+    return raw
+
+
+def overlay(base: dict[str, Any], top: dict[str, Any], section: type[BaseModel]) -> dict[str, Any]:
+    """`top` over `base`: a section (a nested model of `section`) merges key by key; any
+    other value replaces the base's."""
+    fields = {(f.alias or name): f for name, f in section.model_fields.items()}
+    merged = dict(base)
+    for key, value in top.items():
+        field = fields.get(key)
+        kind = field.annotation if field is not None else None
+        nested = isinstance(kind, type) and issubclass(kind, BaseModel)
+        if nested and isinstance(value, dict) and isinstance(base.get(key), dict):
+            merged[key] = overlay(base[key], value, kind)  # type: ignore[arg-type]
+        else:
+            merged[key] = value
+    return merged
 
 
 def validate_params(raw: dict[str, Any], where: str) -> Params:

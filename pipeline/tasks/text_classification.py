@@ -51,6 +51,23 @@ def score(y_true: np.ndarray, y_pred: np.ndarray, n_labels: int) -> dict[str, fl
     return scores
 
 
+def per_class_report(
+    y_true: np.ndarray, y_pred: np.ndarray, labels: list[str] | tuple[str, ...]
+) -> dict[str, Any]:
+    """sklearn's per-label precision/recall/F1/support, every label listed."""
+    from sklearn.metrics import classification_report
+
+    report: dict[str, Any] = classification_report(
+        y_true,
+        y_pred,
+        labels=list(range(len(labels))),
+        target_names=list(labels),
+        output_dict=True,
+        zero_division=0,
+    )
+    return report
+
+
 def row_counts(y_true: np.ndarray, y_pred: np.ndarray, n_labels: int) -> np.ndarray:
     """Per row and label: (true positive, predicted, gold) as 0/1 (for the bootstrap)."""
     gold, predicted = np.eye(n_labels)[y_true], np.eye(n_labels)[y_pred]
@@ -191,20 +208,9 @@ class TextTestSplit:
         return np.asarray(mapping[predicted])
 
     def report(self, predicted: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-        from sklearn.metrics import classification_report
-
-        metrics = {
-            k: round(v, 6) for k, v in score(self.label_ids, predicted, len(self.labels)).items()
-        }
-        per_class = classification_report(
-            self.label_ids,
-            predicted,
-            labels=list(range(len(self.labels))),
-            target_names=self.labels,
-            output_dict=True,
-            zero_division=0,
-        )
-        return dict(metrics), per_class
+        scores = score(self.label_ids, predicted, len(self.labels))
+        metrics = {k: round(v, 6) for k, v in scores.items()}
+        return metrics, per_class_report(self.label_ids, predicted, self.labels)
 
     def gate_labels(self, per_class: dict[str, Any]) -> list[str]:
         return self.labels

@@ -202,9 +202,7 @@ def evaluate(
 ) -> Evaluation:
     """The candidate and three baselines (majority class, TF-IDF + logistic regression,
     the frozen base encoder) on the same test rows."""
-    from sklearn.metrics import classification_report
-
-    from pipeline.tasks.text_classification import score
+    from pipeline.tasks.text_classification import per_class_report, score
     from pipeline.training.modeling import load_tokenizer, predict_logits
 
     train = pd.read_parquet(prepared_dir / "train.parquet")
@@ -220,17 +218,9 @@ def evaluate(
     metrics: dict[str, Any] = score(y_test, predicted, len(labels))
     metrics["test_rows"] = len(test)
     metrics |= _baselines(task, cfg, base, max_length, seed, train, test, len(labels))
-    per_class = classification_report(
-        y_test,
-        predicted,
-        labels=list(range(len(labels))),
-        target_names=list(labels),
-        output_dict=True,
-        zero_division=0,
-    )
     return Evaluation(
         metrics=metrics,
-        per_class=per_class,
+        per_class=per_class_report(y_test, predicted, labels),
         predictions=_predictions(test, logits, labels),
         plot=lambda path: _plot_confusion(y_test, predicted, labels, path),
     )

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from flows.training import RunSummary, training_flow
-from tests.conftest import REPO, make_dvc_project, set_dotted, store_client
+from tests.conftest import make_dvc_project, preset, set_dotted, store_client
 from tuneops.cli import main as cli_main
 
 pytestmark = pytest.mark.integration
@@ -35,7 +35,7 @@ NER_SLICE = {
 @pytest.fixture(scope="module")
 def ner_run(tmp_path_factory: pytest.TempPathFactory, prefect_server: None) -> dict[str, Any]:
     root = make_dvc_project(tmp_path_factory.mktemp("ner"))
-    params = yaml.safe_load((REPO / "params.ner.yaml").read_text(encoding="utf-8"))
+    params = preset("params.ner.yaml")
     for key, value in NER_SLICE.items():
         set_dotted(params, key, value)
     (root / "params.ner.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

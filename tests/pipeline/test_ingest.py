@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import REPO, run_tool, tool_env, write_params
+from tests.conftest import REPO, preset, run_tool, tool_env, write_params
 from tests.reliability.conftest import record
 from tuneops import stages
 from tuneops.errors import DataValidationError, ExternalToolError
@@ -176,7 +176,7 @@ def test_two_ingests_at_once_each_get_a_batch_and_one_consistent_version(
 @pytest.fixture
 def atis_project(dvc_project: Path) -> stages.Context:
     """The bundled ATIS slots fetched, tracked and pushed (params.ner.yaml)."""
-    params = yaml.safe_load((REPO / "params.ner.yaml").read_text(encoding="utf-8"))
+    params = preset("params.ner.yaml")
     (dvc_project / "params.ner.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
     ctx = stages.load_context(dvc_project, dvc_project / "params.ner.yaml")
     stages.step_fetch(ctx)

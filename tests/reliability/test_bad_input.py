@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from pipeline.io import read_raw
-from tests.conftest import REPO, make_dvc_project, set_dotted
+from tests.conftest import make_dvc_project, preset, set_dotted
 from tests.data.bad.corpus import ACCEPTED, CASES, Case, huge_text, write_all
 from tests.reliability.conftest import (
     NER_MODEL,
@@ -38,7 +38,7 @@ NER = {"base": "params.ner.yaml", "name": "atis_slots", "model": NER_MODEL}
 
 
 def write_project_params(root: Path, base: str, overrides: dict[str, Any]) -> None:
-    params = yaml.safe_load((REPO / base).read_text(encoding="utf-8"))
+    params = preset(base)
     for key, value in overrides.items():
         set_dotted(params, key, value)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
