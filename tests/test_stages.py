@@ -30,7 +30,7 @@ def covered(path: Path, deps: list[str]) -> bool:
 
 def missing_code_deps(stage: str, deps: list[str]) -> list[str]:
     """Files the stage runs (its module's and every task's import closure) not in `deps`."""
-    runs = [STAGES[stage].module, "pipeline.tasks"]
+    runs = [STAGES[stage].module, "pipeline.tasks", "tuneops.context"]
     runs += [m for task in TASKS.values() for m in task.modules]
     return sorted(str(p.relative_to(REPO)) for p in closure(runs) if not covered(p, deps))
 

@@ -4,7 +4,8 @@
 code it runs, or a change to that code leaves it "up to date". The code a stage runs is
 found by reading imports (ast, no execution): its pipeline module, every task's modules,
 and all they import inside this repository, function-level imports included (they run
-too), plus tuneops/stages.py, which calls the step. Written by `tuneops dvc-yaml`;
+too), tuneops/context.py (how params are read), and tuneops/stages.py, which calls the
+step. Written by `tuneops dvc-yaml`;
 tests/test_stages.py fails when dvc.yaml drifts from the table or misses a module.
 """
 
@@ -68,13 +69,14 @@ def closure(modules: tuple[str, ...] | list[str], root: Path = REPO) -> set[Path
 
 
 def code_deps(stage: Any, root: Path = REPO) -> list[str]:
-    """A stage's code deps as dvc.yaml paths: its module's and every task's closure, and
-    tuneops/stages.py itself (the adapter that calls the step with its arguments; the
-    other stages' modules it imports are not followed, or every stage would depend on
-    every module)."""
+    """A stage's code deps as dvc.yaml paths: the closure of its module, of every task and
+    of tuneops/context.py (how params are read), and tuneops/stages.py itself (the adapter
+    that calls the step with its arguments; the other stages' modules it imports are not
+    followed, or every stage would depend on every module)."""
     from pipeline.tasks import TASKS
 
-    modules = [stage.module, "pipeline.tasks"] + [m for t in TASKS.values() for m in t.modules]
+    modules = [stage.module, "pipeline.tasks", "tuneops.context"]
+    modules += [m for t in TASKS.values() for m in t.modules]
     files = closure(modules, root) | {root / "tuneops" / "stages.py"}
     return sorted(str(p.relative_to(root)) for p in files)
 

@@ -11,17 +11,13 @@ later stages log to that run.
 from __future__ import annotations
 
 import json
-import os
-import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
 
-from pipeline import tasks
 from pipeline.evaluate import EvaluationResult, evaluate
 from pipeline.export import ExportResult, export
 from pipeline.fetch_data import FetchResult, fetch_data
@@ -30,62 +26,17 @@ from pipeline.ingest import IngestResult, ingest
 from pipeline.prepare import PrepareResult, prepare
 from pipeline.register import RegisterInputs, gate_and_register
 from pipeline.registry import RegistrationResult
-from pipeline.tasks.base import Task
-from pipeline.train import TrainResult, read_manifest, train
+from pipeline.train import TrainResult, train
 from pipeline.training.devices import process_rank
 from pipeline.validate import ValidationResult, validate
-from pipeline.version_data import DataVersion, read_dvc_md5, version_data
-from tuneops.config import Params, load_params
-from tuneops.lineage import git_commit, library_versions
-from tuneops.paths import Paths
+from pipeline.version_data import DataVersion, version_data
+from tuneops import recording
+from tuneops.context import Context, load_context, tracking_uri_for
+from tuneops.lineage import library_versions
 from tuneops.tracking import MlflowTracker, NullTracker, Tracker, check_tracking_server
 
-
-@dataclass(frozen=True)
-class Context:
-    params: Params
-    paths: Paths
-    tracking_uri: str
-
-    @property
-    def task(self) -> Task:
-        return tasks.get(self.params.task)
-
-    @property
-    def artifact_location(self) -> str | None:
-        """Artifact root for new experiments: `tracking.artifact_location` in the project for
-        a local store; None for a tracking server, whose own artifact root (proxied, or object
-        storage) every client can reach, unlike a folder on this machine."""
-        if self.tracking_uri.startswith(("http://", "https://")):
-            return None
-        return (self.paths.root / self.params.tracking.artifact_location).resolve().as_uri()
-
-
-def tracking_uri_for(params: Params, root: Path) -> str:
-    """MLFLOW_TRACKING_URI wins; a relative sqlite path is anchored at the project root."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.uri
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str((root / uri.removeprefix(prefix)).resolve())
-    return uri
-
-
-def load_context(
-    root: Path, params_file: Path | None = None, overrides: dict[str, Any] | None = None
-) -> Context:
-    """The project's settings; ConfigError (before any compute) on keys that do not fit
-    the task, e.g. a baseline or validation metric the task does not have."""
-    root = root.resolve()
-    params = load_params(params_file or root / "params.yaml", overrides)
-    tasks.get(params.task).check(params)
-    return Context(params, Paths(root), tracking_uri_for(params, root))
-
-
-def current_data_version(ctx: Context) -> str:
-    dvc_file = ctx.paths.data_raw.with_name("raw.dvc")
-    if dvc_file.exists():
-        return read_dvc_md5(dvc_file)
-    return version_data(ctx.paths.root, ctx.paths.data_raw, push=False).version
+# Re-exported: callers (CLI, flows, tests) load a context through the stages module.
+__all__ = ["STAGES", "Context", "Stage", "load_context", "tracking_uri_for"]
 
 
 def step_fetch(ctx: Context) -> FetchResult:
@@ -145,20 +96,6 @@ def step_prepare(ctx: Context) -> PrepareResult:
     )
 
 
-def lineage_tags(ctx: Context) -> dict[str, str]:
-    manifest = read_manifest(ctx.paths.data_prepared)
-    return {
-        "data.version": current_data_version(ctx),
-        "data.fingerprint": manifest["fingerprint"],
-        "data.name": ctx.params.data.name,
-        "git.commit": git_commit(ctx.paths.root),
-        "params.hash": ctx.params.params_hash(),
-        "task": ctx.params.task,
-        "base_model": ctx.params.model.name_or_path,
-        "strategy": ctx.params.train.strategy,
-    }
-
-
 def step_train(ctx: Context, callbacks: Sequence[Any] = ()) -> tuple[TrainResult, str | None]:
     """Start the MLflow run, log params, tags and datasets, then fine-tune.
 
@@ -170,7 +107,7 @@ def step_train(ctx: Context, callbacks: Sequence[Any] = ()) -> tuple[TrainResult
     if process_rank() != 0:
         return _train(ctx, NullTracker(), {}, callbacks), None
     check_tracking_server(ctx.tracking_uri)  # fail before compute, not after it
-    tags = lineage_tags(ctx) | {"seed": str(ctx.params.train.seed)}
+    tags = recording.lineage_tags(ctx) | {"seed": str(ctx.params.train.seed)}
     tracker = MlflowTracker.start(
         ctx.tracking_uri,
         ctx.params.experiment_name,
@@ -178,11 +115,11 @@ def step_train(ctx: Context, callbacks: Sequence[Any] = ()) -> tuple[TrainResult
         run_name=f"train-{tags['data.version'][:8]}-{tags['params.hash'][:8]}",
         tags=tags,
     )
-    with _run_scope(tracker, finish=False):
+    with recording.run_scope(tracker, finish=False):
         tracker.log_params(ctx.params.flat())
-        _log_resolved_params(ctx, tracker)
+        recording.log_resolved_params(ctx, tracker)
         tracker.set_tags({f"lib.{k}": v for k, v in library_versions().items()})
-        _log_datasets(ctx, tracker)
+        recording.log_datasets(ctx, tracker)
         result = _train(ctx, tracker, {"mlflow_run_id": tracker.run_id} | tags, callbacks)
         tracker.set_tags(
             {
@@ -193,7 +130,7 @@ def step_train(ctx: Context, callbacks: Sequence[Any] = ()) -> tuple[TrainResult
             }
         )
         if result.resumed_from:
-            _record_resume(ctx, tracker, result)
+            recording.record_resume(ctx, tracker, result)
         tracker.log_metrics(
             {
                 "train_runtime_s": result.train_runtime_s,
@@ -228,8 +165,8 @@ def _train(
 
 
 def step_evaluate(ctx: Context) -> EvaluationResult:
-    tracker = _candidate_run(ctx)
-    with _run_scope(tracker, finish=False):
+    tracker = recording.candidate_run(ctx)
+    with recording.run_scope(tracker, finish=False):
         result = evaluate(
             ctx.task,
             ctx.params.evaluate,
@@ -252,14 +189,14 @@ def step_evaluate(ctx: Context) -> EvaluationResult:
 
 
 def step_export(ctx: Context) -> ExportResult:
-    tracker = _candidate_run(ctx)
-    summary = _training_summary(ctx)
+    tracker = recording.candidate_run(ctx)
+    summary = recording.training_summary(ctx)
     card = {
         "mlflow_run_id": tracker.run_id,
         "data_version": summary.get("data.version"),
         "base_model": ctx.params.model.name_or_path,
     }
-    with _run_scope(tracker, finish=False):
+    with recording.run_scope(tracker, finish=False):
         result = export(
             ctx.task,
             ctx.params.export,
@@ -301,11 +238,11 @@ def step_register(ctx: Context) -> tuple[GateVerdict, RegistrationResult]:
     Writes reports/gate.{json,md} and registry.json; raises nothing on a rejection (the
     caller decides: the flow ends Failed, the CLI exits with GateRejected's code).
     """
-    tracker = _candidate_run(ctx)
-    summary = _training_summary(ctx)
-    tags = {k: str(summary[k]) for k in lineage_tags(ctx) if k in summary}
+    tracker = recording.candidate_run(ctx)
+    summary = recording.training_summary(ctx)
+    tags = {k: str(summary[k]) for k in recording.lineage_tags(ctx) if k in summary}
     tags |= {"mlflow_run_id": tracker.run_id}
-    with _run_scope(tracker, finish=True):
+    with recording.run_scope(tracker, finish=True):
         verdict, result = gate_and_register(register_inputs(ctx), tracker, ctx.paths.export, tags)
         for path in write_reports(verdict, ctx.paths.reports):
             tracker.log_artifact(path, "reports")
@@ -339,76 +276,6 @@ def register_inputs(ctx: Context) -> RegisterInputs:
         reports_dir=ctx.paths.reports,
         parity_limits=(export_cfg.parity_max_abs_diff, export_cfg.parity_min_label_agreement),
     )
-
-
-def _record_resume(ctx: Context, tracker: MlflowTracker, result: TrainResult) -> None:
-    tracker.set_tags(
-        {
-            "train.resumed_from": result.resumed_from,
-            "train.resumed_run_id": result.resumed_run_id or "",
-        }
-    )
-    killed = result.resumed_run_id
-    if killed and killed != tracker.run_id:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            if tracker.client.get_run(killed).info.status == "RUNNING":
-                tracker.client.set_terminated(killed, status="KILLED")
-        except MlflowException as exc:  # e.g. that run lived in another tracking store
-            warnings.warn(f"could not mark the killed run {killed} KILLED: {exc}", stacklevel=2)
-
-
-def _log_resolved_params(ctx: Context, tracker: MlflowTracker) -> None:
-    """params/params.yaml on the run: the whole config, defaults filled in (for reproduce)."""
-    import tempfile
-
-    import yaml
-
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "params.yaml"
-        path.write_text(yaml.safe_dump(ctx.params.resolved(), sort_keys=False), "utf-8")
-        tracker.log_artifact(path, "params")
-
-
-def _training_summary(ctx: Context) -> dict[str, Any]:
-    path = ctx.paths.candidate / "training_summary.json"
-    return dict(json.loads(path.read_text(encoding="utf-8")))
-
-
-def _candidate_run(ctx: Context) -> MlflowTracker:
-    return MlflowTracker(ctx.tracking_uri, str(_training_summary(ctx)["mlflow_run_id"]))
-
-
-@contextmanager
-def _run_scope(tracker: MlflowTracker, finish: bool) -> Iterator[None]:
-    """Mark the run FAILED if the step raises; FINISHED after the last step."""
-    try:
-        yield
-    except BaseException:
-        tracker.end("FAILED")
-        raise
-    if finish:
-        tracker.end("FINISHED")
-
-
-def _log_datasets(ctx: Context, tracker: MlflowTracker) -> None:
-    """The prepared splits as MLflow run inputs (name, digest, source, schema)."""
-    import mlflow
-    import pandas as pd
-    from mlflow.data.pandas_dataset import from_pandas
-
-    with tracker.active():
-        for split in ("train", "validation", "test"):
-            path = ctx.paths.data_prepared / f"{split}.parquet"
-            frame = ctx.task.dataset_frame(pd.read_parquet(path))
-            dataset = from_pandas(
-                frame,
-                source=str(path),
-                name=f"{ctx.params.data.name}-{split}",
-                targets=ctx.task.target_column,
-            )
-            mlflow.log_input(dataset, context=split)
 
 
 @dataclass(frozen=True)

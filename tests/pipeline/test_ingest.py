@@ -14,7 +14,7 @@ import yaml
 
 from tests.conftest import REPO, preset, run_tool, tool_env, write_params
 from tests.reliability.conftest import record
-from tuneops import stages
+from tuneops import recording, stages
 from tuneops.errors import DataValidationError, ExternalToolError
 
 pytestmark = pytest.mark.integration
@@ -47,7 +47,7 @@ def project(dvc_project: Path) -> stages.Context:
 
 
 def data_version(ctx: stages.Context) -> str:
-    return stages.current_data_version(ctx)
+    return recording.current_data_version(ctx)
 
 
 def dvc_status(ctx: stages.Context, *args: str) -> str:
