@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from flows.training import RunSummary, training_flow
+from pipeline.tasks import TASKS
 from tests.conftest import make_dvc_project, preset, set_dotted, store_client
 from tuneops.cli import main as cli_main
 
@@ -64,6 +65,14 @@ def test_the_ner_flow_registers_a_gated_version_with_entity_metrics(
     assert version.tags["gate.verdict"] == "passed"
     gate = json.loads((root / "reports/gate.json").read_text())
     assert "floor:test_entity_f1" in {c["name"] for c in gate["checks"]}
+    # What `tuneops reproduce` compares for this task is on the run, each one of them
+    # (before the task registry it compared text metrics only: none of these).
+    run = store_client(f"sqlite:///{root / 'mlflow.db'}").get_run(version.run_id)
+    compared = TASKS["token-classification"].reproduce_metrics
+    assert {k: run.data.metrics[k] for k in compared if k.startswith("test_")} == {
+        k: metrics[k] for k in compared if k.startswith("test_")
+    }
+    assert "best_validation_entity_f1" in run.data.metrics
 
 
 def test_the_bundle_predicts_spans_with_offsets(
