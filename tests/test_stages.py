@@ -12,7 +12,7 @@ from prefect import Task
 import flows.training
 from pipeline.tasks import TASKS
 from tuneops.cli import main
-from tuneops.dvcfile import REPO, closure, render
+from tuneops.dvcfile import REPO, closure, module_file, render
 from tuneops.stages import STAGES
 
 DVC_YAML = REPO / "dvc.yaml"
@@ -51,6 +51,12 @@ def test_every_stage_depends_on_the_code_it_runs_and_on_the_task_param() -> None
     export = dvc_stages()["export"]["deps"]
     for path in ("pipeline/quantize.py", "pipeline/tasks/token_steps.py"):
         assert path in export
+
+
+def test_every_task_names_modules_that_exist() -> None:
+    """A misspelt module in a task's `modules` would silently drop it from every stage."""
+    for task in TASKS.values():
+        assert task.modules and all(module_file(m) is not None for m in task.modules), task.name
 
 
 def test_a_missing_dependency_is_found(tmp_path: Path) -> None:

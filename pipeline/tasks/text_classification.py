@@ -94,10 +94,7 @@ class TextClassification:
     cross_batch_conflicts = True
     raw_suffixes: tuple[str, ...] = SUPPORTED_SUFFIXES
     example_inputs: tuple[str, ...] = ("a great, moving film", "dull and far too long")
-    modules: tuple[str, ...] = (
-        "pipeline/tasks/text_classification.py",
-        "pipeline/tasks/text_steps.py",
-    )
+    modules: tuple[str, ...] = ("pipeline.tasks.text_classification", "pipeline.tasks.text_steps")
 
     def check(self, params: Params) -> None:
         check_keys(self, params)
