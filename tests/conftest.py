@@ -223,9 +223,10 @@ def make_dvc_project(tmp_path: Path) -> Path:
     with a local DVC remote folder beside it."""
     root = tmp_path / "clone"
     root.mkdir()
-    shutil.copytree(
-        REPO / "tuneops", root / "tuneops", ignore=shutil.ignore_patterns("__pycache__")
-    )
+    for package in ("tuneops", "pipeline", "flows"):  # every package dvc.yaml's deps name
+        shutil.copytree(
+            REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
     for name in ("dvc.yaml", ".dvcignore", ".gitignore", "params.yaml"):
         shutil.copy(REPO / name, root / name)
     run_tool(root, "git", "init", "-q")
