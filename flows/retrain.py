@@ -18,7 +18,13 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed, State
 
-from flows.training import RunSummary, preflight_task, training_flow, version_task
+from flows.training import (
+    RunSummary,
+    preflight_task,
+    training_flow,
+    validate_task,
+    version_task,
+)
 from pipeline.registry import version_by_alias
 from tuneops import stages
 from tuneops.tracking import store_client
@@ -67,6 +73,7 @@ def retrain_flow(
     """Retrain when data/raw changed since the last model was trained; otherwise skip."""
     ctx = stages.load_context(Path(root), Path(params_file) if params_file else None, overrides)
     preflight_task(ctx)
+    validate_task(ctx)  # bad data stops here, before `dvc add`/`dvc push` version it
     current = version_task(ctx)
     trained = trained_task(ctx)
     logger = get_run_logger()

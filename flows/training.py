@@ -1,4 +1,4 @@
-"""The training flow: fetch → version → validate → prepare → train → evaluate → export → gate.
+"""The training flow: fetch → validate → version → prepare → train → evaluate → export → gate.
 
 Each step is a Prefect task over the same function the DVC stage runs. Only the DVC
 push is retried (a remote can fail transiently); every other step is deterministic,
@@ -206,8 +206,8 @@ def training_flow(
     ctx = stages.load_context(Path(root), Path(params_file) if params_file else None, overrides)
     preflight_task(ctx)
     fetch_task(ctx)
+    validate_task(ctx)  # before `dvc add`/`dvc push`: bad data never becomes a version
     data_version = version_task(ctx)
-    validate_task(ctx)
     rows = prepare_task(ctx)
     run_id = train_task(ctx)
     metrics = evaluate_task(ctx)
