@@ -38,6 +38,7 @@ from pipeline.version_data import DataVersion, read_dvc_md5, version_data
 from tuneops.config import Params, load_params
 from tuneops.lineage import git_commit, library_versions
 from tuneops.paths import Paths
+from tuneops.runlock import project_lock
 from tuneops.tracking import MlflowTracker, NullTracker, Tracker, check_tracking_server
 
 
@@ -100,7 +101,13 @@ def step_version_data(ctx: Context, push: bool = True) -> DataVersion:
 
 def step_ingest(ctx: Context, source: Path) -> tuple[IngestResult, DataVersion | None]:
     """Validate `source` alone, append it as the next batch, version and push data/raw.
-    The batch is read and checked as the task reads its raw files (rows, or sentences)."""
+    The batch is read and checked as the task reads its raw files (rows, or sentences).
+    All of it, validation and the conflict check included, under the project lock."""
+    with project_lock(ctx.paths.root, f"tuneops ingest {source}"):
+        return _ingest(ctx, source)
+
+
+def _ingest(ctx: Context, source: Path) -> tuple[IngestResult, DataVersion | None]:
     versions: list[DataVersion] = []
     task, data = ctx.task, ctx.params.data
     result = ingest(
