@@ -18,9 +18,16 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed, State
 
-from flows.training import RunSummary, preflight_task, training_flow, version_task
+from flows.training import (
+    RunSummary,
+    preflight_task,
+    training_flow,
+    validate_task,
+    version_task,
+)
 from pipeline.registry import version_by_alias
 from tuneops import stages
+from tuneops.runlock import project_lock
 from tuneops.tracking import store_client
 
 
@@ -66,24 +73,27 @@ def retrain_flow(
 ) -> State[Any]:
     """Retrain when data/raw changed since the last model was trained; otherwise skip."""
     ctx = stages.load_context(Path(root), Path(params_file) if params_file else None, overrides)
-    preflight_task(ctx)
-    current = version_task(ctx)
-    trained = trained_task(ctx)
-    logger = get_run_logger()
-    reason = skip_reason(current, ctx.params.params_hash(), trained)
-    if reason is not None:
-        message = f"{reason}; nothing trained"
-        logger.info(message)
-        create_markdown_artifact(key="retrain", markdown=message, description=message)
-        return Completed(message=message)
-    logger.info(f"data version {current} is new (trained so far: {trained}): retraining")
-    state = training_flow(
-        root=root, params_file=params_file, overrides=overrides, return_state=True
-    )
-    # Re-issued, not returned as is: Prefect summarised a returned subflow state as
-    # "1/1 states failed."; the training flow's own message (a failed run) or its
-    # summary's gate line (a completed one) is the one-line verdict.
-    outcome = state.result(raise_on_failure=False)
-    if isinstance(outcome, RunSummary):
-        return Completed(message=outcome.gate, data=outcome)
-    return Failed(message=state.message, data=outcome)
+    # The whole run, subflow included (re-entrant in this process), under the project lock.
+    with project_lock(ctx.paths.root, "the retrain flow (tuneops retrain)"):
+        preflight_task(ctx)
+        validate_task(ctx)  # bad data stops here, before `dvc add`/`dvc push` version it
+        current = version_task(ctx)
+        trained = trained_task(ctx)
+        logger = get_run_logger()
+        reason = skip_reason(current, ctx.params.params_hash(), trained)
+        if reason is not None:
+            message = f"{reason}; nothing trained"
+            logger.info(message)
+            create_markdown_artifact(key="retrain", markdown=message, description=message)
+            return Completed(message=message)
+        logger.info(f"data version {current} is new (trained so far: {trained}): retraining")
+        state = training_flow(
+            root=root, params_file=params_file, overrides=overrides, return_state=True
+        )
+        # Re-issued, not returned as is: Prefect summarised a returned subflow state as
+        # "1/1 states failed."; the training flow's own message (a failed run) or its
+        # summary's gate line (a completed one) is the one-line verdict.
+        outcome = state.result(raise_on_failure=False)
+        if isinstance(outcome, RunSummary):
+            return Completed(message=outcome.gate, data=outcome)
+        return Failed(message=state.message, data=outcome)

@@ -1,4 +1,4 @@
-"""The training flow: fetch → version → validate → prepare → train → evaluate → export → gate.
+"""The training flow: fetch → validate → version → prepare → train → evaluate → export → gate.
 
 Each step is a Prefect task over the same function the DVC stage runs. Only the DVC
 push is retried (a remote can fail transiently); every other step is deterministic,
@@ -21,6 +21,7 @@ from pipeline.gate import GateVerdict, to_markdown
 from pipeline.validate import ValidationResult
 from tuneops import stages
 from tuneops.errors import DataValidationError, GateRejected, TuneopsError
+from tuneops.runlock import project_lock
 from tuneops.tracking import check_tracking_server, redact_uri
 
 
@@ -204,10 +205,15 @@ def training_flow(
 ) -> RunSummary:
     """Run the whole chain once on params.yaml (plus dotted `overrides`)."""
     ctx = stages.load_context(Path(root), Path(params_file) if params_file else None, overrides)
+    with project_lock(ctx.paths.root, "the training flow (tuneops run)"):
+        return _run_chain(ctx)
+
+
+def _run_chain(ctx: stages.Context) -> RunSummary:
     preflight_task(ctx)
     fetch_task(ctx)
+    validate_task(ctx)  # before `dvc add`/`dvc push`: bad data never becomes a version
     data_version = version_task(ctx)
-    validate_task(ctx)
     rows = prepare_task(ctx)
     run_id = train_task(ctx)
     metrics = evaluate_task(ctx)

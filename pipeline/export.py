@@ -22,10 +22,11 @@ import torch
 from transformers import PreTrainedModel
 
 from pipeline import quantize
-from pipeline.tasks.base import Scores, Task
+from pipeline.gate import per_class_check
+from pipeline.tasks.base import Scores, Task, TestSplit
 from pipeline.training.modeling import load_tokenizer
 from tuneops import runtime
-from tuneops.config import ExportConfig
+from tuneops.config import ExportConfig, GateConfig
 from tuneops.errors import ExportParityError
 from tuneops.paths import atomic_dir
 from tuneops.runtime import OnnxBundle, load_bundle
@@ -73,8 +74,14 @@ def export(
     prepared_dir: Path,
     export_dir: Path,
     card: dict[str, Any] | None = None,
+    gate: GateConfig | None = None,
 ) -> ExportResult:
-    """Write the bundle atomically; on a parity mismatch raise ExportParityError."""
+    """Write the bundle atomically; on a parity mismatch raise ExportParityError.
+
+    Each model file is scored on the whole test split (the split the gate uses) and
+    bundle.json records its figures and per-class report. int8 becomes the default
+    only when it passes `quantize.decide`, with the gate's per-class floor when `gate`
+    is given and `gate.per_class` is on."""
     # Eager attention exports as plain MatMul/Softmax, which onnxruntime's optimizer
     # fuses into one Attention kernel; the SDPA graph it cannot fuse. Same weights.
     model = task.load_model(candidate_dir, attn_implementation="eager").eval()
@@ -114,13 +121,16 @@ def export(
 
         fp32 = load_bundle(tmp, model="fp32")
         parity = _check_parity(cfg, task, model, tokenizer, fp32, test, max_length, export_dir)
-        fp32_scores, fp32_pred = task.score_bundle(fp32, test)
+        split = task.test_split(prepared_dir, labels)
+        fp32_pred = split.rescore(fp32)
+        fp32_scores = _scores(task, split, fp32_pred)
         meta["models"]["fp32"] |= {"bytes": (tmp / FP32_FILE).stat().st_size}
-        meta["models"]["fp32"] |= fp32_scores.figures
+        meta["models"]["fp32"] |= fp32_scores.figures | {"per_class": fp32_scores.per_class}
         meta["parity"] = parity
         meta["test_examples"] = len(test)
 
-        int8, int8_scores = _int8(cfg, task, tmp, test, fp32_pred, fp32_scores)
+        scored = (split, fp32_pred, fp32_scores)
+        int8, int8_scores = _int8(cfg, gate, task, tmp, scored)
         meta["models"]["int8"] = int8
         if int8["kept"]:
             meta["default_model"] = "int8"
@@ -185,23 +195,49 @@ def _check_parity(
     return {"examples": n, "max_abs_diff": max_diff, "label_agreement": agreement}
 
 
+def _scores(task: Task, split: TestSplit, predicted: Any) -> Scores:
+    """A model file's figures on the test split: the task's accuracy and primary metric
+    (bundle.json's keys drop the `test_` prefix) and the per-class report."""
+    metrics, per_class = split.report(predicted)
+    primary, accuracy = float(metrics[task.primary_metric]), float(metrics[task.accuracy_metric])
+    figures = {
+        task.accuracy_metric.removeprefix("test_"): accuracy,
+        task.primary_metric.removeprefix("test_"): primary,
+    }
+    return Scores(figures, primary, accuracy, per_class)
+
+
 def _int8(
     cfg: ExportConfig,
+    gate: GateConfig | None,
     task: Task,
     bundle: Path,
-    test: pd.DataFrame,
-    fp32_pred: np.ndarray,
-    fp32_scores: Scores,
+    fp32: tuple[TestSplit, Any, Scores],
 ) -> tuple[dict[str, Any], Scores | None]:
     """Quantise, score on the whole test split, keep or remove model.int8.onnx."""
     if not cfg.quantize_int8:
         return {"kept": False, "reason": "not built: export.quantize_int8 is false"}, None
+    split, fp32_pred, fp32_scores = fp32
     path = bundle / INT8_FILE
     quantize.quantize_int8(bundle / FP32_FILE, path, cfg.int8_weight_type, cfg.int8_per_channel)
-    int8_scores, int8_pred = task.score_bundle(load_bundle(bundle, model=INT8_FILE), test)
-    agreement = float((int8_pred == fp32_pred).mean()) if len(int8_pred) else 1.0
-    decision = quantize.decide(fp32_scores, int8_scores, agreement, cfg.int8_max_f1_drop)
+    int8_pred = split.rescore(load_bundle(bundle, model=INT8_FILE))
+    int8_scores = _scores(task, split, int8_pred)
+    agreement = split.agreement(int8_pred, fp32_pred)
+    floor = None
+    if gate is not None and gate.per_class:
+        floor = per_class_check(
+            gate, int8_scores.per_class, split.gate_labels(int8_scores.per_class)
+        )
+    decision = quantize.decide(
+        fp32_scores,
+        int8_scores,
+        agreement,
+        cfg.int8_max_f1_drop,
+        cfg.int8_min_label_agreement,
+        floor,
+    )
     figures = int8_scores.figures | {
+        "per_class": int8_scores.per_class,
         "weight_type": cfg.int8_weight_type,
         "per_channel": cfg.int8_per_channel,
         "label_agreement": agreement,

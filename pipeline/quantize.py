@@ -14,6 +14,7 @@ from pathlib import Path
 
 import onnx
 
+from pipeline.gate import GateCheck
 from pipeline.tasks.base import Scores
 
 
@@ -67,15 +68,37 @@ def quantize_int8(src: Path, dst: Path, weight_type: str, per_channel: bool) -> 
         )
 
 
-def decide(fp32: Scores, int8: Scores, agreement: float, max_f1_drop: float) -> Int8Decision:
-    """Keep the int8 model only when it loses at most `max_f1_drop` of the task's primary
-    metric (macro-F1, entity-F1)."""
+def decide(
+    fp32: Scores,
+    int8: Scores,
+    agreement: float,
+    max_f1_drop: float,
+    min_agreement: float = 0.0,
+    per_class: GateCheck | None = None,
+) -> Int8Decision:
+    """Keep the int8 model (it then becomes the bundle's default, the file the gate judges
+    and the server runs) only when it loses at most `max_f1_drop` of the task's primary
+    metric (macro-F1, entity-F1), agrees with fp32 on at least `min_agreement` of the
+    predictions, and passes the gate's per-class floor (`per_class`, None when off)."""
     drop = fp32.primary - int8.primary
-    if drop <= max_f1_drop:
-        reason = f"F1 drop {drop:+.4f} within the allowed {max_f1_drop:.4f}"
-        return Int8Decision(True, reason, drop, agreement)
+    if drop > max_f1_drop:
+        reason = (
+            f"left out: F1 {int8.primary:.4f} vs fp32 {fp32.primary:.4f} is a drop of "
+            f"{drop:.4f}, more than export.int8_max_f1_drop={max_f1_drop:.4f}"
+        )
+        return Int8Decision(False, reason, drop, agreement)
+    if agreement < min_agreement:
+        reason = (
+            f"left out: label agreement with fp32 {agreement:.2%} is below "
+            f"export.int8_min_label_agreement={min_agreement:.2%}"
+        )
+        return Int8Decision(False, reason, drop, agreement)
+    if per_class is not None and not per_class.passed:
+        reason = f"left out: {per_class.name} {per_class.detail} (the gate's per-class floor)"
+        return Int8Decision(False, reason, drop, agreement)
     reason = (
-        f"left out: F1 {int8.primary:.4f} vs fp32 {fp32.primary:.4f} is a drop of "
-        f"{drop:.4f}, more than export.int8_max_f1_drop={max_f1_drop:.4f}"
+        f"F1 drop {drop:+.4f} within the allowed {max_f1_drop:.4f}, label agreement "
+        f"{agreement:.2%} >= {min_agreement:.2%}"
+        + (f", {per_class.name} {per_class.detail}" if per_class is not None else "")
     )
-    return Int8Decision(False, reason, drop, agreement)
+    return Int8Decision(True, reason, drop, agreement)

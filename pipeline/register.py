@@ -41,23 +41,23 @@ class RegisterInputs:
     tracking_uri: str
     model_name: str
     prepared_dir: Path  # the current test split: every model is judged on it
-    reports_dir: Path  # metrics.json, classification_report.json in; gate/registry out
-    parity_limits: tuple[float, float] = (1e-4, 1.0)  # export.parity_* (max diff, agreement)
+    reports_dir: Path  # metrics.json (the baselines) in; gate/registry out
 
 
 def gate_and_register(
     inputs: RegisterInputs, tracker: MlflowTracker, export_dir: Path, tags: dict[str, str]
 ) -> tuple[GateVerdict, RegistrationResult]:
-    """Under the registry lock: compare with the current champion, gate, register, promote."""
+    """Under the registry lock: compare with the current champion, gate, register, promote.
+
+    Every check judges the file that ships: the bundle's default model (int8 when export
+    kept it), re-scored on the current test split; only the baselines come from
+    reports/metrics.json (they are other models, scored by the evaluate step)."""
     cfg, reports_dir = inputs.cfg, inputs.reports_dir
-    metrics = json.loads((reports_dir / "metrics.json").read_text(encoding="utf-8"))
-    per_class = json.loads((reports_dir / "classification_report.json").read_text("utf-8"))
-    bundle_meta = json.loads((export_dir / "bundle.json").read_text(encoding="utf-8"))
     challenger = load_runtime_bundle(export_dir)
     split = inputs.task.test_split(inputs.prepared_dir, challenger.labels)
     challenger_pred = split.rescore(challenger)
     latency = p95_latency_ms(challenger, split.texts, cfg.latency_samples) if cfg.latency else None
-    judged = _inputs(inputs, split, metrics, per_class, bundle_meta.get("parity"), latency)
+    judged = _inputs(inputs, split, challenger_pred, latency)
 
     with registry_lock(tracker.client, inputs.model_name):
         current = champion_version(tracker.client, inputs.model_name)
@@ -101,7 +101,7 @@ def promote(inputs: RegisterInputs, version: str, reason: str, force: bool) -> G
     from tuneops.errors import ConfigError, GateRejected
 
     client = store_client(inputs.tracking_uri)
-    model_version = client.get_model_version(inputs.model_name, version)
+    client.get_model_version(inputs.model_name, version)  # an unknown version raises here
     verdict = None
     with registry_lock(client, inputs.model_name):
         if not force:
@@ -110,7 +110,7 @@ def promote(inputs: RegisterInputs, version: str, reason: str, force: bool) -> G
                     f"{inputs.prepared_dir}: no current test split to gate on; run the "
                     f"flow (or `tuneops stage prepare`) first, or use --force"
                 )
-            verdict = _gate_version(inputs, client, version, model_version.run_id)
+            verdict = _gate_version(inputs, client, version)
             if not verdict.passed:
                 raise GateRejected(verdict.summary())
         tags = audit_tags("promotion", reason, force)
@@ -174,47 +174,35 @@ def p95_latency_ms(classifier: Any, texts: list[str], samples: int) -> float:
     return float(np.percentile(timings, 95))
 
 
-def _gate_version(
-    inputs: RegisterInputs, client: Any, version: str, run_id: str | None
-) -> GateVerdict:
+def _gate_version(inputs: RegisterInputs, client: Any, version: str) -> GateVerdict:
     """A registered version judged as a challenger would be, on the current test split."""
     bundle = load_bundle(inputs.tracking_uri, inputs.model_name, version)
     split = inputs.task.test_split(inputs.prepared_dir, bundle.labels)
     predicted = split.rescore(bundle)
-    metrics, per_class = split.report(predicted)
-    current = json.loads((inputs.reports_dir / "metrics.json").read_text(encoding="utf-8"))
-    metrics |= {name: current[name] for name in inputs.cfg.baselines if name in current}
-    run_metrics = client.get_run(run_id).data.metrics if run_id else {}
-    parity = None
-    if "export.parity_max_abs_diff" in run_metrics:
-        parity = {
-            "max_abs_diff": run_metrics["export.parity_max_abs_diff"],
-            "label_agreement": run_metrics["export.parity_label_agreement"],
-        }
     champion = champion_version(client, inputs.model_name)
     other = champion if champion != version else None
-    judged = _inputs(inputs, split, metrics, per_class, parity, None)
+    judged = _inputs(inputs, split, predicted, None)
     verdict = _judge(inputs, split, predicted, judged, other, champion)
     verdict.challenger_version = version
     return verdict
 
 
 def _inputs(
-    inputs: RegisterInputs,
-    split: TestSplit,
-    metrics: dict[str, Any],
-    per_class: dict[str, Any],
-    parity: dict[str, float] | None,
-    latency: float | None,
+    inputs: RegisterInputs, split: TestSplit, predicted: Any, latency: float | None
 ) -> GateInputs:
+    """The gate's figures for one model file's predictions on `split`, plus the baselines
+    the evaluate step scored (reports/metrics.json)."""
+    metrics, per_class = split.report(predicted)
+    if inputs.cfg.beat_baselines:
+        path = inputs.reports_dir / "metrics.json"
+        current = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        metrics |= {name: current[name] for name in inputs.cfg.baselines if name in current}
     return GateInputs(
         metrics=metrics,
         per_class=per_class,
         labels=split.gate_labels(per_class),
         primary_metric=inputs.task.primary_metric,
         primary_metric_label=inputs.task.primary_metric_label,
-        parity=parity,
-        parity_limits=inputs.parity_limits,
         latency_p95_ms=latency,
     )
 

@@ -34,7 +34,6 @@ def main(tracking_uri: str, artifacts: str, export_dir: str, prepared: str, repo
         "race-model",
         Path(prepared),
         Path(reports),
-        (1e-4, 1.0),
     )
     verdict, result = gate_and_register(
         inputs, tracker, Path(export_dir), {"worker": Path(reports).name}

@@ -10,6 +10,7 @@ import argparse
 import json
 import subprocess
 import sys
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -220,9 +221,19 @@ def _stage(args: argparse.Namespace) -> int:
     if args.name not in stages.STAGES:
         raise ConfigError(f"stage {args.name!r}: unknown; expected one of {list(stages.STAGES)}")
     ctx = stages.load_context(args.root, args.params, overrides(args.overrides))
-    result = stages.STAGES[args.name].run(ctx)
+    with _stage_lock(ctx.paths.root, f"tuneops stage {args.name}"):
+        result = stages.STAGES[args.name].run(ctx)
     print(f"{args.name}: {_describe(result)}")
     return 0
+
+
+def _stage_lock(root: Path, command: str) -> AbstractContextManager[None]:
+    """The project lock, taken by rank 0 only: under torchrun / accelerate launch the
+    other ranks of `stage train` are the same run."""
+    from pipeline.training.devices import process_rank
+    from tuneops.runlock import project_lock
+
+    return project_lock(root, command) if process_rank() == 0 else nullcontext()
 
 
 def _retrain(args: argparse.Namespace) -> int:

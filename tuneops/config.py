@@ -152,6 +152,9 @@ class ExportConfig(_Section):
     # only when its macro-F1 is at most this far below the fp32 model's (1 point).
     quantize_int8: bool = True
     int8_max_f1_drop: float = Field(0.01, ge=0, le=1)
+    # ... and only when it predicts the same label (tag, per word) as fp32 on at least this
+    # fraction of the test split: an equal F1 can hide many rows that changed label.
+    int8_min_label_agreement: float = Field(0.97, ge=0, le=1)
     # uint8 weights: the u8s8 kernel of AVX2-only CPUs can saturate (see quantize.py).
     int8_weight_type: Literal["uint8", "int8"] = "uint8"
     int8_per_channel: bool = False
@@ -191,12 +194,21 @@ class GateConfig(_Section):
     # Classes the model owner exempts from the floor, each with the reason (a known label
     # problem, say). Their figures stay in the report, marked exempt; they cannot fail it.
     per_class_exempt: dict[str, Annotated[str, StringConstraints(min_length=10)]] = {}
-    # ONNX parity from the export step (label agreement and max |logit diff|).
-    export_parity: bool = True
     # p95 single-example ONNX latency on this machine; off by default (machine-dependent).
     latency: bool = False
     latency_p95_ms: float = Field(50.0, gt=0)
     latency_samples: int = Field(200, ge=10)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "export_parity" in data:
+            raise ValueError(
+                "gate.export_parity was removed: ONNX parity is enforced by the export step "
+                "(ExportParityError, export.parity_*), so as a gate check it could not fail; "
+                "delete the key (docs/reliability.md, 'The gate judges what ships')"
+            )
+        return data
 
 
 class TrackingConfig(_Section):

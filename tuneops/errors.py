@@ -52,6 +52,13 @@ class ModelFileError(TuneopsError):
     exit_code = 8
 
 
+class ProjectBusy(TuneopsError):
+    """Another tuneops run (flow, stage, ingest) holds this project's run lock; the message
+    names it (command, pid, host, start time)."""
+
+    exit_code = 9
+
+
 EXIT_CODES: dict[str, int] = {
     cls.__name__: cls.exit_code
     for cls in (
@@ -63,5 +70,6 @@ EXIT_CODES: dict[str, int] = {
         ExternalToolError,
         NotReproduced,
         ModelFileError,
+        ProjectBusy,
     )
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -65,10 +66,11 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     On an exception (while writing, or in either rename) the temporary folder is removed
     and `target` is left as it was, so a crash never leaves half-written outputs where the
     next step would read them. A kill (SIGKILL) between the two renames, a window of
-    microseconds, leaves the previous folder beside it as `.<name>.old-<pid>`.
+    microseconds, leaves the previous folder beside it as `.<name>.old-<pid>-<id>`.
+    Temporary names carry the pid and a random id: containers on a shared volume often
+    share pids (pid 1), and a name they shared would be removed by the other writer.
     """
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = target.with_name(f".{target.name}.tmp-{_unique()}")
     tmp.mkdir(parents=True)
     try:
         yield tmp
@@ -78,8 +80,7 @@ def atomic_dir(target: Path) -> Iterator[Path]:
 
 
 def _replace_dir(tmp: Path, target: Path) -> None:
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    shutil.rmtree(old, ignore_errors=True)
+    old = target.with_name(f".{target.name}.old-{_unique()}")
     if target.exists():
         os.rename(target, old)
     try:
@@ -99,7 +100,7 @@ def atomic_file(target: Path) -> Iterator[Path]:
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     # The suffix stays last: writers such as savefig pick the format from it.
-    tmp = target.with_name(f".{target.stem}.tmp-{os.getpid()}{target.suffix}")
+    tmp = target.with_name(f".{target.stem}.tmp-{_unique()}{target.suffix}")
     try:
         yield tmp
         os.replace(tmp, target)
@@ -111,3 +112,8 @@ def atomic_write_text(target: Path, text: str) -> None:
     """Write `text` to `target` through a temporary file and an atomic rename."""
     with atomic_file(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def _unique() -> str:
+    """`<pid>-<random hex>`: unique across processes, hosts and containers."""
+    return f"{os.getpid()}-{uuid.uuid4().hex[:12]}"

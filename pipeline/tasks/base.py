@@ -73,11 +73,12 @@ class Evaluation:
 
 @dataclass(frozen=True)
 class Scores:
-    """A model's test figures as bundle.json records them, and its primary metric."""
+    """A model file's test figures as bundle.json records them, and its primary metric."""
 
     figures: dict[str, float]
     primary: float  # the task's primary metric (macro-F1, entity-F1)
     accuracy: float  # accuracy, or token accuracy
+    per_class: dict[str, Any] = field(default_factory=dict)  # TestSplit.report's per class
 
 
 class TestSplit(Protocol):
@@ -95,6 +96,9 @@ class TestSplit(Protocol):
     def gate_labels(self, per_class: dict[str, Any]) -> list[str]: ...
 
     def row_counts(self, predicted: Any) -> np.ndarray: ...
+
+    def agreement(self, predicted: Any, other: Any) -> float:
+        """The fraction of prediction units (rows, words) on which two models agree."""
 
 
 class Task(Protocol):
@@ -159,13 +163,12 @@ class Task(Protocol):
     ) -> tuple[np.ndarray, np.ndarray]:
         """(PyTorch, onnxruntime) logits on real test examples, one row per prediction."""
 
-    def score_bundle(self, bundle: Any, test: pd.DataFrame) -> tuple[Scores, np.ndarray]:
-        """A bundle's test Scores and its flat predictions (for label agreement)."""
-
     def describe(self, labels: list[str]) -> str:
         """One sentence for the model card."""
 
-    def test_split(self, prepared_dir: Path, labels: list[str]) -> TestSplit: ...
+    def test_split(self, prepared_dir: Path, labels: list[str]) -> TestSplit:
+        """The current test split, labelled in `labels`' order: export scores each model
+        file on it (the int8 decision, bundle.json's figures), register gates on it."""
 
     def dataset_frame(self, split: pd.DataFrame) -> pd.DataFrame:
         """The split as MLflow logs it: a text column and a scalar target column."""

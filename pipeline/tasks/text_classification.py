@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.io import SUPPORTED_SUFFIXES
-from pipeline.tasks.base import Evaluation, Scores, SplitFrame, ValidationInput, check_keys
+from pipeline.tasks.base import Evaluation, SplitFrame, ValidationInput, check_keys
 
 if TYPE_CHECKING:
     from tuneops.config import (
@@ -173,12 +173,6 @@ class TextClassification:
         reference = predict_logits(model, tokenizer, texts, max_length, batch_size=64)
         return reference, bundle.logits(texts, batch_size=64)
 
-    def score_bundle(self, bundle: Any, test: pd.DataFrame) -> tuple[Scores, np.ndarray]:
-        ids = bundle.logits(test["text"].tolist(), batch_size=64).argmax(axis=1)
-        s = score(test["label_id"].to_numpy(), ids, len(bundle.labels))
-        figures = {"accuracy": s["test_accuracy"], "macro_f1": s["test_macro_f1"]}
-        return Scores(figures, s["test_macro_f1"], s["test_accuracy"]), ids
-
     def describe(self, labels: list[str]) -> str:
         return f"Text classifier over {len(labels)} labels: {', '.join(labels)}."
 
@@ -205,8 +199,7 @@ class TextTestSplit:
         return np.asarray(mapping[predicted])
 
     def report(self, predicted: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-        scores = score(self.label_ids, predicted, len(self.labels))
-        metrics = {k: round(v, 6) for k, v in scores.items()}
+        metrics = score(self.label_ids, predicted, len(self.labels))
         return metrics, per_class_report(self.label_ids, predicted, self.labels)
 
     def gate_labels(self, per_class: dict[str, Any]) -> list[str]:
@@ -214,3 +207,6 @@ class TextTestSplit:
 
     def row_counts(self, predicted: Any) -> np.ndarray:
         return row_counts(self.label_ids, predicted, len(self.labels))
+
+    def agreement(self, predicted: Any, other: Any) -> float:
+        return float((np.asarray(predicted) == np.asarray(other)).mean()) if len(predicted) else 1.0

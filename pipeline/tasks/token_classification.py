@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from pipeline.tasks.base import Evaluation, Scores, SplitFrame, ValidationInput, check_keys
+from pipeline.tasks.base import Evaluation, SplitFrame, ValidationInput, check_keys
 from pipeline.tasks.iob2 import TOKEN_SUFFIXES, align_labels
 
 if TYPE_CHECKING:
@@ -230,14 +230,6 @@ class TokenClassification:
         reference = _stack(word_outputs(model, tokenizer, sentences, max_length, 64))
         return reference, _stack(bundle.word_logits(sentences, batch_size=64))
 
-    def score_bundle(self, bundle: Any, test: pd.DataFrame) -> tuple[Scores, np.ndarray]:
-        predicted = bundle.predict_words([list(t) for t in test["tokens"]], batch_size=64)
-        s = entity_scores([list(t) for t in test["tags"]], predicted)
-        figures = {"token_accuracy": s["test_token_accuracy"], "entity_f1": s["test_entity_f1"]}
-        return Scores(figures, s["test_entity_f1"], s["test_token_accuracy"]), np.array(
-            [t for row in predicted for t in row]
-        )
-
     def describe(self, labels: list[str]) -> str:
         return f"Token classifier (IOB2) over {len(labels)} tags."
 
@@ -270,14 +262,19 @@ class TokenTestSplit:
         return list(bundle.predict_words(self.sentences, batch_size=64))
 
     def report(self, predicted: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-        scores = {k: round(v, 6) for k, v in entity_scores(self.tags, predicted).items()}
-        return scores, entity_type_report(self.tags, predicted)
+        return entity_scores(self.tags, predicted), entity_type_report(self.tags, predicted)
 
     def gate_labels(self, per_class: dict[str, Any]) -> list[str]:
         return [k for k in per_class if not k.endswith(" avg")]
 
     def row_counts(self, predicted: Any) -> np.ndarray:
         return row_counts(self.tags, predicted)
+
+    def agreement(self, predicted: Any, other: Any) -> float:
+        """Per word: the tags two models give each word of every sentence."""
+        a = [t for row in predicted for t in row]
+        b = [t for row in other for t in row]
+        return float(np.mean([x == y for x, y in zip(a, b, strict=True)])) if a else 1.0
 
 
 def _stack(rows: list[np.ndarray]) -> np.ndarray:

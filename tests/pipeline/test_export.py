@@ -4,12 +4,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import classification_report
 
 from pipeline.export import ExportResult, export
+from pipeline.gate import per_class_check
 from pipeline.quantize import Scores, decide
 from pipeline.training.modeling import load_classifier, load_tokenizer, predict_logits
 from tests.conftest import TEXT, Trained
-from tuneops.config import ExportConfig
+from tuneops.config import ExportConfig, GateConfig
 from tuneops.errors import ExportParityError
 from tuneops.runtime import BundleError, OnnxClassifier
 
@@ -118,3 +120,63 @@ def test_an_int8_model_losing_more_than_the_allowed_macro_f1_is_left_out() -> No
         "export.int8_max_f1_drop=0.0100"
     )
     assert decide(fp32, Scores({}, 0.8540, 0.86), 0.97, 0.01).kept
+
+
+def test_an_int8_model_with_equal_f1_but_low_agreement_or_a_class_below_its_floor_is_left_out() -> (
+    None
+):
+    fp32, int8 = Scores({}, 0.8633, 0.87), Scores({}, 0.8633, 0.87)  # same F1: other rows
+    low = decide(fp32, int8, agreement=0.95, max_f1_drop=0.01, min_agreement=0.97)
+    assert (low.kept, low.reason) == (
+        False,
+        "left out: label agreement with fp32 95.00% is below "
+        "export.int8_min_label_agreement=97.00%",
+    )
+    cfg = GateConfig(per_class_floor=0.5)
+    starved = per_class_check(cfg, {"a": {"recall": 0.9}, "b": {"recall": 0.42}}, ["a", "b"])
+    failed = decide(fp32, int8, 0.99, 0.01, 0.97, starved)
+    assert (failed.kept, failed.reason) == (
+        False,
+        "left out: per_class_recall below 0.5: {'b': 0.42} (the gate's per-class floor)",
+    )
+    held = per_class_check(cfg, {"a": {"recall": 0.9}, "b": {"recall": 0.6}}, ["a", "b"])
+    assert decide(fp32, int8, 0.99, 0.01, 0.97, held).kept
+
+
+def test_bundle_records_each_file_s_per_class_report_and_int8_fails_the_per_class_floor(
+    trained: Trained, tmp_path: Path
+) -> None:
+    """A floor no class of this tiny model meets: int8 is left out (the gate would judge
+    it), fp32 ships, and bundle.json holds sklearn's per-class report of each file."""
+    p = trained.params
+    out = tmp_path / "bundle"
+    cfg = ExportConfig(int8_max_f1_drop=1.0, int8_min_label_agreement=0.0)
+    result = export(
+        TEXT,
+        cfg,
+        p.train.max_length,
+        trained.paths.candidate,
+        trained.paths.data_prepared,
+        out,
+        gate=GateConfig(per_class_floor=1.0),
+    )
+    meta = json.loads((out / "bundle.json").read_text())
+    test = pd.read_parquet(trained.paths.data_prepared / "test.parquet")
+    labels = json.loads((out / "labels.json").read_text())
+    fp32 = OnnxClassifier(out, model="fp32").logits(test["text"].tolist()).argmax(1)
+    report = classification_report(
+        test["label_id"],
+        fp32,
+        labels=[0, 1],
+        target_names=labels,
+        output_dict=True,
+        zero_division=0,
+    )
+    assert meta["models"]["fp32"]["per_class"] == report
+    int8 = meta["models"]["int8"]["per_class"]
+    recalls = {k: round(int8[k]["recall"], 4) for k in labels if int8[k]["recall"] < 1.0}
+    assert not result.int8_kept and meta["default_model"] == "fp32"
+    assert meta["models"]["int8"]["reason"] == (
+        f"left out: per_class_recall below 1.0: {recalls} (the gate's per-class floor)"
+    )
+    assert not (out / "model.int8.onnx").exists()

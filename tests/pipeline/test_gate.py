@@ -13,7 +13,6 @@ from tuneops.config import GateConfig
 from tuneops.errors import ConfigError
 
 LABELS = ["negative", "positive"]
-PARITY_OK = {"max_abs_diff": 2e-6, "label_agreement": 1.0}
 
 
 def metrics(macro_f1: float, accuracy: float = 0.9, tfidf: float = 0.7) -> dict[str, Any]:
@@ -45,7 +44,6 @@ def run_gate(cfg: GateConfig | None = None, **overrides: Any) -> Any:
         "metrics": metrics(0.9),
         "per_class": per_class(),
         "labels": LABELS,
-        "parity": PARITY_OK,
         "comparison": None,
         "primary_metric": "test_macro_f1",
         "primary_metric_label": "macro-F1",
@@ -68,10 +66,9 @@ def test_a_good_first_model_passes_every_default_check_and_there_is_no_champion(
         "beats:tfidf",
         "no_regression_vs_champion",
         "per_class_recall",
-        "export_parity",
     ]
     assert check(verdict, "no_regression_vs_champion").detail == "no champion"
-    assert verdict.summary() == "gate passed: candidate, 7 checks"
+    assert verdict.summary() == "gate passed: candidate, 6 checks"
 
 
 def test_floors_reject_a_metric_below_its_minimum_and_name_it() -> None:
@@ -142,10 +139,11 @@ def test_an_exempt_class_is_reported_with_its_reason_but_cannot_fail_the_floor()
         GateConfig(per_class_exempt={"positive": "meh"})
 
 
-def test_export_parity_fails_when_logits_drift_or_figures_are_missing() -> None:
-    drift = run_gate(parity={"max_abs_diff": 3e-3, "label_agreement": 1.0})
-    assert drift.failed_checks == ["export_parity"]
-    assert run_gate(parity=None).failed_checks == ["export_parity"]
+def test_export_parity_is_no_gate_check_and_its_old_key_says_why() -> None:
+    # export raises ExportParityError before a bundle exists: in the flow the check could
+    # not fail, so it is gone rather than counted as a check that held.
+    with pytest.raises(ValueError, match=r"gate\.export_parity was removed: ONNX parity is "):
+        GateConfig.model_validate({"export_parity": True})
 
 
 def test_latency_budget_is_off_by_default_and_checked_when_on() -> None:
@@ -162,9 +160,8 @@ def test_every_check_can_be_switched_off() -> None:
         beat_baselines=False,
         vs_champion=False,
         per_class=False,
-        export_parity=False,
     )
-    verdict = run_gate(cfg, metrics=metrics(0.1), parity=None)
+    verdict = run_gate(cfg, metrics=metrics(0.1))
     assert (verdict.passed, verdict.checks) == (True, [])
 
 
@@ -180,7 +177,7 @@ def test_reports_hold_every_check_the_verdict_and_both_versions(tmp_path: Path) 
     )
     assert report["failed_checks"] == ["no_regression_vs_champion", "per_class_recall"]
     assert report["summary"].startswith("gate rejected challenger v4 vs champion v3: ")
-    assert len(report["checks"]) == 7
+    assert len(report["checks"]) == 6
     assert report["comparison"]["ci_low"] == -0.2
     markdown = md_path.read_text()
     assert markdown.startswith("## Gate: REJECTED")

@@ -27,8 +27,8 @@ from tuneops.paths import Paths
 from tuneops.runtime import load_bundle
 from tuneops.serving.predict import predict_file, write_records
 
-# tuneops.paths names its temporary siblings ".<name>.tmp-<pid>[.<suffix>]".
-TEMPORARY = re.compile(r"^\..+\.tmp-\d+")
+# tuneops.paths names its temporary siblings ".<name>.tmp-<pid>-<id>[.<suffix>]".
+TEMPORARY = re.compile(r"^\..+\.tmp-\d+-[0-9a-f]+")
 
 
 class InjectedCrash(Exception):
@@ -227,7 +227,7 @@ def test_the_injection_really_hits_the_rename(tmp_path: Path, crash_before_renam
 
     target = tmp_path / "out.json"
     target.write_text("old")
-    with pytest.raises(InjectedCrash, match=r"\.out\.tmp-\d+\.json"):
+    with pytest.raises(InjectedCrash, match=r"\.out\.tmp-\d+-[0-9a-f]+\.json"):
         atomic_write_text(target, "new")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]

@@ -2,16 +2,18 @@
 
 Each rejected case goes through `tuneops ingest` (a new batch for a real git + DVC
 project with a pushed data version) and through `tuneops run` (the file as the whole
-dataset, in a project whose tracking store has a champion), and must end with exit
-code 3, one `tuneops: DataValidationError:` report naming the file, the row or field and
-what was expected, no traceback, data/raw and data/raw.dvc byte for byte as they were,
-and no run, model version or alias change in the registry. The accepted cases (a BOM,
+dataset, in a copy of that git + DVC project, whose tracking store has a champion), and
+must end with exit code 3, one `tuneops: DataValidationError:` report naming the file, the
+row or field and what was expected, no traceback, data/raw, data/raw.dvc and (for `run`)
+the DVC remote byte for byte as they were, and no run, model version or alias change in
+the registry. The accepted cases (a BOM,
 CRLF and quoted newlines, extra columns) must be ingested and read right.
 """
 
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ import pytest
 import yaml
 
 from pipeline.io import read_raw
-from tests.conftest import make_dvc_project, preset, set_dotted
+from tests.conftest import make_dvc_project, preset, run_tool, set_dotted
 from tests.data.bad.corpus import ACCEPTED, CASES, Case, huge_text, write_all
 from tests.reliability.conftest import (
     NER_MODEL,
@@ -127,13 +129,20 @@ def test_run_stops_before_training_and_registers_nothing(
     record_property: Any,
 ) -> None:
     kind = NER if case.kind == "ner" else TEXT
-    root = tmp_path / "project"
+    bundled: stages.Context = projects["ner" if case.kind == "ner" else "text"]
+    # A copy of the git + DVC project (its bundled data added and pushed, the remote
+    # beside it), with the bad file as the dataset the run reads.
+    copy = tmp_path / "copy"
+    shutil.copytree(bundled.paths.root.parent, copy, symlinks=True)
+    root, remote = copy / bundled.paths.root.name, copy / "dvc-remote"
+    run_tool(root, sys.executable, "-m", "dvc", "remote", "modify", "local", "url", str(remote))
     dataset = root / "data" / "raw" / "mine"
     dataset.mkdir(parents=True)
     source = shutil.copy(case_file(case, tmp_path), dataset)
     if case.notes.get("labels_json") != "none":
-        bundled: stages.Context = projects["ner" if case.kind == "ner" else "text"]
         shutil.copy(bundled.paths.raw_dataset(kind["name"]) / "labels.json", dataset)
+    dvc_file = root / "data" / "raw.dvc"
+    assert dvc_file.exists() and any(remote.rglob("*"))  # a data version, pushed
     write_project_params(
         root,
         kind["base"],
@@ -144,9 +153,10 @@ def test_run_stops_before_training_and_registers_nothing(
             "registry.model_name": kind["model"],
         },
     )
-    before = (tree_hash(root / "data" / "raw"), registry.state())
+    watched = (root / "data" / "raw", dvc_file, remote)
+    before = (tree_hash(*watched), registry.state())
     run = run_cli(capfd, "--root", str(root), "run")
-    after = (tree_hash(root / "data" / "raw"), registry.state())
+    after = (tree_hash(*watched), registry.state())
     check_rejection(case, Path(source), run, after != before, record_property, "tuneops run")
     assert not (root / "models").exists()
 
