@@ -50,6 +50,13 @@ class DataConfig(_Section):
 class ValidateConfig(_Section):
     min_text_chars: int = Field(1, ge=1)
     max_text_chars: int = Field(5000, ge=1)
+    # Text classification: a text seen with two labels, or a (text, label) row seen twice.
+    # drop: prepare drops such rows (every copy of a conflicting text, each repeat after the
+    # first) and validation lists them, as long as their share of all rows stays within the
+    # rate; reject: any one fails validation.
+    conflicting_labels: Literal["reject", "drop"] = "drop"
+    max_conflicting_rate: float = Field(0.01, ge=0, le=1)
+    duplicates: Literal["reject", "drop"] = "drop"
     max_duplicate_rate: float = Field(0.05, ge=0, le=1)
     min_examples_per_class: int = Field(10, ge=1)
     # Token classification: sentence length bounds in tokens (an empty sentence fails).

@@ -19,8 +19,11 @@ from pipeline.prepare import SPLITS, normalise_text, split_of
 from pipeline.tasks.base import Evaluation, SplitFrame, ValidationInput
 from pipeline.validate import (
     conflicting_labels_check,
+    dropped_rows,
+    duplicate_rows_check,
     label_type_check,
     min_examples_check,
+    repeated_rows,
     two_labels_check,
 )
 from tuneops.errors import DataValidationError
@@ -45,6 +48,7 @@ def validation_input(data: DataConfig, cfg: ValidateConfig, dataset_dir: Path) -
     frame["label"] = frame["label"].map(lambda v: v if pd.isna(v) else str(v))
     labels, label_source = _label_set(data, dataset_dir, frame)
     counts = frame["label"].value_counts().reindex(list(labels), fill_value=0)
+    repeats = repeated_rows(frame)
     return ValidationInput(
         frame=frame,
         columns=["text", "label"],
@@ -57,8 +61,10 @@ def validation_input(data: DataConfig, cfg: ValidateConfig, dataset_dir: Path) -
             label_types,
             min_examples_check(frame, labels, cfg.min_examples_per_class),
             two_labels_check(labels),
-            conflicting_labels_check(frame),
+            conflicting_labels_check(repeats, len(frame), cfg),
+            duplicate_rows_check(repeats, len(frame), cfg),
         ],
+        dropped_rows=dropped_rows(repeats, data.label_column),
     )
 
 
@@ -87,9 +93,6 @@ def _suite(labels: tuple[str, ...], cfg: ValidateConfig) -> list[Any]:
         ),
         ex.ExpectColumnValuesToBeInSet(column="label", value_set=list(labels)),
         ex.ExpectColumnDistinctValuesToContainSet(column="label", value_set=list(labels)),
-        ex.ExpectColumnProportionOfUniqueValuesToBeBetween(
-            column="text", min_value=1.0 - cfg.max_duplicate_rate
-        ),
     ]
 
 
@@ -103,7 +106,12 @@ def split(
     frame = read_raw(dataset_dir, data.text_column, data.label_column, data.max_rows)
     frame["text"] = frame["text"].astype(str).map(normalise_text)
     frame["label"] = frame["label"].astype(str)
-    frame, dropped_duplicates, conflicts = _deduplicate(frame)
+    repeats = repeated_rows(frame)
+    dropped = dropped_rows(repeats, data.label_column)
+    conflicts = _conflicts(repeats)
+    dropped_duplicates = int(repeats["duplicate_of"].notna().sum())
+    frame = frame[~repeats["conflicting"] & repeats["duplicate_of"].isna()]
+    frame = frame.reset_index(drop=True)
     frame["split"] = [
         split_of(t, cfg.validation_fraction, cfg.test_fraction) for t in frame["text"]
     ]
@@ -119,29 +127,22 @@ def split(
         dropped_duplicates=dropped_duplicates,
         conflicts=conflicts,
         max_stratification_gap=_stratification_gap(frame, labels),
+        dropped_rows=dropped,
     )
 
 
-def _deduplicate(frame: pd.DataFrame) -> tuple[pd.DataFrame, int, list[dict[str, str]]]:
-    """Drop exact (text, label) repeats; drop every copy of a text seen with two labels.
-
-    A text with conflicting labels cannot be trusted either way, so none of its rows
-    is kept; each one is reported with its source rows.
-    """
-    before = len(frame)
-    frame = frame.drop_duplicates(subset=["text", "label"], keep="first")
-    dropped_duplicates = before - len(frame)
-    labels_per_text = frame.groupby("text")["label"].transform("nunique")
-    conflicting = frame[labels_per_text > 1]
-    conflicts = [
+def _conflicts(repeats: pd.DataFrame) -> list[dict[str, str]]:
+    """Each text seen with two labels (every copy is dropped: neither can be trusted),
+    with its labels and source rows."""
+    conflicting = repeats[repeats["conflicting"]]
+    return [
         {
             "text": text[:80],
-            "labels": ",".join(sorted(group["label"])),
+            "labels": ",".join(sorted(set(group["label"]))),
             "sources": ",".join(group["source"]),
         }
-        for text, group in conflicting.groupby("text", sort=True)
+        for text, group in conflicting.groupby("key", sort=True)
     ]
-    return frame[labels_per_text == 1].reset_index(drop=True), dropped_duplicates, conflicts
 
 
 def _label_counts(part: pd.DataFrame, labels: tuple[str, ...]) -> dict[str, int]:

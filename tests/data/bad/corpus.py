@@ -41,6 +41,8 @@ class Case:
     paths: tuple[str, ...] = ("ingest", "run")
     exit_code: int = DATA_EXIT
     generated: bool = False  # written at test time, not committed
+    # `--set KEY=VALUE` options the entry points run with (a policy that is not the default).
+    settings: tuple[str, ...] = ()
     notes: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -285,6 +287,7 @@ CASES: tuple[Case, ...] = (
             "expect_no_text_with_conflicting_labels column 'text'",
             "conflicting_labels.csv:25 (positive), conflicting_labels.csv:26 (negative)",
             "each text to have one label",
+            "their 2 rows are 7.69% of 26, above validate.max_conflicting_rate: 0.01",
         ),
     ),
     Case(
@@ -334,14 +337,18 @@ CASES: tuple[Case, ...] = (
     Case(
         "conflicts_with_existing.csv",
         "text",
-        "a text already in data/raw with the other label (ingest checks the batch against it)",
+        "a text already in data/raw with the other label, under validate.conflicting_labels: "
+        "reject (ingest checks the batch against data/raw; the default, drop, accepts it and "
+        "lists the rows prepare drops)",
         conflicts_with_existing(),
         (
             "labels a text differently from the batches in",
             "expect_no_text_with_conflicting_labels column 'text'",
             "conflicts_with_existing.csv:25",
+            "validate.conflicting_labels: reject",
         ),
         paths=("ingest",),
+        settings=("validate.conflicting_labels=reject",),
     ),
     Case(
         "split_starved.csv",
