@@ -27,7 +27,7 @@ from pipeline.validate import (
     dropped_rows,
     repeated_rows,
 )
-from tuneops.config import ValidateConfig
+from tuneops.config import DataConfig, ValidateConfig
 from tuneops.errors import DataValidationError, ExternalToolError
 
 # validate(dataset_dir, reports_dir): the task's validation step over one dataset folder.
@@ -57,7 +57,7 @@ def ingest(
     version_files: tuple[Path, ...] = (),
     lock_timeout_s: float = 600.0,
     suffixes: tuple[str, ...] = SUPPORTED_SUFFIXES,
-    text_columns: tuple[str, str] | None = None,
+    data: DataConfig | None = None,
     policy: ValidateConfig | None = None,
 ) -> IngestResult:
     """Validate `source` alone, then copy it in as the next batch and call `version()`
@@ -65,7 +65,7 @@ def ingest(
     `version_files` (data/raw.dvc) are restored, so the data version is what it was.
     `rows` in the result counts what validation counted: rows, or sentences for tokens.
 
-    With `text_columns` (text, label: a text classification dataset), texts the batch
+    With `data` (a text classification dataset's data.* keys), texts the batch
     labels differently from the batches already there follow `policy`
     (validate.conflicting_labels and max_conflicting_rate, over the whole grown dataset).
     """
@@ -76,7 +76,7 @@ def ingest(
     if not source.is_file():
         raise DataValidationError(f"{source}: no such file")
     rows, dropped = _validate_alone(
-        source, validate, dataset_dir, reports_dir, text_columns, policy or ValidateConfig()
+        source, validate, dataset_dir, reports_dir, data, policy or ValidateConfig()
     )
     digest = _sha256(source)
     lock_file.parent.mkdir(parents=True, exist_ok=True)
@@ -107,7 +107,7 @@ def _validate_alone(
     validate: Validator,
     dataset_dir: Path,
     reports_dir: Path,
-    text_columns: tuple[str, str] | None,
+    data: DataConfig | None,
     policy: ValidateConfig,
 ) -> tuple[int, list[dict[str, str]]]:
     """The task's suite on this batch only, against the dataset's frozen label set; then
@@ -125,8 +125,8 @@ def _validate_alone(
         try:
             result = validate(alone, reports_dir / "ingest")
             result.raise_for_failures()
-            if text_columns:
-                dropped = _conflicts_with_existing(source, text_columns, dataset_dir, alone, policy)
+            if data is not None:
+                dropped = _conflicts_with_existing(source, data, dataset_dir, alone, policy)
         except DataValidationError as exc:  # name the user's file, not the scratch copy
             message = str(exc).replace(str(alone / source.name), str(source))
             raise DataValidationError(message) from exc
@@ -135,7 +135,7 @@ def _validate_alone(
 
 def _conflicts_with_existing(
     source: Path,
-    text_columns: tuple[str, str],
+    data: DataConfig,
     dataset_dir: Path,
     alone: Path,
     policy: ValidateConfig,
@@ -145,7 +145,16 @@ def _conflicts_with_existing(
     naming both rows. Within the policy, the rows prepare will drop are returned."""
     import pandas as pd
 
-    frames = [read_raw(d, *text_columns) for d in (dataset_dir, alone)]
+    frames = [
+        read_raw(
+            folder,
+            data.text_column,
+            data.label_column,
+            encoding=data.encoding,
+            delimiter=data.delimiter,
+        )
+        for folder in (dataset_dir, alone)
+    ]
     combined = pd.concat(frames, ignore_index=True)
     combined["label"] = combined["label"].map(lambda v: v if pd.isna(v) else str(v))
     repeats = repeated_rows(combined)
@@ -155,7 +164,7 @@ def _conflicts_with_existing(
             f"{source}: labels a text differently from the batches in {dataset_dir}: {check.line()}"
         )
     conflicting = repeats[repeats["conflicting"]]
-    return dropped_rows(conflicting, text_columns[1])
+    return dropped_rows(conflicting, data.label_column)
 
 
 def _sha256(path: Path) -> str:

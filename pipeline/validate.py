@@ -92,6 +92,10 @@ def validate(
         found.suite_name,
     )
     checks += found.checks
+    for check in checks:  # in the user's terms: their column names, the key to change
+        if check.column is not None:
+            check.fix = check.fix or found.fixes.get((check.name, check.column), "")
+            check.column = found.column_names.get(check.column, check.column)
     result = ValidationResult(
         success=all(c.success for c in checks),
         rows=len(found.frame),
@@ -197,6 +201,7 @@ def min_examples_check(frame: pd.DataFrame, labels: tuple[str, ...], minimum: in
         observed={str(k): int(v) for k, v in counts.items()},
         unexpected_count=len(short),
         examples=[{"source": "label counts", "value": f"{k}: {v}"} for k, v in short.items()],
+        fix=f"validate.min_examples_per_class: {minimum} (lower it, or add rows of those labels)",
     )
 
 

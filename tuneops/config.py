@@ -7,6 +7,7 @@ a default.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 from pathlib import Path
@@ -19,6 +20,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -42,9 +44,26 @@ class DataConfig(_Section):
     labels: tuple[str, ...] | None = None
     # Keep only the first N rows of the raw data (a slice for quick runs and tests).
     max_rows: int | None = Field(None, ge=10)
+    # The raw files' text encoding: any Python codec (utf-8 also reads a BOM; latin-1,
+    # cp1252, utf-16, ...). Every reader uses it: CSV, JSONL, CoNLL.
+    encoding: str = "utf-8"
+    # CSV: the field delimiter; None sniffs it from each file's header line.
+    delimiter: str | None = Field(None, min_length=1, max_length=1)
     # Bundled datasets only: keep N rows (chosen by a hash of the text) out of data/raw/,
     # in data/incoming/<name>-held-back.csv, to try `tuneops ingest` + retraining with.
     hold_back_rows: int = Field(0, ge=0)
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_codec(cls, value: str) -> str:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(
+                f"unknown encoding {value!r}; expected a Python codec (utf-8, latin-1, cp1252, "
+                "utf-16, ...)"
+            ) from None
+        return value
 
 
 class ValidateConfig(_Section):

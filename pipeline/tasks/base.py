@@ -45,6 +45,10 @@ class ValidationInput:
     label_counts: dict[str, int]
     checks: list[CheckResult] = field(default_factory=list)  # hand-written, after GX's
     dropped_rows: list[dict[str, str]] = field(default_factory=list)  # what prepare will drop
+    # The user's names of the frame's columns ("text" -> data.text_column): what messages say.
+    column_names: dict[str, str] = field(default_factory=dict)
+    # (expectation, frame column) -> what was found beyond the examples and the key to change.
+    fixes: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 @dataclass

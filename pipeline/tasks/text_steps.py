@@ -42,8 +42,20 @@ if TYPE_CHECKING:
 # --- validate -------------------------------------------------------------------------
 
 
+def read_raw_in(data: DataConfig, dataset_dir: Path) -> pd.DataFrame:
+    """The raw rows as data.* says to read them (columns, slice, encoding, delimiter)."""
+    return read_raw(
+        dataset_dir,
+        data.text_column,
+        data.label_column,
+        data.max_rows,
+        data.encoding,
+        data.delimiter,
+    )
+
+
 def validation_input(data: DataConfig, cfg: ValidateConfig, dataset_dir: Path) -> ValidationInput:
-    frame = read_raw(dataset_dir, data.text_column, data.label_column, data.max_rows)
+    frame = read_raw_in(data, dataset_dir)
     label_types = label_type_check(frame)
     frame["label"] = frame["label"].map(lambda v: v if pd.isna(v) else str(v))
     labels, label_source = _label_set(data, dataset_dir, frame)
@@ -65,7 +77,41 @@ def validation_input(data: DataConfig, cfg: ValidateConfig, dataset_dir: Path) -
             duplicate_rows_check(repeats, len(frame), cfg),
         ],
         dropped_rows=dropped_rows(repeats, data.label_column),
+        column_names={"text": data.text_column, "label": data.label_column},
+        fixes=_fixes(frame, labels, label_source, cfg),
     )
+
+
+def _fixes(
+    frame: pd.DataFrame, labels: tuple[str, ...], label_source: str, cfg: ValidateConfig
+) -> dict[tuple[str, str], str]:
+    """What the suite's failures mean in the keys a user changes."""
+    lengths = frame["text"].map(lambda v: len(v) if isinstance(v, str) else None).dropna()
+    longer, shorter = lengths[lengths > cfg.max_text_chars], lengths[lengths < cfg.min_text_chars]
+    bounds = []
+    if len(longer):
+        bounds.append(
+            f"validate.max_text_chars: {cfg.max_text_chars}; {len(longer)} rows are longer "
+            f"(longest {int(longer.max()):,}): raise it, or fix the rows"
+        )
+    if len(shorter):
+        bounds.append(
+            f"validate.min_text_chars: {cfg.min_text_chars}; {len(shorter)} rows are shorter: "
+            "lower it, or fix the rows"
+        )
+    where = {"params": "data.labels", "labels.json": "labels.json"}.get(label_source, "the labels")
+    outside = frame["label"].dropna()
+    outside = outside[~outside.isin(labels)]
+    return {
+        ("expect_column_value_lengths_to_be_between", "text"): "; ".join(bounds),
+        ("expect_column_values_to_be_in_set", "label"): (
+            f"{len(outside)} row(s) have a label outside {where} {list(labels)}: add it to "
+            f"{where}, or fix the rows"
+        ),
+        ("expect_column_distinct_values_to_contain_set", "label"): (
+            f"a label of {where} has no rows: remove it from {where}, or add rows"
+        ),
+    }
 
 
 def _label_set(
@@ -103,7 +149,7 @@ def split(
     data: DataConfig, cfg: PrepareConfig, labels: tuple[str, ...], dataset_dir: Path
 ) -> SplitFrame:
     """Normalised, de-duplicated rows, each in the split its text hashes to."""
-    frame = read_raw(dataset_dir, data.text_column, data.label_column, data.max_rows)
+    frame = read_raw_in(data, dataset_dir)
     frame["text"] = frame["text"].astype(str).map(normalise_text)
     frame["label"] = frame["label"].astype(str)
     repeats = repeated_rows(frame)

@@ -45,7 +45,7 @@ def run_ingest(tmp_path: Path, cfg: ValidateConfig) -> IngestResult:
         tmp_path / "reports",
         tmp_path / "ingest.lock",
         version=lambda: None,
-        text_columns=(DATA.text_column, DATA.label_column),
+        data=DATA,
         policy=cfg,
     )
 

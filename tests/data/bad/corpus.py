@@ -136,7 +136,7 @@ CASES: tuple[Case, ...] = (
         "text",
         "missing text column",
         csv_bytes(good_rows("a"), ("review", "label")),
-        ("missing column(s) ['text']", "expected 'text' and 'label'"),
+        ("missing column(s) ['text']", "expected 'text' and 'label' (data.text_column"),
     ),
     Case(
         "missing_label_column.csv",
@@ -208,7 +208,7 @@ CASES: tuple[Case, ...] = (
                 *good_rows("i")[12:],
             ]
         ).encode("latin-1"),
-        ("non_utf8.csv:14: not valid UTF-8", "expected UTF-8 text"),
+        ("non_utf8.csv:14: not valid UTF-8", "expected UTF-8 text", "set data.encoding"),
     ),
     Case(
         "truncated.parquet",
