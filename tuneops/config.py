@@ -68,7 +68,9 @@ class DataConfig(_Section):
 
 class ValidateConfig(_Section):
     min_text_chars: int = Field(1, ge=1)
-    max_text_chars: int = Field(5000, ge=1)
+    # A guard against garbage (a whole file in one cell), not a length policy: a text beyond
+    # the model's window is normal and handled by train.long_text.
+    max_text_chars: int = Field(1_000_000, ge=1)
     # Text classification: a text seen with two labels, or a (text, label) row seen twice.
     # drop: prepare drops such rows (every copy of a conflicting text, each repeat after the
     # first) and validation lists them, as long as their share of all rows stays within the
@@ -137,6 +139,10 @@ class TrainConfig(_Section):
     freeze: FreezeConfig = FreezeConfig()
     lora: LoraConfig = LoraConfig()
     max_length: int = Field(64, ge=8, le=4096)
+    # Text classification: a text longer than max_length tokens. truncate keeps its first
+    # tokens; head_tail its first quarter and last three quarters of the window (Sun et al.
+    # 2019: 128 + 382 at 512), the same in training, evaluation, export and the runtime.
+    long_text: Literal["truncate", "head_tail"] = "truncate"
     logging_steps: int = Field(20, ge=1)
     # Also save a resumable checkpoint every N optimiser steps (null: only at the end of
     # each epoch). A killed run resumes from the last one.

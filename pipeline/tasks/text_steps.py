@@ -259,12 +259,16 @@ def evaluate(
 
     model = task.load_model(candidate_dir)
     tokenizer = load_tokenizer(candidate_dir)
-    logits = predict_logits(model, tokenizer, test["text"].tolist(), max_length, cfg.batch_size)
+    long_text = long_text_of(candidate_dir)
+    logits = predict_logits(
+        model, tokenizer, test["text"].tolist(), max_length, cfg.batch_size, long_text=long_text
+    )
     predicted = logits.argmax(axis=1)
 
     metrics: dict[str, Any] = score(y_test, predicted, len(labels))
     metrics["test_rows"] = len(test)
-    metrics |= _baselines(task, cfg, base, max_length, seed, train, test, len(labels))
+    window = (max_length, long_text)
+    metrics |= _baselines(task, cfg, base, window, seed, train, test, len(labels))
     return Evaluation(
         metrics=metrics,
         per_class=per_class_report(y_test, predicted, labels),
@@ -273,11 +277,19 @@ def evaluate(
     )
 
 
+def long_text_of(candidate_dir: Path) -> str:
+    """The candidate's train.long_text (training_summary.json; truncate before it existed)."""
+    summary = candidate_dir / "training_summary.json"
+    if not summary.exists():
+        return "truncate"
+    return str(json.loads(summary.read_text(encoding="utf-8")).get("long_text", "truncate"))
+
+
 def _baselines(
     task: TextClassification,
     cfg: EvaluateConfig,
     base: ModelConfig,
-    max_length: int,
+    window: tuple[int, str],
     seed: int,
     train: pd.DataFrame,
     test: pd.DataFrame,
@@ -300,7 +312,7 @@ def _baselines(
         "majority": score(y_test, majority.predict(test[["text"]]), n_labels),
         "tfidf": score(y_test, tfidf.predict(test["text"]), n_labels),
         "before_finetuning": _frozen_encoder_baseline(
-            task, cfg, base, max_length, seed, train, test, n_labels
+            task, cfg, base, window, seed, train, test, n_labels
         ),
     }
 
@@ -309,7 +321,7 @@ def _frozen_encoder_baseline(
     task: TextClassification,
     cfg: EvaluateConfig,
     base: ModelConfig,
-    max_length: int,
+    window: tuple[int, str],
     seed: int,
     train: pd.DataFrame,
     test: pd.DataFrame,
@@ -328,11 +340,18 @@ def _frozen_encoder_baseline(
     path = resolve_model_path(base.name_or_path)
     model = task.load_model(path, tuple(str(i) for i in range(n_labels)), base.num_hidden_layers)
     tokenizer = load_tokenizer(path)
-    x_train = predict_logits(
-        model, tokenizer, sample["text"].tolist(), max_length, cfg.batch_size, features=True
-    )
-    x_test = predict_logits(
-        model, tokenizer, test["text"].tolist(), max_length, cfg.batch_size, features=True
+    max_length, long_text = window  # the texts read as the candidate reads them
+    x_train, x_test = (
+        predict_logits(
+            model,
+            tokenizer,
+            part["text"].tolist(),
+            max_length,
+            cfg.batch_size,
+            features=True,
+            long_text=long_text,
+        )
+        for part in (sample, test)
     )
     # Standardising first keeps it a linear head (the scaling folds into its weights) but
     # lets the regulariser treat every feature alike; raw pooler features are near-saturated.

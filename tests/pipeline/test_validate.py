@@ -221,3 +221,17 @@ def test_the_reject_policy_for_duplicates_fails_on_one_repeat(tmp_path: Path) ->
         "; validate.duplicates: reject (set it to drop to drop such rows, up to "
         "validate.max_duplicate_rate)"
     )
+
+
+def test_a_long_document_is_valid_by_default_and_only_garbage_sizes_fail(tmp_path: Path) -> None:
+    article = "word " * 5_097  # 25,485 characters: a long news article
+    rows = [*MANY_ROWS, (article, "pos"), ("x" * 1_000_001, "neg")]
+    dataset = write_reviews(tmp_path / "raw" / "ds", rows)
+    result = validate(TEXT, MINE, ValidateConfig(), dataset, tmp_path / "reports")
+    [failure] = result.failed
+    assert failure.name == "expect_column_value_lengths_to_be_between"
+    assert [e["source"] for e in failure.examples] == ["batch-0000.csv:302"]
+    assert failure.line().endswith(
+        "; validate.max_text_chars: 1000000; 1 rows are longer (longest 1,000,001): raise it, "
+        "or fix the rows"
+    )

@@ -108,7 +108,7 @@ HUGE_TEXT_CHARS = 5 * 2**20
 
 
 def huge_text(folder: Path) -> Path:
-    """A valid batch but for one 5 MB text (validate.max_text_chars is 5000)."""
+    """A valid batch but for one 5 MB text (validate.max_text_chars is 1,000,000)."""
     rows = [*good_rows("huge"), ("a" * (HUGE_TEXT_CHARS - 20) + " the end of it", "positive")]
     path = folder / "huge_text.csv"
     path.write_bytes(csv_bytes(rows))
@@ -293,11 +293,12 @@ CASES: tuple[Case, ...] = (
     Case(
         "huge_text.csv",
         "text",
-        "a 5 MB single text (validate.max_text_chars is 5000)",
+        "a 5 MB single text (validate.max_text_chars is 1,000,000)",
         says=(
             "expect_column_value_lengths_to_be_between column 'text'",
             "huge_text.csv:25",
-            "max_value=5000",
+            "max_value=1000000",
+            "validate.max_text_chars: 1000000; 1 rows are longer (longest 5,242,874): raise it",
         ),
         generated=True,
     ),
