@@ -66,6 +66,11 @@ class _LogitsOnly(torch.nn.Module):
         return self.model(**dict(zip(self.input_names, inputs, strict=True))).logits
 
 
+def _training_summary(candidate_dir: Path) -> dict[str, Any]:
+    path = candidate_dir / "training_summary.json"
+    return dict(json.loads(path.read_text(encoding="utf-8"))) if path.exists() else {}
+
+
 def export(
     task: Task,
     cfg: ExportConfig,
@@ -109,6 +114,8 @@ def export(
         meta = {
             "task": task.name,
             "max_length": max_length,
+            # train.long_text of the candidate: how the runtime cuts a longer text.
+            "long_text": _training_summary(candidate_dir).get("long_text", "truncate"),
             "input_names": input_names,
             "output_names": ["logits"],
             "opset": cfg.opset,

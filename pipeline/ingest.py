@@ -15,13 +15,19 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from filelock import FileLock, Timeout
 
 from pipeline.io import SUPPORTED_SUFFIXES, raw_files, read_raw
-from pipeline.validate import ValidationResult, conflicting_labels_check
+from pipeline.validate import (
+    ValidationResult,
+    conflicting_labels_check,
+    dropped_rows,
+    repeated_rows,
+)
+from tuneops.config import DataConfig, ValidateConfig
 from tuneops.errors import DataValidationError, ExternalToolError
 
 # validate(dataset_dir, reports_dir): the task's validation step over one dataset folder.
@@ -36,6 +42,9 @@ class IngestResult:
     batch_file: Path  # the new batch, or the existing one with the same bytes
     rows: int
     added: bool  # False: the same bytes were already ingested
+    # Rows of the whole dataset (this batch's and the others') that prepare will drop for a
+    # text labelled two ways, under validate.conflicting_labels: drop.
+    dropped_rows: list[dict[str, str]] = field(default_factory=list)
 
 
 def ingest(
@@ -48,15 +57,17 @@ def ingest(
     version_files: tuple[Path, ...] = (),
     lock_timeout_s: float = 600.0,
     suffixes: tuple[str, ...] = SUPPORTED_SUFFIXES,
-    text_columns: tuple[str, str] | None = None,
+    data: DataConfig | None = None,
+    policy: ValidateConfig | None = None,
 ) -> IngestResult:
     """Validate `source` alone, then copy it in as the next batch and call `version()`
     (dvc add + push) under the lock. If versioning fails, the new batch is removed and
     `version_files` (data/raw.dvc) are restored, so the data version is what it was.
     `rows` in the result counts what validation counted: rows, or sentences for tokens.
 
-    With `text_columns` (text, label: a text classification dataset), the batch must also
-    not label a text differently from the batches already there.
+    With `data` (a text classification dataset's data.* keys), texts the batch
+    labels differently from the batches already there follow `policy`
+    (validate.conflicting_labels and max_conflicting_rate, over the whole grown dataset).
     """
     if source.suffix.lower() not in suffixes:
         raise DataValidationError(
@@ -64,7 +75,9 @@ def ingest(
         )
     if not source.is_file():
         raise DataValidationError(f"{source}: no such file")
-    rows = _validate_alone(source, validate, dataset_dir, reports_dir, text_columns)
+    rows, dropped = _validate_alone(
+        source, validate, dataset_dir, reports_dir, data, policy or ValidateConfig()
+    )
     digest = _sha256(source)
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -86,7 +99,7 @@ def ingest(
         raise ExternalToolError(
             f"{lock_file}: another ingest has held the lock for {lock_timeout_s:.0f}s"
         ) from exc
-    return IngestResult(source, batch, rows, added=True)
+    return IngestResult(source, batch, rows, added=True, dropped_rows=dropped)
 
 
 def _validate_alone(
@@ -94,11 +107,14 @@ def _validate_alone(
     validate: Validator,
     dataset_dir: Path,
     reports_dir: Path,
-    text_columns: tuple[str, str] | None,
-) -> int:
+    data: DataConfig | None,
+    policy: ValidateConfig,
+) -> tuple[int, list[dict[str, str]]]:
     """The task's suite on this batch only, against the dataset's frozen label set; then
-    no text labelled differently from the batches already there. Unreadable files fail in
-    the reader, naming the file (and line)."""
+    the conflicting-labels policy over the batches already there plus this one. Unreadable
+    files fail in the reader, naming the file (and line). Returns the rows validated and
+    the rows prepare will drop for conflicting labels."""
+    dropped: list[dict[str, str]] = []
     with tempfile.TemporaryDirectory(prefix="tuneops-ingest-") as scratch:
         alone = Path(scratch) / dataset_dir.name
         alone.mkdir()
@@ -109,29 +125,46 @@ def _validate_alone(
         try:
             result = validate(alone, reports_dir / "ingest")
             result.raise_for_failures()
-            if text_columns:
-                _no_conflicts_with_existing(source, text_columns, dataset_dir, alone)
+            if data is not None:
+                dropped = _conflicts_with_existing(source, data, dataset_dir, alone, policy)
         except DataValidationError as exc:  # name the user's file, not the scratch copy
             message = str(exc).replace(str(alone / source.name), str(source))
             raise DataValidationError(message) from exc
-    return result.rows
+    return result.rows, dropped
 
 
-def _no_conflicts_with_existing(
-    source: Path, text_columns: tuple[str, str], dataset_dir: Path, alone: Path
-) -> None:
-    """Validation of the whole dataset would fail on a text labelled two ways, and batches
-    are immutable: such a batch is refused here, naming both rows."""
+def _conflicts_with_existing(
+    source: Path,
+    data: DataConfig,
+    dataset_dir: Path,
+    alone: Path,
+    policy: ValidateConfig,
+) -> list[dict[str, str]]:
+    """Validation of the whole dataset judges a text labelled two ways by the policy, and
+    batches are immutable: a batch the next validation would fail on is refused here,
+    naming both rows. Within the policy, the rows prepare will drop are returned."""
     import pandas as pd
 
-    frames = [read_raw(d, *text_columns) for d in (dataset_dir, alone)]
+    frames = [
+        read_raw(
+            folder,
+            data.text_column,
+            data.label_column,
+            encoding=data.encoding,
+            delimiter=data.delimiter,
+        )
+        for folder in (dataset_dir, alone)
+    ]
     combined = pd.concat(frames, ignore_index=True)
     combined["label"] = combined["label"].map(lambda v: v if pd.isna(v) else str(v))
-    check = conflicting_labels_check(combined, involving=source.name)
+    repeats = repeated_rows(combined)
+    check = conflicting_labels_check(repeats, len(combined), policy, involving=source.name)
     if not check.success:
         raise DataValidationError(
             f"{source}: labels a text differently from the batches in {dataset_dir}: {check.line()}"
         )
+    conflicting = repeats[repeats["conflicting"]]
+    return dropped_rows(conflicting, data.label_column)
 
 
 def _sha256(path: Path) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import json
@@ -16,12 +17,17 @@ from tuneops.errors import DataValidationError
 SUPPORTED_SUFFIXES = (".csv", ".jsonl", ".parquet")
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """Read one CSV (UTF-8, optional BOM), JSONL or Parquet file into a DataFrame of objects.
+CANDIDATE_DELIMITERS = ",;\t|"
 
-    CSV: RFC 4180 quoting (a quoted field may hold commas, quotes and newlines), LF or
-    CRLF line ends. JSONL: one JSON object per line, values kept as parsed (a number stays
-    a number, so validation can see a label column that mixes numbers and strings).
+
+def read_table(path: Path, encoding: str = "utf-8", delimiter: str | None = None) -> pd.DataFrame:
+    """Read one CSV, JSONL or Parquet file (text in `encoding`) into a DataFrame of objects.
+
+    CSV: RFC 4180 quoting (a quoted field may hold the delimiter, quotes and newlines), LF
+    or CRLF line ends, any cell size; `delimiter` None sniffs it from the header line
+    (csv.Sniffer over , ; tab |). UTF-8 may start with a BOM. JSONL: one JSON object per
+    line, values kept as parsed (a number stays a number, so validation can see a label
+    column that mixes numbers and strings).
     """
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
@@ -34,46 +40,68 @@ def read_table(path: Path) -> pd.DataFrame:
         if suffix == ".csv":
             frame = pd.read_csv(
                 path,
-                encoding="utf-8-sig",
+                sep=delimiter or sniff_delimiter(path, encoding),
+                encoding=_codec(encoding),
                 dtype=object,
                 keep_default_na=False,
                 na_values=[""],
                 quoting=csv.QUOTE_MINIMAL,
             )
         elif suffix == ".jsonl":
-            frame = _read_jsonl(path)
+            frame = _read_jsonl(path, encoding)
         else:
             frame = pd.read_parquet(path)
     except UnicodeDecodeError:
-        read_utf8(path)  # raises, naming the line and byte
+        read_text(path, encoding)  # raises, naming the line and byte
         raise
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, OSError) as exc:
         raise DataValidationError(f"{path}: cannot be read as {suffix[1:]}: {exc}") from exc
     return frame
 
 
-def read_utf8(path: Path) -> str:
-    """The file as text (UTF-8, a leading BOM dropped); an error names the first bad line."""
+def sniff_delimiter(path: Path, encoding: str = "utf-8") -> str:
+    """The delimiter of a CSV file's header line (csv.Sniffer); "," when it cannot tell
+    (a one-column header). The header only: quoted texts in the rows hold every kind of
+    punctuation, and a header is what must split into the configured columns."""
+    # A bad byte here is named by the full read that follows; the header is only sniffed.
+    with path.open(encoding=_codec(encoding), errors="replace", newline="") as handle:
+        header = handle.readline().rstrip("\r\n")
+    try:
+        return csv.Sniffer().sniff(header, delimiters=CANDIDATE_DELIMITERS).delimiter
+    except csv.Error:
+        return ","
+
+
+def _codec(encoding: str) -> str:
+    # utf-8-sig reads UTF-8 with or without a BOM (spreadsheet exports add one).
+    return "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
+
+
+def read_text(path: Path, encoding: str = "utf-8") -> str:
+    """The file as text (a leading UTF-8 BOM dropped); an error names the first bad line
+    and the key that names the encoding."""
     data = path.read_bytes()
     try:
-        return data.decode("utf-8-sig")
+        return data.decode(_codec(encoding))
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
+        name = "UTF-8" if _codec(encoding) == "utf-8-sig" else encoding
         raise DataValidationError(
-            f"{path}:{line}: not valid UTF-8 (byte {exc.start}: {data[exc.start : exc.end]!r}); "
-            f"expected UTF-8 text (re-save the file as UTF-8)"
+            f"{path}:{line}: not valid {name} (byte {exc.start}: "
+            f"{data[exc.start : exc.end]!r}); expected {name} text: set data.encoding to the "
+            f"file's encoding (e.g. latin-1, cp1252), or re-save it as UTF-8"
         ) from exc
 
 
-def _read_jsonl(path: Path) -> pd.DataFrame:
-    records = [record for _, record in jsonl_records(path)]
+def _read_jsonl(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
+    records = [record for _, record in jsonl_records(path, encoding)]
     # dtype=object: an int column with a null must not turn into floats (1 -> 1.0).
     return pd.DataFrame(records, dtype=object)
 
 
-def jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def jsonl_records(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line; an error names the line."""
-    for number, line in enumerate(read_utf8(path).splitlines(), start=1):
+    for number, line in enumerate(read_text(path, encoding).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -105,7 +133,12 @@ def raw_files(dataset_dir: Path, suffixes: tuple[str, ...] = SUPPORTED_SUFFIXES)
 
 
 def read_raw(
-    dataset_dir: Path, text_column: str, label_column: str, max_rows: int | None = None
+    dataset_dir: Path,
+    text_column: str,
+    label_column: str,
+    max_rows: int | None = None,
+    encoding: str = "utf-8",
+    delimiter: str | None = None,
 ) -> pd.DataFrame:
     """All batches of a raw dataset as one frame with columns text, label, source.
 
@@ -114,12 +147,13 @@ def read_raw(
     """
     frames = []
     for path in raw_files(dataset_dir):
-        frame = read_table(path)
+        frame = read_table(path, encoding, delimiter)
         missing = [c for c in (text_column, label_column) if c not in frame.columns]
         if missing:
             raise DataValidationError(
                 f"{path}: missing column(s) {missing}; expected {text_column!r} and "
-                f"{label_column!r}, found {list(frame.columns)}"
+                f"{label_column!r} (data.text_column, data.label_column), found "
+                f"{list(frame.columns)}{_delimiter_hint(path, encoding, delimiter)}"
             )
         if frame.empty:
             raise DataValidationError(
@@ -136,6 +170,16 @@ def read_raw(
         )
     raw = pd.concat(frames, ignore_index=True)
     return _slice(raw, max_rows) if max_rows else raw
+
+
+def _delimiter_hint(path: Path, encoding: str, delimiter: str | None) -> str:
+    """For a CSV read with a delimiter its header does not use: which one it looks like."""
+    if path.suffix.lower() != ".csv" or delimiter is None:
+        return ""
+    sniffed = sniff_delimiter(path, encoding)
+    if sniffed == delimiter:
+        return ""
+    return f"; the header looks {sniffed!r}-delimited: set data.delimiter: {sniffed!r}"
 
 
 def _slice(raw: pd.DataFrame, max_rows: int) -> pd.DataFrame:

@@ -40,6 +40,8 @@ class PrepareResult:
     conflict_examples: list[dict[str, str]] = field(default_factory=list)
     max_stratification_gap: float = 0.0
     stratification_ok: bool = True
+    # Every row dropped as a repeat or for a conflicting label: file:row, reason, label.
+    dropped_rows: list[dict[str, str]] = field(default_factory=list)
 
 
 def normalise_text(text: str) -> str:
@@ -82,6 +84,7 @@ def prepare(
         conflict_examples=found.conflicts[:10],
         max_stratification_gap=round(gap, 4),
         stratification_ok=gap <= cfg.max_stratification_gap,
+        dropped_rows=found.dropped_rows,
     )
     write_prepared(frame, found.columns, result, {"task": task.name} | found.manifest)
     return result

@@ -36,16 +36,19 @@ class CheckResult:
     observed: Any = None
     unexpected_count: int = 0
     examples: list[dict[str, Any]] = field(default_factory=list)
+    unit: str = "row(s) fail"  # what unexpected_count counts, as the message says it
+    fix: str = ""  # what was found beyond the examples, and the key to change
 
     def line(self) -> str:
         rows = ", ".join(f"{e['source']} ({e['value']!r})" for e in self.examples)
         where = f" column {self.column!r}" if self.column else ""
         found = (
-            f"; {self.unexpected_count} row(s) fail, e.g. {rows}"
+            f"; {self.unexpected_count} {self.unit}, e.g. {rows}"
             if self.examples
             else (f"; observed {self.observed}" if self.observed is not None else "")
         )
-        return f"{self.name}{where}: expected {self.expected}{found}"
+        fix = f"; {self.fix}" if self.fix and not self.success else ""
+        return f"{self.name}{where}: expected {self.expected}{found}{fix}"
 
 
 @dataclass
@@ -59,6 +62,9 @@ class ValidationResult:
     checks: list[CheckResult]
     report_json: Path
     report_html: Path
+    # Rows prepare will drop under the drop policies (validate.conflicting_labels,
+    # validate.duplicates): file:row, the reason, the label in the user's column name.
+    dropped_rows: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def failed(self) -> list[CheckResult]:
@@ -86,6 +92,10 @@ def validate(
         found.suite_name,
     )
     checks += found.checks
+    for check in checks:  # in the user's terms: their column names, the key to change
+        if check.column is not None:
+            check.fix = check.fix or found.fixes.get((check.name, check.column), "")
+            check.column = found.column_names.get(check.column, check.column)
     result = ValidationResult(
         success=all(c.success for c in checks),
         rows=len(found.frame),
@@ -96,6 +106,7 @@ def validate(
         checks=checks,
         report_json=reports_dir / "validation.json",
         report_html=reports_dir / "validation.html",
+        dropped_rows=found.dropped_rows,
     )
     write_reports(result)
     return result
@@ -190,6 +201,7 @@ def min_examples_check(frame: pd.DataFrame, labels: tuple[str, ...], minimum: in
         observed={str(k): int(v) for k, v in counts.items()},
         unexpected_count=len(short),
         examples=[{"source": "label counts", "value": f"{k}: {v}"} for k, v in short.items()],
+        fix=f"validate.min_examples_per_class: {minimum} (lower it, or add rows of those labels)",
     )
 
 
@@ -237,36 +249,147 @@ def two_labels_check(labels: tuple[str, ...]) -> CheckResult:
     )
 
 
-def conflicting_labels_check(frame: pd.DataFrame, involving: str | None = None) -> CheckResult:
-    """No text (after prepare's normalisation) appears with two different labels.
+CONFLICT, DUPLICATE = "conflicting_label", "duplicate"
 
-    `involving`: only conflicts that touch rows of this file name (an ingested batch
-    checked against the batches already there).
+
+def repeated_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """The labelled rows (string text, a label) with what prepare does to each repeat.
+
+    Columns: key (the normalised text: prepare's unit), label, source, conflicting (its
+    text appears with two labels: every copy goes) and duplicate_of (the source of the
+    first row with the same key and label, for the repeats of a text that does not
+    conflict; missing otherwise). One definition for validate, prepare and ingest.
     """
     from pipeline.prepare import normalise_text
 
     labelled = frame.dropna(subset=["text", "label"])
     labelled = labelled[labelled["text"].map(lambda v: isinstance(v, str))]
     key = labelled["text"].map(normalise_text)
-    per_text = labelled.groupby(key)["label"].transform("nunique")
-    conflicting = labelled[per_text > 1]
-    examples = [
+    label = labelled["label"].astype(str)
+    conflicting = label.groupby(key).transform("nunique") > 1
+    first = labelled["source"].groupby([key, label]).transform("first")
+    repeat = pd.DataFrame({"key": key, "label": label}).duplicated(keep="first")
+    return pd.DataFrame(
         {
-            "source": ", ".join(
-                f"{s} ({label})" for s, label in zip(g["source"], g["label"], strict=True)
-            ),
-            "value": _short(text),
+            "key": key,
+            "label": label,
+            "source": labelled["source"],
+            "conflicting": conflicting,
+            "duplicate_of": first.where(repeat & ~conflicting),
         }
-        for text, g in conflicting.groupby(key[per_text > 1], sort=True)
+    )
+
+
+def dropped_rows(repeats: pd.DataFrame, label_column: str) -> list[dict[str, str]]:
+    """Each row prepare drops, in input order: source, reason, the label (user's column)."""
+    rows = []
+    for source, label, conflicting, first in zip(
+        repeats["source"],
+        repeats["label"],
+        repeats["conflicting"],
+        repeats["duplicate_of"],
+        strict=True,
+    ):
+        if conflicting:
+            rows.append({"source": source, "reason": CONFLICT, label_column: label})
+        elif isinstance(first, str):
+            rows.append(
+                {"source": source, "reason": DUPLICATE, label_column: label, "duplicate_of": first}
+            )
+    return rows
+
+
+def conflicting_labels_check(
+    repeats: pd.DataFrame, total_rows: int, cfg: ValidateConfig, involving: str | None = None
+) -> CheckResult:
+    """No text (after prepare's normalisation) with two labels, under the policy: `drop`
+    passes while the rows of such texts are at most validate.max_conflicting_rate of all.
+
+    `involving`: only conflicts that touch rows of this file name are examples, and under
+    `reject` only they fail (an ingested batch checked against the batches already there);
+    the rate is over every row, as the next validation of the whole dataset sees it.
+    """
+    conflicting = repeats[repeats["conflicting"]]
+    groups = [
+        (text, g)
+        for text, g in conflicting.groupby("key", sort=True)
         if involving is None or any(s.startswith(f"{involving}:") for s in g["source"])
     ]
+    rows = len(conflicting)
+    rate = rows / max(total_rows, 1)
+    if cfg.conflicting_labels == "reject":
+        success = not groups
+        fix = (
+            "validate.conflicting_labels: reject (set it to drop to drop such rows, up to "
+            "validate.max_conflicting_rate)"
+        )
+    else:
+        success = rate <= cfg.max_conflicting_rate
+        fix = (
+            f"their {rows} rows are {rate:.2%} of {total_rows}, above "
+            f"validate.max_conflicting_rate: {cfg.max_conflicting_rate} "
+            "(raise it to drop them, or fix the labels)"
+        )
     return CheckResult(
         name="expect_no_text_with_conflicting_labels",
         column="text",
-        success=not examples,
+        success=success,
         expected="each text to have one label (the same text labelled twice differently)",
-        unexpected_count=len(examples),
-        examples=examples[:EXAMPLES_PER_CHECK],
+        observed={"texts": len(groups), "rows": rows, "rate": round(rate, 6)},
+        unexpected_count=len(groups),
+        examples=[{"source": _sources(g), "value": _short(text)} for text, g in groups][
+            :EXAMPLES_PER_CHECK
+        ],
+        unit="text(s) with two labels",
+        fix=fix,
+    )
+
+
+def _sources(group: pd.DataFrame) -> str:
+    """ "file:row (label)" of a conflicting text's rows: five at most, then the count."""
+    shown = [f"{s} ({label})" for s, label in zip(group["source"], group["label"], strict=True)][
+        :EXAMPLES_PER_CHECK
+    ]
+    more = len(group) - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more else "")
+
+
+def duplicate_rows_check(
+    repeats: pd.DataFrame, total_rows: int, cfg: ValidateConfig
+) -> CheckResult:
+    """Each (normalised text, label) once, under the policy: `drop` passes while the
+    repeats (every copy after the first) are at most validate.max_duplicate_rate of all.
+
+    Not GX's ExpectColumnProportionOfUniqueValuesToBeBetween: it counts raw texts (a
+    conflicting copy, a first occurrence) and cannot say which rows prepare drops.
+    """
+    repeat = repeats[repeats["duplicate_of"].notna()]
+    rate = len(repeat) / max(total_rows, 1)
+    if cfg.duplicates == "reject":
+        success = repeat.empty
+        fix = (
+            "validate.duplicates: reject (set it to drop to drop such rows, up to "
+            "validate.max_duplicate_rate)"
+        )
+    else:
+        success = rate <= cfg.max_duplicate_rate
+        fix = (
+            f"{len(repeat)} rows are {rate:.2%} of {total_rows}, above "
+            f"validate.max_duplicate_rate: {cfg.max_duplicate_rate} "
+            "(raise it to drop them, or remove the repeats)"
+        )
+    return CheckResult(
+        name="expect_no_duplicate_rows",
+        column="text",
+        success=success,
+        expected="each (text, label) once (after whitespace and Unicode normalisation)",
+        observed={"rows": len(repeat), "rate": round(rate, 6)},
+        unexpected_count=len(repeat),
+        examples=[
+            {"source": source, "value": f"repeats {first}"}
+            for source, first in zip(repeat["source"], repeat["duplicate_of"], strict=True)
+        ][:EXAMPLES_PER_CHECK],
+        fix=fix,
     )
 
 

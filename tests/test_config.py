@@ -80,9 +80,10 @@ def test_an_overlay_merges_sections_and_replaces_mappings(tmp_path: Path) -> Non
     assert params.train.batch_size == 16 and params.train.learning_rate == 1.0e-4
     assert params.train.lr_scheduler == "linear"  # from params.yaml
     # The ATIS preset resolves to the same config as the full file it replaced (9fa413e:
-    # 04e53e4cf42b13bc), with export.int8_min_label_agreement added and
-    # gate.export_parity removed (issue 16).
-    assert params.params_hash() == "1988a80b3d243378"
+    # 04e53e4cf42b13bc), with export.int8_min_label_agreement added and gate.export_parity
+    # removed (issue 16), plus the label policies, data.encoding/delimiter, train.long_text
+    # and the new validate.max_text_chars default (issue 17).
+    assert params.params_hash() == "ab69b78830286e12"
     (tmp_path / "a.yaml").write_text("base: b.yaml\ntrain:\n  epochs: 2\n")
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     with pytest.raises(ConfigError, match=r"overlays itself"):

@@ -308,6 +308,14 @@ def _ingest(args: argparse.Namespace) -> int:
         f"{args.path}: {result.rows} {unit} validated and added as {where}; "
         f"data version {version.version if version else 'unknown'}{pushed}"
     )
+    if result.dropped_rows:
+        shown = ", ".join(r["source"] for r in result.dropped_rows[:5])
+        more = len(result.dropped_rows) - 5
+        print(
+            f"{len(result.dropped_rows)} rows label a text two ways and prepare drops them "
+            f"(validate.conflicting_labels: drop): {shown}"
+            + (f" and {more} more" if more > 0 else "")
+        )
     return 0
 
 
@@ -389,7 +397,7 @@ def _describe(result: Any) -> str:
         shown = {
             k: v
             for k, v in asdict(result).items()
-            if k not in ("checks", "per_class", "conflict_examples")
+            if k not in ("checks", "per_class", "conflict_examples", "dropped_rows")
         }
         return json.dumps(shown, default=str)
     return str(result)

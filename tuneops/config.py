@@ -7,6 +7,7 @@ a default.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 from pathlib import Path
@@ -19,6 +20,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -42,14 +44,40 @@ class DataConfig(_Section):
     labels: tuple[str, ...] | None = None
     # Keep only the first N rows of the raw data (a slice for quick runs and tests).
     max_rows: int | None = Field(None, ge=10)
+    # The raw files' text encoding: any Python codec (utf-8 also reads a BOM; latin-1,
+    # cp1252, utf-16, ...). Every reader uses it: CSV, JSONL, CoNLL.
+    encoding: str = "utf-8"
+    # CSV: the field delimiter; None sniffs it from each file's header line.
+    delimiter: str | None = Field(None, min_length=1, max_length=1)
     # Bundled datasets only: keep N rows (chosen by a hash of the text) out of data/raw/,
     # in data/incoming/<name>-held-back.csv, to try `tuneops ingest` + retraining with.
     hold_back_rows: int = Field(0, ge=0)
 
+    @field_validator("encoding")
+    @classmethod
+    def _known_codec(cls, value: str) -> str:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(
+                f"unknown encoding {value!r}; expected a Python codec (utf-8, latin-1, cp1252, "
+                "utf-16, ...)"
+            ) from None
+        return value
+
 
 class ValidateConfig(_Section):
     min_text_chars: int = Field(1, ge=1)
-    max_text_chars: int = Field(5000, ge=1)
+    # A guard against garbage (a whole file in one cell), not a length policy: a text beyond
+    # the model's window is normal and handled by train.long_text.
+    max_text_chars: int = Field(1_000_000, ge=1)
+    # Text classification: a text seen with two labels, or a (text, label) row seen twice.
+    # drop: prepare drops such rows (every copy of a conflicting text, each repeat after the
+    # first) and validation lists them, as long as their share of all rows stays within the
+    # rate; reject: any one fails validation.
+    conflicting_labels: Literal["reject", "drop"] = "drop"
+    max_conflicting_rate: float = Field(0.01, ge=0, le=1)
+    duplicates: Literal["reject", "drop"] = "drop"
     max_duplicate_rate: float = Field(0.05, ge=0, le=1)
     min_examples_per_class: int = Field(10, ge=1)
     # Token classification: sentence length bounds in tokens (an empty sentence fails).
@@ -111,6 +139,10 @@ class TrainConfig(_Section):
     freeze: FreezeConfig = FreezeConfig()
     lora: LoraConfig = LoraConfig()
     max_length: int = Field(64, ge=8, le=4096)
+    # Text classification: a text longer than max_length tokens. truncate keeps its first
+    # tokens; head_tail its first quarter and last three quarters of the window (Sun et al.
+    # 2019: 128 + 382 at 512), the same in training, evaluation, export and the runtime.
+    long_text: Literal["truncate", "head_tail"] = "truncate"
     logging_steps: int = Field(20, ge=1)
     # Also save a resumable checkpoint every N optimiser steps (null: only at the end of
     # each epoch). A killed run resumes from the last one.

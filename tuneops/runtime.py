@@ -37,6 +37,62 @@ class Entity:
     score: float  # mean probability of the entity's word tags
 
 
+# train.long_text=head_tail: the share of the window's content tokens taken from the head,
+# the rest from the tail (Sun et al. 2019, "How to fine-tune BERT for text classification":
+# 128 head + 382 tail tokens at 512 were best on long IMDb and Sogou reviews).
+HEAD_SHARE = 128 / 510
+
+
+def head_tail_window(
+    values: list[int], max_length: int, lead: int = 1, trail: int = 1
+) -> list[int]:
+    """One encoded text's per-token values (ids, masks) cut to `max_length`: the `lead`
+    and `trail` special tokens kept, then the first and last content tokens. Shorter
+    sequences are returned unchanged. The same function for training and serving."""
+    if len(values) <= max_length:
+        return list(values)
+    content = max_length - lead - trail
+    head = round(content * HEAD_SHARE)
+    tail = content - head
+    end = len(values) - trail
+    return [*values[: lead + head], *values[end - tail : end], *values[end:]]
+
+
+def special_ends(special_tokens_mask: list[int]) -> tuple[int, int]:
+    """How many special tokens lead and trail one encoded text ([CLS] ... [SEP]: 1, 1)."""
+    lead = next((i for i, m in enumerate(special_tokens_mask) if not m), 0)
+    trail = next((i for i, m in enumerate(reversed(special_tokens_mask)) if not m), 0)
+    return lead, trail
+
+
+def window_inputs(
+    tokenizer: Tokenizer, texts: list[str], max_length: int, long_text: str, pad_id: int
+) -> dict[str, np.ndarray]:
+    """input_ids, attention_mask, token_type_ids [len(texts), longest] of texts encoded
+    whole by an untruncated, unpadded `tokenizer`, each cut by `long_text` (head_tail)."""
+    if long_text != "head_tail":
+        raise BundleError(f"long_text {long_text!r}: expected truncate or head_tail")
+    columns: dict[str, list[list[int]]] = {
+        "input_ids": [],
+        "attention_mask": [],
+        "token_type_ids": [],
+    }
+    for encoding in tokenizer.encode_batch(texts):
+        lead, trail = special_ends(encoding.special_tokens_mask)
+        for name, values in (
+            ("input_ids", encoding.ids),
+            ("attention_mask", encoding.attention_mask),
+            ("token_type_ids", encoding.type_ids),
+        ):
+            columns[name].append(head_tail_window(values, max_length, lead, trail))
+    width = max((len(row) for row in columns["input_ids"]), default=0)
+    pads = {"input_ids": pad_id, "attention_mask": 0, "token_type_ids": 0}
+    return {
+        name: np.asarray([row + [pads[name]] * (width - len(row)) for row in rows], np.int64)
+        for name, rows in columns.items()
+    }
+
+
 class OnnxBundle:
     """What every bundle has: model.onnx, tokenizer.json, labels.json, bundle.json.
 
@@ -51,6 +107,8 @@ class OnnxBundle:
         self.meta: dict[str, Any] = _read_json(self.bundle_dir / "bundle.json")
         self.labels: list[str] = _read_json(self.bundle_dir / "labels.json")
         self.max_length = int(self.meta["max_length"])
+        # How a text longer than max_length tokens is cut (train.long_text when trained).
+        self.long_text = str(self.meta.get("long_text", "truncate"))
         self.input_names: list[str] = list(self.meta["input_names"])
         self.tokenizer = self._load_tokenizer()
         self.model_file = self._model_file(model)
@@ -89,6 +147,10 @@ class OnnxBundle:
             tokenizer = Tokenizer.from_file(str(path))
         except Exception as exc:
             raise BundleError(f"{path}: cannot be loaded as a tokenizers file: {exc}") from exc
+        if self.long_text != "truncate":  # encoded whole, cut and padded by window_inputs
+            tokenizer.no_truncation()  # tokenizer.json may carry the settings it was saved with
+            tokenizer.no_padding()
+            return tokenizer
         tokenizer.enable_truncation(max_length=self.max_length)
         tokenizer.enable_padding(
             pad_id=int(self.meta["pad_token_id"]), pad_token=str(self.meta["pad_token"])
@@ -123,6 +185,15 @@ class OnnxClassifier(OnnxBundle):
     """A text classifier: one label per text."""
 
     def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
+        if self.long_text != "truncate":
+            inputs = window_inputs(
+                self.tokenizer,
+                texts,
+                self.max_length,
+                self.long_text,
+                int(self.meta["pad_token_id"]),
+            )
+            return {name: inputs[name] for name in self.input_names}
         return self._inputs(self.tokenizer.encode_batch(texts))
 
     def logits(self, texts: list[str], batch_size: int = 32) -> np.ndarray:

@@ -72,7 +72,8 @@ def _ingest(ctx: Context, source: Path) -> tuple[IngestResult, DataVersion | Non
         ),
         (ctx.paths.data_raw.with_name("raw.dvc"),),
         suffixes=task.raw_suffixes,
-        text_columns=(data.text_column, data.label_column) if task.cross_batch_conflicts else None,
+        data=data if task.cross_batch_conflicts else None,
+        policy=ctx.params.validate_,
     )
     return result, (versions[0] if versions else None)
 

@@ -44,6 +44,11 @@ class ValidationInput:
     label_source: str  # "params", "labels.json" or "inferred"
     label_counts: dict[str, int]
     checks: list[CheckResult] = field(default_factory=list)  # hand-written, after GX's
+    dropped_rows: list[dict[str, str]] = field(default_factory=list)  # what prepare will drop
+    # The user's names of the frame's columns ("text" -> data.text_column): what messages say.
+    column_names: dict[str, str] = field(default_factory=dict)
+    # (expectation, frame column) -> what was found beyond the examples and the key to change.
+    fixes: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 @dataclass
@@ -57,6 +62,7 @@ class SplitFrame:
     dropped_duplicates: int
     conflicts: list[dict[str, str]]
     max_stratification_gap: float = 0.0
+    dropped_rows: list[dict[str, str]] = field(default_factory=list)  # file:row, reason, label
     manifest: dict[str, Any] = field(default_factory=dict)  # task-specific manifest keys
 
 

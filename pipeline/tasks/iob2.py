@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.io import jsonl_records, raw_files, read_utf8
+from pipeline.io import jsonl_records, raw_files, read_text
 from tuneops.errors import DataValidationError
 from tuneops.runtime import iob2_entities as entities  # noqa: F401  (one implementation)
 
@@ -25,7 +25,7 @@ class Sentence:
     split: str | None = None  # "test" when the dataset ships its own test split
 
 
-def read_conll(path: Path, split: str | None = None) -> list[Sentence]:
+def read_conll(path: Path, split: str | None = None, encoding: str = "utf-8") -> list[Sentence]:
     """One token per line, the tag in the last column, a blank line between sentences.
 
     `-DOCSTART-` lines are skipped. A non-blank line with a single column is an error
@@ -35,7 +35,7 @@ def read_conll(path: Path, split: str | None = None) -> list[Sentence]:
     tokens: list[str] = []
     tags: list[str] = []
     start = 0
-    text = read_utf8(path)
+    text = read_text(path, encoding)
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             if tokens:
@@ -58,10 +58,12 @@ def read_conll(path: Path, split: str | None = None) -> list[Sentence]:
     return sentences
 
 
-def read_token_jsonl(path: Path, tokens_key: str, tags_key: str) -> list[Sentence]:
+def read_token_jsonl(
+    path: Path, tokens_key: str, tags_key: str, encoding: str = "utf-8"
+) -> list[Sentence]:
     """JSON lines with a list of tokens and a list of tags (and an optional "split")."""
     sentences = []
-    for number, record in jsonl_records(path):
+    for number, record in jsonl_records(path, encoding):
         missing = [k for k in (tokens_key, tags_key) if k not in record]
         if missing:
             raise DataValidationError(
@@ -83,23 +85,28 @@ def read_token_jsonl(path: Path, tokens_key: str, tags_key: str) -> list[Sentenc
 
 
 def read_sentences(
-    path: Path, tokens_key: str = "tokens", tags_key: str = "tags"
+    path: Path, tokens_key: str = "tokens", tags_key: str = "tags", encoding: str = "utf-8"
 ) -> list[Sentence]:
     if path.suffix.lower() == ".jsonl":
-        return read_token_jsonl(path, tokens_key, tags_key)
-    return read_conll(path)
+        return read_token_jsonl(path, tokens_key, tags_key, encoding)
+    return read_conll(path, encoding=encoding)
 
 
 TOKEN_SUFFIXES = (".jsonl", ".conll", ".bio")
 
 
 def read_raw_sentences(
-    dataset_dir: Path, tokens_key: str, tags_key: str, max_rows: int | None = None
+    dataset_dir: Path,
+    tokens_key: str,
+    tags_key: str,
+    max_rows: int | None = None,
+    encoding: str = "utf-8",
 ) -> list[Sentence]:
-    """Every batch of a token dataset (JSONL or CoNLL files), in file order."""
+    """Every batch of a token dataset (JSONL or CoNLL files, text in `encoding`), in file
+    order."""
     sentences = []
     for path in raw_files(dataset_dir, TOKEN_SUFFIXES):
-        found = read_sentences(path, tokens_key, tags_key)
+        found = read_sentences(path, tokens_key, tags_key, encoding)
         if not found:
             raise DataValidationError(f"{path}: no sentences; expected at least one")
         sentences += found

@@ -125,11 +125,15 @@ class TextClassification:
         return load_classifier(path, labels, num_hidden_layers, attn_implementation)
 
     def tokenise(self, tokenizer: Any, cfg: TrainConfig) -> Callable[..., dict[str, Any]]:
+        from pipeline.training.modeling import encode_window
+
         def tokenise(batch: dict[str, list[Any]]) -> dict[str, Any]:
-            encoded = tokenizer(batch["text"], truncation=True, max_length=cfg.max_length)
+            encoded: dict[str, Any] = encode_window(
+                tokenizer, batch["text"], cfg.max_length, cfg.long_text
+            )
             encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
             encoded["labels"] = batch["label_id"]
-            return dict(encoded)
+            return encoded
 
         return tokenise
 
@@ -149,7 +153,8 @@ class TextClassification:
         return compute
 
     def after_tokenise(self, splits: Any, cfg: TrainConfig) -> tuple[Any, dict[str, Any]]:
-        return splits, {}
+        # Recorded with the candidate: evaluate and export read its texts the same way.
+        return splits, {"long_text": cfg.long_text}
 
     def evaluate(
         self,
@@ -170,7 +175,9 @@ class TextClassification:
         from pipeline.training.modeling import predict_logits
 
         texts = test["text"].tolist()
-        reference = predict_logits(model, tokenizer, texts, max_length, batch_size=64)
+        reference = predict_logits(
+            model, tokenizer, texts, max_length, batch_size=64, long_text=bundle.long_text
+        )
         return reference, bundle.logits(texts, batch_size=64)
 
     def describe(self, labels: list[str]) -> str:

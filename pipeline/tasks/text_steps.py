@@ -19,8 +19,11 @@ from pipeline.prepare import SPLITS, normalise_text, split_of
 from pipeline.tasks.base import Evaluation, SplitFrame, ValidationInput
 from pipeline.validate import (
     conflicting_labels_check,
+    dropped_rows,
+    duplicate_rows_check,
     label_type_check,
     min_examples_check,
+    repeated_rows,
     two_labels_check,
 )
 from tuneops.errors import DataValidationError
@@ -39,12 +42,25 @@ if TYPE_CHECKING:
 # --- validate -------------------------------------------------------------------------
 
 
+def read_raw_in(data: DataConfig, dataset_dir: Path) -> pd.DataFrame:
+    """The raw rows as data.* says to read them (columns, slice, encoding, delimiter)."""
+    return read_raw(
+        dataset_dir,
+        data.text_column,
+        data.label_column,
+        data.max_rows,
+        data.encoding,
+        data.delimiter,
+    )
+
+
 def validation_input(data: DataConfig, cfg: ValidateConfig, dataset_dir: Path) -> ValidationInput:
-    frame = read_raw(dataset_dir, data.text_column, data.label_column, data.max_rows)
+    frame = read_raw_in(data, dataset_dir)
     label_types = label_type_check(frame)
     frame["label"] = frame["label"].map(lambda v: v if pd.isna(v) else str(v))
     labels, label_source = _label_set(data, dataset_dir, frame)
     counts = frame["label"].value_counts().reindex(list(labels), fill_value=0)
+    repeats = repeated_rows(frame)
     return ValidationInput(
         frame=frame,
         columns=["text", "label"],
@@ -57,9 +73,45 @@ def validation_input(data: DataConfig, cfg: ValidateConfig, dataset_dir: Path) -
             label_types,
             min_examples_check(frame, labels, cfg.min_examples_per_class),
             two_labels_check(labels),
-            conflicting_labels_check(frame),
+            conflicting_labels_check(repeats, len(frame), cfg),
+            duplicate_rows_check(repeats, len(frame), cfg),
         ],
+        dropped_rows=dropped_rows(repeats, data.label_column),
+        column_names={"text": data.text_column, "label": data.label_column},
+        fixes=_fixes(frame, labels, label_source, cfg),
     )
+
+
+def _fixes(
+    frame: pd.DataFrame, labels: tuple[str, ...], label_source: str, cfg: ValidateConfig
+) -> dict[tuple[str, str], str]:
+    """What the suite's failures mean in the keys a user changes."""
+    lengths = frame["text"].map(lambda v: len(v) if isinstance(v, str) else None).dropna()
+    longer, shorter = lengths[lengths > cfg.max_text_chars], lengths[lengths < cfg.min_text_chars]
+    bounds = []
+    if len(longer):
+        bounds.append(
+            f"validate.max_text_chars: {cfg.max_text_chars}; {len(longer)} rows are longer "
+            f"(longest {int(longer.max()):,}): raise it, or fix the rows"
+        )
+    if len(shorter):
+        bounds.append(
+            f"validate.min_text_chars: {cfg.min_text_chars}; {len(shorter)} rows are shorter: "
+            "lower it, or fix the rows"
+        )
+    where = {"params": "data.labels", "labels.json": "labels.json"}.get(label_source, "the labels")
+    outside = frame["label"].dropna()
+    outside = outside[~outside.isin(labels)]
+    return {
+        ("expect_column_value_lengths_to_be_between", "text"): "; ".join(bounds),
+        ("expect_column_values_to_be_in_set", "label"): (
+            f"{len(outside)} row(s) have a label outside {where} {list(labels)}: add it to "
+            f"{where}, or fix the rows"
+        ),
+        ("expect_column_distinct_values_to_contain_set", "label"): (
+            f"a label of {where} has no rows: remove it from {where}, or add rows"
+        ),
+    }
 
 
 def _label_set(
@@ -87,9 +139,6 @@ def _suite(labels: tuple[str, ...], cfg: ValidateConfig) -> list[Any]:
         ),
         ex.ExpectColumnValuesToBeInSet(column="label", value_set=list(labels)),
         ex.ExpectColumnDistinctValuesToContainSet(column="label", value_set=list(labels)),
-        ex.ExpectColumnProportionOfUniqueValuesToBeBetween(
-            column="text", min_value=1.0 - cfg.max_duplicate_rate
-        ),
     ]
 
 
@@ -100,10 +149,15 @@ def split(
     data: DataConfig, cfg: PrepareConfig, labels: tuple[str, ...], dataset_dir: Path
 ) -> SplitFrame:
     """Normalised, de-duplicated rows, each in the split its text hashes to."""
-    frame = read_raw(dataset_dir, data.text_column, data.label_column, data.max_rows)
+    frame = read_raw_in(data, dataset_dir)
     frame["text"] = frame["text"].astype(str).map(normalise_text)
     frame["label"] = frame["label"].astype(str)
-    frame, dropped_duplicates, conflicts = _deduplicate(frame)
+    repeats = repeated_rows(frame)
+    dropped = dropped_rows(repeats, data.label_column)
+    conflicts = _conflicts(repeats)
+    dropped_duplicates = int(repeats["duplicate_of"].notna().sum())
+    frame = frame[~repeats["conflicting"] & repeats["duplicate_of"].isna()]
+    frame = frame.reset_index(drop=True)
     frame["split"] = [
         split_of(t, cfg.validation_fraction, cfg.test_fraction) for t in frame["text"]
     ]
@@ -119,29 +173,22 @@ def split(
         dropped_duplicates=dropped_duplicates,
         conflicts=conflicts,
         max_stratification_gap=_stratification_gap(frame, labels),
+        dropped_rows=dropped,
     )
 
 
-def _deduplicate(frame: pd.DataFrame) -> tuple[pd.DataFrame, int, list[dict[str, str]]]:
-    """Drop exact (text, label) repeats; drop every copy of a text seen with two labels.
-
-    A text with conflicting labels cannot be trusted either way, so none of its rows
-    is kept; each one is reported with its source rows.
-    """
-    before = len(frame)
-    frame = frame.drop_duplicates(subset=["text", "label"], keep="first")
-    dropped_duplicates = before - len(frame)
-    labels_per_text = frame.groupby("text")["label"].transform("nunique")
-    conflicting = frame[labels_per_text > 1]
-    conflicts = [
+def _conflicts(repeats: pd.DataFrame) -> list[dict[str, str]]:
+    """Each text seen with two labels (every copy is dropped: neither can be trusted),
+    with its labels and source rows."""
+    conflicting = repeats[repeats["conflicting"]]
+    return [
         {
             "text": text[:80],
-            "labels": ",".join(sorted(group["label"])),
+            "labels": ",".join(sorted(set(group["label"]))),
             "sources": ",".join(group["source"]),
         }
-        for text, group in conflicting.groupby("text", sort=True)
+        for text, group in conflicting.groupby("key", sort=True)
     ]
-    return frame[labels_per_text == 1].reset_index(drop=True), dropped_duplicates, conflicts
 
 
 def _label_counts(part: pd.DataFrame, labels: tuple[str, ...]) -> dict[str, int]:
@@ -212,12 +259,16 @@ def evaluate(
 
     model = task.load_model(candidate_dir)
     tokenizer = load_tokenizer(candidate_dir)
-    logits = predict_logits(model, tokenizer, test["text"].tolist(), max_length, cfg.batch_size)
+    long_text = long_text_of(candidate_dir)
+    logits = predict_logits(
+        model, tokenizer, test["text"].tolist(), max_length, cfg.batch_size, long_text=long_text
+    )
     predicted = logits.argmax(axis=1)
 
     metrics: dict[str, Any] = score(y_test, predicted, len(labels))
     metrics["test_rows"] = len(test)
-    metrics |= _baselines(task, cfg, base, max_length, seed, train, test, len(labels))
+    window = (max_length, long_text)
+    metrics |= _baselines(task, cfg, base, window, seed, train, test, len(labels))
     return Evaluation(
         metrics=metrics,
         per_class=per_class_report(y_test, predicted, labels),
@@ -226,11 +277,19 @@ def evaluate(
     )
 
 
+def long_text_of(candidate_dir: Path) -> str:
+    """The candidate's train.long_text (training_summary.json; truncate before it existed)."""
+    summary = candidate_dir / "training_summary.json"
+    if not summary.exists():
+        return "truncate"
+    return str(json.loads(summary.read_text(encoding="utf-8")).get("long_text", "truncate"))
+
+
 def _baselines(
     task: TextClassification,
     cfg: EvaluateConfig,
     base: ModelConfig,
-    max_length: int,
+    window: tuple[int, str],
     seed: int,
     train: pd.DataFrame,
     test: pd.DataFrame,
@@ -253,7 +312,7 @@ def _baselines(
         "majority": score(y_test, majority.predict(test[["text"]]), n_labels),
         "tfidf": score(y_test, tfidf.predict(test["text"]), n_labels),
         "before_finetuning": _frozen_encoder_baseline(
-            task, cfg, base, max_length, seed, train, test, n_labels
+            task, cfg, base, window, seed, train, test, n_labels
         ),
     }
 
@@ -262,7 +321,7 @@ def _frozen_encoder_baseline(
     task: TextClassification,
     cfg: EvaluateConfig,
     base: ModelConfig,
-    max_length: int,
+    window: tuple[int, str],
     seed: int,
     train: pd.DataFrame,
     test: pd.DataFrame,
@@ -281,11 +340,18 @@ def _frozen_encoder_baseline(
     path = resolve_model_path(base.name_or_path)
     model = task.load_model(path, tuple(str(i) for i in range(n_labels)), base.num_hidden_layers)
     tokenizer = load_tokenizer(path)
-    x_train = predict_logits(
-        model, tokenizer, sample["text"].tolist(), max_length, cfg.batch_size, features=True
-    )
-    x_test = predict_logits(
-        model, tokenizer, test["text"].tolist(), max_length, cfg.batch_size, features=True
+    max_length, long_text = window  # the texts read as the candidate reads them
+    x_train, x_test = (
+        predict_logits(
+            model,
+            tokenizer,
+            part["text"].tolist(),
+            max_length,
+            cfg.batch_size,
+            features=True,
+            long_text=long_text,
+        )
+        for part in (sample, test)
     )
     # Standardising first keeps it a linear head (the scaling folds into its weights) but
     # lets the regulariser treat every feature alike; raw pooler features are near-saturated.

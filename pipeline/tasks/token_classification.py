@@ -21,6 +21,7 @@ import pandas as pd
 
 from pipeline.tasks.base import Evaluation, SplitFrame, ValidationInput, check_keys
 from pipeline.tasks.iob2 import TOKEN_SUFFIXES, align_labels
+from tuneops.errors import ConfigError
 
 if TYPE_CHECKING:
     from tuneops.config import (
@@ -123,6 +124,11 @@ class TokenClassification:
 
     def check(self, params: Params) -> None:
         check_keys(self, params)
+        if params.train.long_text != "truncate":
+            raise ConfigError(
+                f"train.long_text: {params.train.long_text!r} is for text classification; "
+                f"{self.name} cuts a sentence at train.max_length (set it to truncate)"
+            )
 
     def validation_input(
         self, data: DataConfig, cfg: ValidateConfig, dataset_dir: Path

@@ -63,7 +63,9 @@ COLUMNS = ["text", "n_tokens", "n_tags", "bio_error", "unknown_tag"]
 
 
 def validation_input(data: DataConfig, cfg: ValidateConfig, dataset_dir: Path) -> ValidationInput:
-    sentences = read_raw_sentences(dataset_dir, data.text_column, data.label_column, data.max_rows)
+    sentences = read_raw_sentences(
+        dataset_dir, data.text_column, data.label_column, data.max_rows, data.encoding
+    )
     labels = tuple(data.labels) if data.labels else read_label_file(dataset_dir)
     label_source = "params" if data.labels else "labels.json"
     if labels is None:
@@ -115,7 +117,9 @@ def _suite(cfg: ValidateConfig) -> list[Any]:
 def split(
     data: DataConfig, cfg: PrepareConfig, labels: tuple[str, ...], dataset_dir: Path
 ) -> SplitFrame:
-    sentences = read_raw_sentences(dataset_dir, data.text_column, data.label_column, data.max_rows)
+    sentences = read_raw_sentences(
+        dataset_dir, data.text_column, data.label_column, data.max_rows, data.encoding
+    )
     frame = pd.DataFrame(
         {
             "tokens": [[normalise_text(t) for t in s.tokens] for s in sentences],

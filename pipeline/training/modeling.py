@@ -117,6 +117,26 @@ def check_weights(folder: Path) -> None:
             ) from exc
 
 
+def encode_window(
+    tokenizer: Any, texts: list[str], max_length: int, long_text: str = "truncate"
+) -> dict[str, list[list[int]]]:
+    """Each text's model inputs (unpadded) within `max_length` tokens, by train.long_text:
+    truncate keeps the first tokens; head_tail encodes the whole text and keeps its first
+    and last tokens (tuneops.runtime.head_tail_window, what the ONNX runtime runs)."""
+    if long_text == "truncate":
+        return dict(tokenizer(texts, truncation=True, max_length=max_length))
+    from tuneops.runtime import head_tail_window, special_ends
+
+    encoded = tokenizer(texts, truncation=False, return_special_tokens_mask=True, verbose=False)
+    masks = encoded.pop("special_tokens_mask")
+    cut: dict[str, list[list[int]]] = {name: [] for name in encoded}
+    for row, mask in enumerate(masks):
+        lead, trail = special_ends(mask)
+        for name in encoded:
+            cut[name].append(head_tail_window(encoded[name][row], max_length, lead, trail))
+    return cut
+
+
 @torch.inference_mode()
 def predict_logits(
     model: PreTrainedModel,
@@ -125,10 +145,12 @@ def predict_logits(
     max_length: int,
     batch_size: int,
     features: bool = False,
+    long_text: str = "truncate",
 ) -> np.ndarray:
     """Logits [n, num_labels] (or, with `features`, the head's input [n, hidden]) in input order.
 
     Texts are batched by length to keep padding small; the result is put back in order.
+    A text longer than `max_length` tokens is cut by `long_text` (encode_window).
     """
     model.eval()
     device = next(model.parameters()).device
@@ -142,13 +164,17 @@ def predict_logits(
     try:
         for start in range(0, len(texts), batch_size):
             batch_texts = [texts[i] for i in order[start : start + batch_size]]
-            batch = tokenizer(
-                batch_texts,
-                truncation=True,
-                max_length=max_length,
-                padding=True,
-                return_tensors="pt",
-            ).to(device)
+            if long_text == "truncate":
+                batch = tokenizer(
+                    batch_texts,
+                    truncation=True,
+                    max_length=max_length,
+                    padding=True,
+                    return_tensors="pt",
+                ).to(device)
+            else:
+                encoded = encode_window(tokenizer, batch_texts, max_length, long_text)
+                batch = tokenizer.pad(encoded, return_tensors="pt").to(device)
             logits = model(**batch).logits
             if features:
                 head_input = captured.pop()

@@ -102,3 +102,27 @@ def test_a_label_missing_from_the_test_split_is_an_error(tmp_path: Path) -> None
             tmp_path / "out",
         )
     assert not (tmp_path / "out").exists()
+
+
+def test_the_manifest_lists_every_dropped_row_in_the_users_column_names(tmp_path: Path) -> None:
+    rows = [*make_rows(200), ("text   number 3", "positive"), ("text number 4", "positive")]
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    frame = pd.DataFrame(rows, columns=["review", "sentiment"])
+    frame.to_csv(folder / "batch-0000.csv", index=False)
+    data = DataConfig(text_column="review", label_column="sentiment")
+    result = prepare(TEXT, data, PrepareConfig(), LABELS, folder, tmp_path / "out")
+    expected = [
+        {"source": "batch-0000.csv:5", "reason": "conflicting_label", "sentiment": "negative"},
+        {
+            "source": "batch-0000.csv:201",
+            "reason": "duplicate",
+            "sentiment": "positive",
+            "duplicate_of": "batch-0000.csv:4",
+        },
+        {"source": "batch-0000.csv:202", "reason": "conflicting_label", "sentiment": "positive"},
+    ]
+    assert result.dropped_rows == expected
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["dropped_rows"] == expected
+    assert sum(result.rows.values()) == 199

@@ -110,7 +110,8 @@ def test_ingest_rejects_the_batch_and_appends_nothing(
     raw, dvc_file = ctx.paths.data_raw, ctx.paths.data_raw.with_name("raw.dvc")
     before = (tree_hash(raw, dvc_file), registry.state())
     source = case_file(case, tmp_path)
-    run = run_cli(capfd, "--root", str(ctx.paths.root), "ingest", str(source))
+    settings = [arg for setting in case.settings for arg in ("--set", setting)]
+    run = run_cli(capfd, "--root", str(ctx.paths.root), *settings, "ingest", str(source))
     after = (tree_hash(raw, dvc_file), registry.state())
     check_rejection(case, source, run, after != before, record_property, "tuneops ingest")
 
@@ -155,7 +156,8 @@ def test_run_stops_before_training_and_registers_nothing(
     )
     watched = (root / "data" / "raw", dvc_file, remote)
     before = (tree_hash(*watched), registry.state())
-    run = run_cli(capfd, "--root", str(root), "run")
+    settings = [arg for setting in case.settings for arg in ("--set", setting)]
+    run = run_cli(capfd, "--root", str(root), *settings, "run")
     after = (tree_hash(*watched), registry.state())
     check_rejection(case, Path(source), run, after != before, record_property, "tuneops run")
     assert not (root / "models").exists()

@@ -41,6 +41,8 @@ class Case:
     paths: tuple[str, ...] = ("ingest", "run")
     exit_code: int = DATA_EXIT
     generated: bool = False  # written at test time, not committed
+    # `--set KEY=VALUE` options the entry points run with (a policy that is not the default).
+    settings: tuple[str, ...] = ()
     notes: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -106,7 +108,7 @@ HUGE_TEXT_CHARS = 5 * 2**20
 
 
 def huge_text(folder: Path) -> Path:
-    """A valid batch but for one 5 MB text (validate.max_text_chars is 5000)."""
+    """A valid batch but for one 5 MB text (validate.max_text_chars is 1,000,000)."""
     rows = [*good_rows("huge"), ("a" * (HUGE_TEXT_CHARS - 20) + " the end of it", "positive")]
     path = folder / "huge_text.csv"
     path.write_bytes(csv_bytes(rows))
@@ -134,7 +136,7 @@ CASES: tuple[Case, ...] = (
         "text",
         "missing text column",
         csv_bytes(good_rows("a"), ("review", "label")),
-        ("missing column(s) ['text']", "expected 'text' and 'label'"),
+        ("missing column(s) ['text']", "expected 'text' and 'label' (data.text_column"),
     ),
     Case(
         "missing_label_column.csv",
@@ -206,7 +208,7 @@ CASES: tuple[Case, ...] = (
                 *good_rows("i")[12:],
             ]
         ).encode("latin-1"),
-        ("non_utf8.csv:14: not valid UTF-8", "expected UTF-8 text"),
+        ("non_utf8.csv:14: not valid UTF-8", "expected UTF-8 text", "set data.encoding"),
     ),
     Case(
         "truncated.parquet",
@@ -285,16 +287,18 @@ CASES: tuple[Case, ...] = (
             "expect_no_text_with_conflicting_labels column 'text'",
             "conflicting_labels.csv:25 (positive), conflicting_labels.csv:26 (negative)",
             "each text to have one label",
+            "their 2 rows are 7.69% of 26, above validate.max_conflicting_rate: 0.01",
         ),
     ),
     Case(
         "huge_text.csv",
         "text",
-        "a 5 MB single text (validate.max_text_chars is 5000)",
+        "a 5 MB single text (validate.max_text_chars is 1,000,000)",
         says=(
             "expect_column_value_lengths_to_be_between column 'text'",
             "huge_text.csv:25",
-            "max_value=5000",
+            "max_value=1000000",
+            "validate.max_text_chars: 1000000; 1 rows are longer (longest 5,242,874): raise it",
         ),
         generated=True,
     ),
@@ -334,14 +338,18 @@ CASES: tuple[Case, ...] = (
     Case(
         "conflicts_with_existing.csv",
         "text",
-        "a text already in data/raw with the other label (ingest checks the batch against it)",
+        "a text already in data/raw with the other label, under validate.conflicting_labels: "
+        "reject (ingest checks the batch against data/raw; the default, drop, accepts it and "
+        "lists the rows prepare drops)",
         conflicts_with_existing(),
         (
             "labels a text differently from the batches in",
             "expect_no_text_with_conflicting_labels column 'text'",
             "conflicts_with_existing.csv:25",
+            "validate.conflicting_labels: reject",
         ),
         paths=("ingest",),
+        settings=("validate.conflicting_labels=reject",),
     ),
     Case(
         "split_starved.csv",
