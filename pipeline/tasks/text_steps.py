@@ -364,29 +364,18 @@ def _frozen_encoder_baseline(
 def _plot_confusion(
     y_true: np.ndarray, y_pred: np.ndarray, labels: tuple[str, ...], path: Path
 ) -> None:
-    import matplotlib
+    from pipeline.plots import write_confusion_matrix
 
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import ConfusionMatrixDisplay
-
-    from tuneops.paths import atomic_file
-
-    fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 3, 1.2 * len(labels) + 2.5))
-    ConfusionMatrixDisplay.from_predictions(
+    n = len(labels)
+    write_confusion_matrix(
         y_true,
         y_pred,
-        labels=list(range(len(labels))),
+        list(range(n)),
+        path,
+        "test split",
+        (1.2 * n + 3, 1.2 * n + 2.5),
         display_labels=list(labels),
-        ax=ax,
-        colorbar=False,
-        xticks_rotation=45,
     )
-    ax.set_title("test split")
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
 
 
 def _predictions(test: pd.DataFrame, logits: np.ndarray, labels: tuple[str, ...]) -> pd.DataFrame:

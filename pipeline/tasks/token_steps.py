@@ -24,26 +24,21 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import ConfusionMatrixDisplay
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from pipeline.io import read_label_file
+from pipeline.plots import write_confusion_matrix
 from pipeline.prepare import SPLITS, normalise_text, split_of
 from pipeline.tasks.base import Evaluation, SplitFrame, ValidationInput
 from pipeline.tasks.iob2 import OUTSIDE, bio_error, read_raw_sentences
 from pipeline.tasks.token_classification import entity_scores, entity_type_report
 from pipeline.training.modeling import load_tokenizer, resolve_model_path
 from tuneops.errors import DataValidationError
-from tuneops.paths import atomic_file
 from tuneops.runtime import first_subtoken_rows, tags_from_rows
 
 if TYPE_CHECKING:
@@ -324,17 +319,13 @@ def _plot_type_confusion(gold: list[str], predicted: list[str], path: Path, top:
         return kind(tag) if kind(tag) in shown else "other"
 
     names = [*shown, "other"]
-    fig, ax = plt.subplots(figsize=(0.6 * len(names) + 4, 0.6 * len(names) + 3))
-    ConfusionMatrixDisplay.from_predictions(
+    write_confusion_matrix(
         [bucket(t) for t in gold],
         [bucket(t) for t in predicted],
-        labels=names,
-        ax=ax,
-        colorbar=False,
-        xticks_rotation=90,
+        names,
+        path,
+        "test words by entity type",
+        (0.6 * len(names) + 4, 0.6 * len(names) + 3),
+        rotation=90,
+        dpi=100,
     )
-    ax.set_title("test words by entity type")
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
