@@ -118,7 +118,7 @@ def reproduce(
         recorded_fingerprint=tags.get("data.fingerprint", "unknown"),
         fingerprint=prepared.fingerprint,
         recorded_commit=tags.get("git.commit", "unknown"),
-        current_commit=git_commit(ctx.paths.root),
+        current_commit=git_commit(ctx.paths.root, stages.pipeline_owned()),
         device=trained.device,
         metrics={
             key: (float(recorded[key]), float(reproduced[key]))
