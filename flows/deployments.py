@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from tuneops.errors import ConfigError
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig
 
 
 def require_server(command: str) -> None:
@@ -40,11 +43,25 @@ def retrain_parameters(
     }
 
 
+def one_at_a_time() -> ConcurrencyLimitConfig:
+    """The deployment's concurrency limit: one run at a time, on the Prefect server.
+
+    A second run (a manual `prefect deployment run` during the weekly one, two workers
+    polling one pool) waits as "AwaitingConcurrencySlot" and starts when the first ends,
+    rather than failing on the project lock (ProjectBusy) or being cancelled."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+    return ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
+
+
 def serve_retrain(name: str, cron: str, parameters: dict[str, Any]) -> None:
-    """Serve the deployment on `cron` from this process until it is stopped."""
+    """Serve the deployment on `cron` from this process until it is stopped: one run at a
+    time across every process serving it (`global_limit`) and in this one (`limit`)."""
     from flows.retrain import retrain_flow
 
-    retrain_flow.serve(name=name, cron=cron, parameters=parameters)
+    retrain_flow.serve(
+        name=name, cron=cron, parameters=parameters, global_limit=one_at_a_time(), limit=1
+    )
 
 
 def deploy_retrain(
@@ -55,7 +72,8 @@ def deploy_retrain(
     image: str | None = None,
     env: dict[str, str] | None = None,
 ) -> UUID:
-    """Register the deployment with work pool `pool` and return its id.
+    """Register the deployment with work pool `pool` and return its id; it runs one at a
+    time (`one_at_a_time`).
 
     `image`: for Docker and Kubernetes pools, an image with tuneops installed (used as it
     is: nothing is built or pushed). `env`: variables set in every flow run's environment
@@ -84,6 +102,7 @@ def deploy_retrain(
         work_pool_name=pool,
         job_variables={"env": env} if env else None,
         entrypoint_type=EntrypointType.MODULE_PATH,
+        concurrency_limit=one_at_a_time(),
     )
     assert isinstance(deployment, RunnerDeployment)  # called from sync code
     deployed = deployment.apply(work_pool_name=pool, image=image)

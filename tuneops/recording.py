@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,13 +24,15 @@ def current_data_version(ctx: Context) -> str:
     return version_data(ctx.paths.root, ctx.paths.data_raw, push=False).version
 
 
-def lineage_tags(ctx: Context) -> dict[str, str]:
+def lineage_tags(ctx: Context, owned: Iterable[str] = ()) -> dict[str, str]:
+    """The tags every run and model version carries; `owned`: the pipeline's own files,
+    which do not make `git.commit` dirty (`stages.pipeline_owned()`)."""
     manifest = read_manifest(ctx.paths.data_prepared)
     return {
         "data.version": current_data_version(ctx),
         "data.fingerprint": manifest["fingerprint"],
         "data.name": ctx.params.data.name,
-        "git.commit": git_commit(ctx.paths.root),
+        "git.commit": git_commit(ctx.paths.root, owned),
         "params.hash": ctx.params.params_hash(),
         "task": ctx.params.task,
         "base_model": ctx.params.model.name_or_path,

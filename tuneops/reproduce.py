@@ -21,7 +21,7 @@ from pipeline.version_data import default_remote, run_dvc
 from tuneops import stages
 from tuneops.config import load_params
 from tuneops.errors import ConfigError, ExternalToolError
-from tuneops.lineage import git_commit
+from tuneops.lineage import git_commit, library_versions
 from tuneops.paths import Paths
 from tuneops.tracking import store_client
 
@@ -41,6 +41,32 @@ class Reproduction:
     device: str
     metrics: dict[str, tuple[float, float]]  # name -> (recorded, reproduced)
     tolerance: float
+    recorded_libraries: dict[str, str]  # the training run's lib.* tags, "lib." dropped
+    current_libraries: dict[str, str]  # lineage.library_versions() here
+
+    @property
+    def recorded_dirty(self) -> bool:
+        """The version was trained with uncommitted code or params: no commit holds them."""
+        return self.recorded_commit.endswith("-dirty")
+
+    @property
+    def libraries_that_differ(self) -> list[str]:
+        return [
+            name for name, (recorded, current) in self._libraries().items() if recorded != current
+        ]
+
+    def _libraries(self) -> dict[str, tuple[str, str]]:
+        """name -> (recorded, current), in the order library_versions() lists them."""
+        names = list(self.current_libraries) + sorted(
+            set(self.recorded_libraries) - set(self.current_libraries)
+        )
+        return {
+            name: (
+                self.recorded_libraries.get(name, "not recorded"),
+                self.current_libraries.get(name, "absent"),
+            )
+            for name in names
+        }
 
     @property
     def same_data(self) -> bool:
@@ -53,6 +79,11 @@ class Reproduction:
             abs(a - b) <= self.tolerance for a, b in self.metrics.values()
         )
 
+    def _commit_mark(self) -> str:
+        if self.recorded_dirty:
+            return "  DIRTY"
+        return "" if self.recorded_commit == self.current_commit else "  DIFFERENT"
+
     def table(self) -> str:
         lines = [
             f"reproduced v{self.version} in {self.workspace} on {self.device}",
@@ -60,16 +91,39 @@ class Reproduction:
             f"{'data version':28} {self.data_version:>34} {self.data_version:>34}",
             f"{'prepared fingerprint':28} {self.recorded_fingerprint[:32]:>34} "
             f"{self.fingerprint[:32]:>34}{'' if self.same_data else '  DIFFERENT'}",
-            f"{'git commit':28} {self.recorded_commit[:34]:>34} {self.current_commit[:34]:>34}",
+            f"{'git commit':28} {_short(self.recorded_commit):>34} "
+            f"{_short(self.current_commit):>34}{self._commit_mark()}",
         ]
         for name, (recorded, reproduced) in self.metrics.items():
             mark = "" if abs(recorded - reproduced) <= self.tolerance else "  DIFFERENT"
             lines.append(f"{name:28} {recorded:>34.6f} {reproduced:>34.6f}{mark}")
         if not self.metrics:
             lines.append("no metric recorded on the run matches the task's reproduce_metrics")
+        if self.recorded_libraries:
+            for name, (was, now) in self._libraries().items():
+                mark = "" if was == now else "  DIFFERENT"
+                lines.append(f"{'lib.' + name:28} {was[:34]:>34} {now[:34]:>34}{mark}")
+        else:
+            lines.append("no library versions (lib.* tags) recorded on the run")
+        if self.recorded_dirty:
+            lines.append(
+                "the recorded commit is -dirty: it was trained with uncommitted code or params, "
+                "so no commit holds the code it ran"
+            )
+        if self.recorded_libraries and self.libraries_that_differ:
+            lines.append(
+                f"libraries differ from the recorded run: {', '.join(self.libraries_that_differ)}"
+                " (CPU results are bit-exact only with the recorded versions)"
+            )
         verdict = "identical" if self.same_data and self.same_metrics else "NOT reproduced"
         lines.append(f"result: {verdict} (metric tolerance {self.tolerance:g})")
         return "\n".join(lines)
+
+
+def _short(commit: str) -> str:
+    """A sha cut to 12 hex digits, keeping its "-dirty" (a full sha does not fit a column)."""
+    sha, dirty, _ = commit.partition("-dirty")
+    return sha[:12] + dirty
 
 
 def reproduce(
@@ -118,7 +172,7 @@ def reproduce(
         recorded_fingerprint=tags.get("data.fingerprint", "unknown"),
         fingerprint=prepared.fingerprint,
         recorded_commit=tags.get("git.commit", "unknown"),
-        current_commit=git_commit(ctx.paths.root),
+        current_commit=git_commit(ctx.paths.root, stages.pipeline_owned()),
         device=trained.device,
         metrics={
             key: (float(recorded[key]), float(reproduced[key]))
@@ -126,6 +180,12 @@ def reproduce(
             if key in recorded and key in reproduced
         },
         tolerance=CPU_TOLERANCE if trained.device == "cpu" else gpu_tolerance,
+        recorded_libraries={
+            key.removeprefix("lib."): value
+            for key, value in run.data.tags.items()
+            if key.startswith("lib.")
+        },
+        current_libraries=library_versions(),
     )
 
 

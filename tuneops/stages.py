@@ -115,7 +115,7 @@ def step_train(ctx: Context, callbacks: Sequence[Any] = ()) -> tuple[TrainResult
     if process_rank() != 0:
         return _train(ctx, NullTracker(), {}, callbacks), None
     check_tracking_server(ctx.tracking_uri)  # fail before compute, not after it
-    tags = recording.lineage_tags(ctx) | {"seed": str(ctx.params.train.seed)}
+    tags = recording.lineage_tags(ctx, pipeline_owned()) | {"seed": str(ctx.params.train.seed)}
     tracker = MlflowTracker.start(
         ctx.tracking_uri,
         ctx.params.experiment_name,
@@ -387,3 +387,20 @@ STAGES: dict[str, Stage] = {
         ),
     )
 }
+
+
+# Written by tuneops itself besides the stages' outs: `version-data`/`ingest` write data/raw
+# and data/raw.dvc, `dvc repro` writes dvc.lock.
+_ALSO_OWNED = ("data/raw", "data/raw.dvc", "dvc.lock")
+
+
+def pipeline_owned() -> tuple[str, ...]:
+    """Paths (relative to the project root) that the pipeline writes itself: the STAGES
+    outs and the data version files. A change to one does not make `git.commit` dirty."""
+    outs = {
+        next(iter(out)) if isinstance(out, dict) else out
+        for stage in STAGES.values()
+        for listed in stage.outs.values()
+        for out in listed
+    }
+    return tuple(sorted(outs | set(_ALSO_OWNED)))

@@ -52,7 +52,12 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         help="download a registered version's ONNX bundle (stamped with its version)",
     )
     pull.add_argument("ref", nargs="?", default="champion", help="version number or alias")
-    pull.add_argument("--out", type=Path, required=True, help="folder to write the bundle to")
+    pull.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="a new or empty folder, or a bundle pulled before (replaced whole)",
+    )
     pull.set_defaults(handler=_pull)
 
 
