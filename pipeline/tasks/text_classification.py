@@ -215,5 +215,9 @@ class TextTestSplit:
     def row_counts(self, predicted: Any) -> np.ndarray:
         return row_counts(self.label_ids, predicted, len(self.labels))
 
+    def recorded(self, column: list[Any]) -> np.ndarray:
+        """Predicted label names (reports/test_predictions.parquet) as our label ids."""
+        return np.array([self.labels.index(str(label)) for label in column], dtype=np.int64)
+
     def agreement(self, predicted: Any, other: Any) -> float:
         return float((np.asarray(predicted) == np.asarray(other)).mean()) if len(predicted) else 1.0

@@ -16,7 +16,7 @@ import pandas as pd
 
 from pipeline.io import read_label_file, read_raw
 from pipeline.prepare import SPLITS, normalise_text, split_of
-from pipeline.tasks.base import Evaluation, SplitFrame, ValidationInput
+from pipeline.tasks.base import Evaluation, SplitFrame, ValidationInput, baseline_column
 from pipeline.validate import (
     conflicting_labels_check,
     dropped_rows,
@@ -268,11 +268,15 @@ def evaluate(
     metrics: dict[str, Any] = score(y_test, predicted, len(labels))
     metrics["test_rows"] = len(test)
     window = (max_length, long_text)
-    metrics |= _baselines(task, cfg, base, window, seed, train, test, len(labels))
+    baselines = _baselines(task, cfg, base, window, seed, train, test, len(labels))
+    predictions = _predictions(test, logits, labels)
+    for name, (scores, baseline_ids) in baselines.items():
+        metrics[name] = scores
+        predictions[baseline_column(name)] = [labels[i] for i in baseline_ids]
     return Evaluation(
         metrics=metrics,
         per_class=per_class_report(y_test, predicted, labels),
-        predictions=_predictions(test, logits, labels),
+        predictions=predictions,
         plot=lambda path: _plot_confusion(y_test, predicted, labels, path),
     )
 
@@ -294,7 +298,8 @@ def _baselines(
     train: pd.DataFrame,
     test: pd.DataFrame,
     n_labels: int,
-) -> dict[str, Any]:
+) -> dict[str, tuple[dict[str, Any], np.ndarray]]:
+    """Each baseline's test scores and its predicted label id per test row."""
     from sklearn.dummy import DummyClassifier
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
@@ -308,13 +313,15 @@ def _baselines(
         TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True),
         LogisticRegression(max_iter=2000, C=4.0, random_state=seed),
     ).fit(train["text"], y_train)
-    return {
-        "majority": score(y_test, majority.predict(test[["text"]]), n_labels),
-        "tfidf": score(y_test, tfidf.predict(test["text"]), n_labels),
-        "before_finetuning": _frozen_encoder_baseline(
-            task, cfg, base, window, seed, train, test, n_labels
-        ),
+    found = {
+        "majority": np.asarray(majority.predict(test[["text"]])),
+        "tfidf": np.asarray(tfidf.predict(test["text"])),
     }
+    frozen_scores, frozen = _frozen_encoder_baseline(
+        task, cfg, base, window, seed, train, test, n_labels
+    )
+    result = {name: (score(y_test, ids, n_labels), ids) for name, ids in found.items()}
+    return result | {"before_finetuning": (frozen_scores, frozen)}
 
 
 def _frozen_encoder_baseline(
@@ -326,9 +333,10 @@ def _frozen_encoder_baseline(
     train: pd.DataFrame,
     test: pd.DataFrame,
     n_labels: int,
-) -> dict[str, float]:
+) -> tuple[dict[str, float], np.ndarray]:
     """The base encoder frozen, only the head trained: a logistic regression on the
-    features the classification head reads (equivalent to training that linear head)."""
+    features the classification head reads (equivalent to training that linear head).
+    Its scores and its predicted label id per test row."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -357,8 +365,9 @@ def _frozen_encoder_baseline(
     # lets the regulariser treat every feature alike; raw pooler features are near-saturated.
     head = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
     head.fit(x_train, sample["label_id"])
-    scores = score(test["label_id"].to_numpy(), head.predict(x_test), n_labels)
-    return scores | {"train_rows": len(sample)}
+    predicted = np.asarray(head.predict(x_test))
+    scores = score(test["label_id"].to_numpy(), predicted, n_labels)
+    return scores | {"train_rows": len(sample)}, predicted
 
 
 def _plot_confusion(

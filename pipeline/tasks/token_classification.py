@@ -276,6 +276,10 @@ class TokenTestSplit:
     def row_counts(self, predicted: Any) -> np.ndarray:
         return row_counts(self.tags, predicted)
 
+    def recorded(self, column: list[Any]) -> list[list[str]]:
+        """Tag lists (reports/test_predictions.parquet) as rescore's lists of lists."""
+        return [[str(tag) for tag in tags] for tags in column]
+
     def agreement(self, predicted: Any, other: Any) -> float:
         """Per word: the tags two models give each word of every sentence."""
         a = [t for row in predicted for t in row]
