@@ -143,6 +143,10 @@ class TrainConfig(_Section):
     # tokens; head_tail its first quarter and last three quarters of the window (Sun et al.
     # 2019: 128 + 382 at 512), the same in training, evaluation, export and the runtime.
     long_text: Literal["truncate", "head_tail"] = "truncate"
+    # Text classification: weighted cross-entropy for imbalanced classes. none: unweighted;
+    # balanced: n / (classes * count) from the train split (sklearn's compute_class_weight);
+    # or {label: weight}, a label left out weighing 1. The validation loss is weighted too.
+    class_weights: Literal["none", "balanced"] | dict[str, Annotated[float, Field(gt=0)]] = "none"
     logging_steps: int = Field(20, ge=1)
     # Also save a resumable checkpoint every N optimiser steps (null: only at the end of
     # each epoch). A killed run resumes from the last one.

@@ -160,6 +160,12 @@ class Task(Protocol):
     def after_tokenise(self, splits: Any, cfg: TrainConfig) -> tuple[Any, dict[str, Any]]:
         """The tokenised splits ready for the Trainer, and extra training-summary keys."""
 
+    def class_weights(
+        self, splits: Any, cfg: TrainConfig, labels: tuple[str, ...]
+    ) -> list[float] | None:
+        """The loss weight of each label (in `labels`' order) by train.class_weights, from
+        the tokenised train split; None for the model's own unweighted loss."""
+
     def evaluate(
         self,
         cfg: EvaluateConfig,
