@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.io import read_label_file, read_raw
-from pipeline.prepare import SPLITS, normalise_text, split_of
+from pipeline.prepare import SPLITS, hash_bucket, normalise_text, split_of
 from pipeline.tasks.base import Evaluation, SplitFrame, ValidationInput, baseline_column
 from pipeline.validate import (
     conflicting_labels_check,
@@ -148,7 +148,8 @@ def _suite(labels: tuple[str, ...], cfg: ValidateConfig) -> list[Any]:
 def split(
     data: DataConfig, cfg: PrepareConfig, labels: tuple[str, ...], dataset_dir: Path
 ) -> SplitFrame:
-    """Normalised, de-duplicated rows, each in the split its text hashes to."""
+    """Normalised, de-duplicated rows, each in the split its text hashes to; a label that
+    no row hashes into validation gets one of its train rows there (_fill_validation)."""
     frame = read_raw_in(data, dataset_dir)
     frame["text"] = frame["text"].astype(str).map(normalise_text)
     frame["label"] = frame["label"].astype(str)
@@ -161,10 +162,11 @@ def split(
     frame["split"] = [
         split_of(t, cfg.validation_fraction, cfg.test_fraction) for t in frame["text"]
     ]
+    moved = _fill_validation(frame, labels, data.label_column)
     label_ids = {label: i for i, label in enumerate(labels)}
     frame["label_id"] = frame["label"].map(label_ids).astype("int64")
     counts = {s: _label_counts(frame[frame["split"] == s], labels) for s in SPLITS}
-    _require_every_label(counts, frame, ("train", "test"))
+    _require_every_label(counts, frame, SPLITS)
     return SplitFrame(
         frame=frame,
         columns=["text", "label", "label_id", "source"],
@@ -174,7 +176,31 @@ def split(
         conflicts=conflicts,
         max_stratification_gap=_stratification_gap(frame, labels),
         dropped_rows=dropped,
+        manifest={"moved_to_validation": moved},
     )
+
+
+def _fill_validation(
+    frame: pd.DataFrame, labels: tuple[str, ...], label_column: str
+) -> list[dict[str, str]]:
+    """Every label in validation: a label with train rows to spare (two or more) but none
+    hashed into validation gets one, its train row nearest the validation bucket (the
+    lowest hash_bucket among its train rows: independent of row order). Only train rows
+    move, so a test row never does; the moved rows are returned for the manifest."""
+    moved = []
+    for label in labels:
+        of_label = frame["label"] == label
+        if (of_label & (frame["split"] == "validation")).any():
+            continue
+        train = frame.index[of_label & (frame["split"] == "train")]
+        if len(train) < 2:  # moving the only one would starve train; the check names it
+            continue
+        pick = min(train, key=lambda i: hash_bucket(frame.at[i, "text"]))
+        frame.at[pick, "split"] = "validation"
+        moved.append(
+            {"source": str(frame.at[pick, "source"]), "from": "train", label_column: label}
+        )
+    return moved
 
 
 def _conflicts(repeats: pd.DataFrame) -> list[dict[str, str]]:
