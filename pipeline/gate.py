@@ -1,10 +1,11 @@
 """gate: decide, check by check, whether a challenger may replace the champion.
 
 Pure: it takes the numbers (GateInputs: the shipped model file's metrics, the champion
-comparison, latency) and returns a verdict. ONNX parity is not a gate check: the export
-step raises ExportParityError before a bundle exists, so in the flow it could not fail.
-Re-scoring the champion and moving aliases happen in `pipeline.register`; the
-comparison's paired bootstrap is `pipeline.bootstrap`.
+and baseline comparisons, latency) and returns a verdict. ONNX parity is not a gate
+check: the export step raises ExportParityError before a bundle exists, so in the flow
+it could not fail.
+Re-scoring the champion, reading the baselines' per-row predictions and moving aliases
+happen in `pipeline.register`; every comparison's paired bootstrap is `pipeline.bootstrap`.
 """
 
 from __future__ import annotations
@@ -43,6 +44,21 @@ class ChampionComparison:
 
 
 @dataclass
+class BaselineComparison:
+    """The shipped model vs one baseline on the same test rows: the paired bootstrap of
+    (model - baseline) on the primary metric, each model's own figure beside it."""
+
+    baseline: str
+    model_score: float
+    baseline_score: float
+    observed_diff: float
+    ci_low: float
+    ci_high: float
+    confidence: float
+    resamples: int
+
+
+@dataclass
 class GateVerdict:
     passed: bool
     checks: list[GateCheck]
@@ -70,7 +86,7 @@ class GateInputs:
     """Everything the gate judges: one model's figures on the current test split."""
 
     # The shipped file's (bundle.json's default model) test_* re-scored on the current
-    # test split, and one dict per baseline (reports/metrics.json).
+    # test split.
     metrics: dict[str, Any]
     per_class: dict[str, dict[str, float]]  # the shipped file's, on the same split
     labels: list[str]  # the classes (entity types) the per-class floor judges
@@ -82,6 +98,9 @@ class GateInputs:
     not_comparable: str | None = None
     champion: str | None = None
     latency_p95_ms: float | None = None
+    # One per gate.baselines entry: the bootstrap against the baseline's per-row test
+    # predictions (reports/test_predictions.parquet), or why it could not be compared.
+    baselines: dict[str, BaselineComparison | str] = field(default_factory=dict)
 
 
 def gate(cfg: GateConfig, inputs: GateInputs) -> GateVerdict:
@@ -134,29 +153,44 @@ def _floors(cfg: GateConfig, metrics: dict[str, Any]) -> list[GateCheck]:
     return checks
 
 
+def baseline_margin(cfg: GateConfig, baseline_score: float) -> float:
+    """The lower bound a model must clear: `baseline_min_error_reduction` of the baseline's
+    headroom (1 - its score), so a 0.97 baseline asks +0.003 and a 0.70 one +0.03."""
+    return cfg.baseline_min_error_reduction * (1.0 - baseline_score)
+
+
 def _baselines(cfg: GateConfig, inputs: GateInputs) -> list[GateCheck]:
-    metrics, metric = inputs.metrics, inputs.primary_metric
-    ours = float(metrics[metric])
     checks = []
     for baseline in cfg.baselines:
-        if not isinstance(metrics.get(baseline), dict):
-            known = sorted(k for k, v in metrics.items() if isinstance(v, dict))
+        if baseline not in inputs.baselines:
             raise ConfigError(
-                f"gate.baselines: unknown baseline {baseline!r}; expected one of {known}"
+                f"gate.baselines: unknown baseline {baseline!r}; expected one of "
+                f"{sorted(inputs.baselines)}"
             )
-        theirs = float(metrics[baseline][metric])
-        needed = theirs + cfg.baseline_margin
-        checks.append(
-            GateCheck(
-                f"beats:{baseline}",
-                ours >= needed,
-                round(ours - theirs, 4),
-                cfg.baseline_margin,
-                f"{inputs.primary_metric_label} {ours:.4f} vs {baseline} {theirs:.4f} "
-                f"(+{cfg.baseline_margin} needed)",
-            )
-        )
+        found = inputs.baselines[baseline]
+        if isinstance(found, str):
+            checks.append(GateCheck(f"beats:{baseline}", False, None, None, found))
+            continue
+        checks.append(_baseline_check(cfg, found, inputs.primary_metric_label))
     return checks
+
+
+def _baseline_check(cfg: GateConfig, c: BaselineComparison, label: str) -> GateCheck:
+    margin = baseline_margin(cfg, c.baseline_score)
+    return GateCheck(
+        f"beats:{c.baseline}",
+        c.ci_low > margin,
+        {
+            "diff": round(c.observed_diff, 4),
+            "ci_low": round(c.ci_low, 4),
+            "ci_high": round(c.ci_high, 4),
+        },
+        round(margin, 4),
+        f"{label} {c.model_score:.4f} vs {c.baseline} {c.baseline_score:.4f}: diff "
+        f"{c.observed_diff:+.4f}, {c.confidence:.0%} CI [{c.ci_low:+.4f}, {c.ci_high:+.4f}], "
+        f"lower bound must be > {margin:+.4f} ({cfg.baseline_min_error_reduction:.0%} of "
+        f"{c.baseline}'s error {1.0 - c.baseline_score:.4f})",
+    )
 
 
 def _champion(cfg: GateConfig, inputs: GateInputs) -> GateCheck:

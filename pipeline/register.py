@@ -9,16 +9,22 @@ itself is pure (`pipeline.gate`); the task says how its test split is re-scored.
 from __future__ import annotations
 
 import getpass
-import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from pipeline.bootstrap import paired_bootstrap
-from pipeline.gate import ChampionComparison, GateInputs, GateVerdict, gate
+from pipeline.gate import (
+    BaselineComparison,
+    ChampionComparison,
+    GateInputs,
+    GateVerdict,
+    gate,
+)
 from pipeline.registry import (
     RegistrationResult,
     champion_version,
@@ -26,7 +32,7 @@ from pipeline.registry import (
     register,
     registry_lock,
 )
-from pipeline.tasks.base import Task, TestSplit
+from pipeline.tasks.base import Task, TestSplit, baseline_column
 from tuneops.config import GateConfig
 from tuneops.runtime import load_bundle as load_runtime_bundle
 from tuneops.tracking import MlflowTracker, store_client
@@ -41,7 +47,7 @@ class RegisterInputs:
     tracking_uri: str
     model_name: str
     prepared_dir: Path  # the current test split: every model is judged on it
-    reports_dir: Path  # metrics.json (the baselines) in; gate/registry out
+    reports_dir: Path  # test_predictions.parquet (the baselines') in; gate/registry out
 
 
 def gate_and_register(
@@ -50,8 +56,8 @@ def gate_and_register(
     """Under the registry lock: compare with the current champion, gate, register, promote.
 
     Every check judges the file that ships: the bundle's default model (int8 when export
-    kept it), re-scored on the current test split; only the baselines come from
-    reports/metrics.json (they are other models, scored by the evaluate step)."""
+    kept it), re-scored on the current test split; the baselines are other models, whose
+    per-row test predictions the evaluate step wrote (reports/test_predictions.parquet)."""
     cfg, reports_dir = inputs.cfg, inputs.reports_dir
     challenger = load_runtime_bundle(export_dir)
     split = inputs.task.test_split(inputs.prepared_dir, challenger.labels)
@@ -190,13 +196,12 @@ def _gate_version(inputs: RegisterInputs, client: Any, version: str) -> GateVerd
 def _inputs(
     inputs: RegisterInputs, split: TestSplit, predicted: Any, latency: float | None
 ) -> GateInputs:
-    """The gate's figures for one model file's predictions on `split`, plus the baselines
-    the evaluate step scored (reports/metrics.json)."""
+    """The gate's figures for one model file's predictions on `split`, and each baseline's
+    paired bootstrap against them on the same rows."""
     metrics, per_class = split.report(predicted)
-    if inputs.cfg.beat_baselines:
-        path = inputs.reports_dir / "metrics.json"
-        current = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-        metrics |= {name: current[name] for name in inputs.cfg.baselines if name in current}
+    baselines = (
+        compare_with_baselines(inputs, split, predicted) if inputs.cfg.beat_baselines else {}
+    )
     return GateInputs(
         metrics=metrics,
         per_class=per_class,
@@ -204,7 +209,56 @@ def _inputs(
         primary_metric=inputs.task.primary_metric,
         primary_metric_label=inputs.task.primary_metric_label,
         latency_p95_ms=latency,
+        baselines=baselines,
     )
+
+
+def compare_with_baselines(
+    inputs: RegisterInputs, split: TestSplit, predicted: Any
+) -> dict[str, BaselineComparison | str]:
+    """Per gate.baselines entry: the paired bootstrap of (model - baseline) over the task's
+    per-row counts, the baseline's predictions read from reports/test_predictions.parquet;
+    or why it cannot be compared (no such file or column, or another test split's rows:
+    stale predictions are never compared)."""
+    cfg, primary = inputs.cfg, inputs.task.primary_metric
+    path = inputs.reports_dir / "test_predictions.parquet"
+    if not path.exists():
+        why = f"{path} is missing: run the evaluate stage (it predicts with the baselines)"
+        return dict.fromkeys(cfg.baselines, why)
+    frame = pd.read_parquet(path)
+    if frame["text"].tolist() != split.texts:
+        why = (
+            f"{path} holds another test split's rows ({len(frame)}; the current one has "
+            f"{len(split.texts)}): run the evaluate stage on the current data"
+        )
+        return dict.fromkeys(cfg.baselines, why)
+    ours = split.row_counts(predicted)
+    model_score = float(split.report(predicted)[0][primary])
+    found: dict[str, BaselineComparison | str] = {}
+    for name in cfg.baselines:
+        column = baseline_column(name)
+        if column not in frame.columns:
+            found[name] = f"{path} has no {column!r} column: run the evaluate stage again"
+            continue
+        theirs = split.recorded(frame[column].tolist())
+        observed, low, high = paired_bootstrap(
+            ours,
+            split.row_counts(theirs),
+            cfg.bootstrap_resamples,
+            cfg.bootstrap_confidence,
+            cfg.bootstrap_seed,
+        )
+        found[name] = BaselineComparison(
+            name,
+            model_score,
+            float(split.report(theirs)[0][primary]),
+            observed,
+            low,
+            high,
+            cfg.bootstrap_confidence,
+            cfg.bootstrap_resamples,
+        )
+    return found
 
 
 def _judge(

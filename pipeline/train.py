@@ -100,6 +100,11 @@ def train(
             prepared_dir, cache_dir, task.tokenise(tokenizer, cfg), cfg.max_length
         )
     splits, task_summary = task.after_tokenise(splits, cfg)
+    class_weights = task.class_weights(splits, cfg, labels)
+    if class_weights is not None:
+        task_summary = task_summary | {
+            "class_weights": dict(zip(labels, class_weights, strict=True))
+        }
     trained_model = apply_strategy(model, cfg, task.peft_task_type)
     counts = count_parameters(trained_model)
 
@@ -126,6 +131,7 @@ def train(
             *callbacks,
         ],
         train_cfg=cfg,
+        class_weights=class_weights,
     )
     started = time.perf_counter()
     with peak_memory(device) as memory:

@@ -143,6 +143,10 @@ class TrainConfig(_Section):
     # tokens; head_tail its first quarter and last three quarters of the window (Sun et al.
     # 2019: 128 + 382 at 512), the same in training, evaluation, export and the runtime.
     long_text: Literal["truncate", "head_tail"] = "truncate"
+    # Text classification: weighted cross-entropy for imbalanced classes. none: unweighted;
+    # balanced: n / (classes * count) from the train split (sklearn's compute_class_weight);
+    # or {label: weight}, a label left out weighing 1. The validation loss is weighted too.
+    class_weights: Literal["none", "balanced"] | dict[str, Annotated[float, Field(gt=0)]] = "none"
     logging_steps: int = Field(20, ge=1)
     # Also save a resumable checkpoint every N optimiser steps (null: only at the end of
     # each epoch). A killed run resumes from the last one.
@@ -203,10 +207,13 @@ class GateConfig(_Section):
     floors: dict[str, float] = Field(
         default_factory=lambda: {"test_macro_f1": 0.70, "test_accuracy": 0.70}
     )
-    # Fine-tuning paid off: macro-F1 beats these baselines by at least `baseline_margin`.
+    # Fine-tuning paid off: a paired bootstrap of (model - baseline) on the primary metric,
+    # on the same test rows; passes when the interval's lower bound is above
+    # baseline_min_error_reduction * (1 - baseline): the model removes at least that share
+    # of the baseline's error. A fixed +0.02 was unreachable over a 0.97 baseline.
     beat_baselines: bool = True
     baselines: tuple[str, ...] = ("before_finetuning", "tfidf")
-    baseline_margin: float = Field(0.02, ge=0, le=1)
+    baseline_min_error_reduction: float = Field(0.10, ge=0, le=1)
     # No regression: paired bootstrap of (challenger - champion) macro-F1 on the same
     # current test split; passes when the lower bound of the interval >= -tolerance.
     # 0.02: on the bundled data's 1,041 test rows the 95% interval of two near-equal models
@@ -239,6 +246,13 @@ class GateConfig(_Section):
                 "gate.export_parity was removed: ONNX parity is enforced by the export step "
                 "(ExportParityError, export.parity_*), so as a gate check it could not fail; "
                 "delete the key (docs/reliability.md, 'The gate judges what ships')"
+            )
+        if isinstance(data, dict) and "baseline_margin" in data:
+            raise ValueError(
+                "gate.baseline_margin was replaced by gate.baseline_min_error_reduction (the "
+                "share of a baseline's error, 1 - its score, that the bootstrap interval's "
+                "lower bound of model - baseline must exceed; default 0.10): delete "
+                "baseline_margin, and set baseline_min_error_reduction if 0.10 does not suit"
             )
         return data
 

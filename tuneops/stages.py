@@ -377,9 +377,13 @@ STAGES: dict[str, Stage] = {
             "register",
             run_register,
             "pipeline.register",
-            # the shipped model file is re-scored on the test split; metrics.json gives the
-            # baselines' figures
-            deps=("models/export", "data/prepared/test.parquet", "reports/metrics.json"),
+            # the shipped model file is re-scored on the test split and bootstrapped against
+            # the baselines' per-row predictions (the evaluate step's)
+            deps=(
+                "models/export",
+                "data/prepared/test.parquet",
+                "reports/test_predictions.parquet",
+            ),
             params=("registry", "gate"),
             outs={
                 "outs": _untracked("reports/registry.json", "reports/gate.json", "reports/gate.md")

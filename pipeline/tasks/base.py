@@ -72,7 +72,9 @@ class Evaluation:
 
     metrics: dict[str, Any]  # test_* scores, then one dict per baseline
     per_class: dict[str, Any]
-    predictions: pd.DataFrame  # one row per test example (reports/test_predictions.parquet)
+    # One row per test example (reports/test_predictions.parquet): "text", the candidate's
+    # prediction, and each baseline's in `baseline_column(name)` (the gate bootstraps them).
+    predictions: pd.DataFrame
     reports: dict[str, Any] = field(default_factory=dict)  # extra reports/<name>.json
     plot: Callable[[Path], None] | None = None  # writes the confusion matrix PNG
 
@@ -102,6 +104,10 @@ class TestSplit(Protocol):
     def gate_labels(self, per_class: dict[str, Any]) -> list[str]: ...
 
     def row_counts(self, predicted: Any) -> np.ndarray: ...
+
+    def recorded(self, column: list[Any]) -> Any:
+        """A predictions column the evaluate hook wrote (one entry per test row: a label,
+        a tag list), in rescore's form: what `report` and `row_counts` take."""
 
     def agreement(self, predicted: Any, other: Any) -> float:
         """The fraction of prediction units (rows, words) on which two models agree."""
@@ -154,6 +160,12 @@ class Task(Protocol):
     def after_tokenise(self, splits: Any, cfg: TrainConfig) -> tuple[Any, dict[str, Any]]:
         """The tokenised splits ready for the Trainer, and extra training-summary keys."""
 
+    def class_weights(
+        self, splits: Any, cfg: TrainConfig, labels: tuple[str, ...]
+    ) -> list[float] | None:
+        """The loss weight of each label (in `labels`' order) by train.class_weights, from
+        the tokenised train split; None for the model's own unweighted loss."""
+
     def evaluate(
         self,
         cfg: EvaluateConfig,
@@ -178,6 +190,11 @@ class Task(Protocol):
 
     def dataset_frame(self, split: pd.DataFrame) -> pd.DataFrame:
         """The split as MLflow logs it: a text column and a scalar target column."""
+
+
+def baseline_column(name: str) -> str:
+    """The column of reports/test_predictions.parquet that holds a baseline's predictions."""
+    return f"{name}_predicted"
 
 
 def check_keys(task: Task, params: Params) -> None:

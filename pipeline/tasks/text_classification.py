@@ -74,6 +74,30 @@ def row_counts(y_true: np.ndarray, y_pred: np.ndarray, n_labels: int) -> np.ndar
     return np.stack([gold * predicted, predicted, gold], axis=-1)
 
 
+def class_weights(
+    setting: str | dict[str, float], train_label_ids: np.ndarray, labels: tuple[str, ...]
+) -> list[float] | None:
+    """train.class_weights as one weight per label: balanced is n / (labels * count) over
+    the train split (sklearn's compute_class_weight), a mapping names labels (others 1)."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    from tuneops.errors import ConfigError
+
+    if setting == "none":
+        return None
+    if setting == "balanced":
+        ids = np.arange(len(labels))
+        weights = compute_class_weight("balanced", classes=ids, y=train_label_ids)
+        return [float(w) for w in weights]
+    assert isinstance(setting, dict)
+    unknown = sorted(set(setting) - set(labels))
+    if unknown:
+        raise ConfigError(
+            f"train.class_weights: unknown label(s) {unknown}; expected some of {list(labels)}"
+        )
+    return [float(setting.get(label, 1.0)) for label in labels]
+
+
 class TextClassification:
     name = "text-classification"
     row_unit = "rows"
@@ -156,6 +180,11 @@ class TextClassification:
         # Recorded with the candidate: evaluate and export read its texts the same way.
         return splits, {"long_text": cfg.long_text}
 
+    def class_weights(
+        self, splits: Any, cfg: TrainConfig, labels: tuple[str, ...]
+    ) -> list[float] | None:
+        return class_weights(cfg.class_weights, np.asarray(splits["train"]["labels"]), labels)
+
     def evaluate(
         self,
         cfg: EvaluateConfig,
@@ -214,6 +243,10 @@ class TextTestSplit:
 
     def row_counts(self, predicted: Any) -> np.ndarray:
         return row_counts(self.label_ids, predicted, len(self.labels))
+
+    def recorded(self, column: list[Any]) -> np.ndarray:
+        """Predicted label names (reports/test_predictions.parquet) as our label ids."""
+        return np.array([self.labels.index(str(label)) for label in column], dtype=np.int64)
 
     def agreement(self, predicted: Any, other: Any) -> float:
         return float((np.asarray(predicted) == np.asarray(other)).mean()) if len(predicted) else 1.0

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.io import read_label_file, read_raw
-from pipeline.prepare import SPLITS, normalise_text, split_of
-from pipeline.tasks.base import Evaluation, SplitFrame, ValidationInput
+from pipeline.prepare import SPLITS, hash_bucket, normalise_text, split_of
+from pipeline.tasks.base import Evaluation, SplitFrame, ValidationInput, baseline_column
 from pipeline.validate import (
     conflicting_labels_check,
     dropped_rows,
@@ -148,7 +148,8 @@ def _suite(labels: tuple[str, ...], cfg: ValidateConfig) -> list[Any]:
 def split(
     data: DataConfig, cfg: PrepareConfig, labels: tuple[str, ...], dataset_dir: Path
 ) -> SplitFrame:
-    """Normalised, de-duplicated rows, each in the split its text hashes to."""
+    """Normalised, de-duplicated rows, each in the split its text hashes to; a label that
+    no row hashes into validation gets one of its train rows there (_fill_validation)."""
     frame = read_raw_in(data, dataset_dir)
     frame["text"] = frame["text"].astype(str).map(normalise_text)
     frame["label"] = frame["label"].astype(str)
@@ -161,10 +162,11 @@ def split(
     frame["split"] = [
         split_of(t, cfg.validation_fraction, cfg.test_fraction) for t in frame["text"]
     ]
+    moved = _fill_validation(frame, labels, data.label_column)
     label_ids = {label: i for i, label in enumerate(labels)}
     frame["label_id"] = frame["label"].map(label_ids).astype("int64")
     counts = {s: _label_counts(frame[frame["split"] == s], labels) for s in SPLITS}
-    _require_every_label(counts, frame, ("train", "test"))
+    _require_every_label(counts, frame, SPLITS)
     return SplitFrame(
         frame=frame,
         columns=["text", "label", "label_id", "source"],
@@ -174,7 +176,31 @@ def split(
         conflicts=conflicts,
         max_stratification_gap=_stratification_gap(frame, labels),
         dropped_rows=dropped,
+        manifest={"moved_to_validation": moved},
     )
+
+
+def _fill_validation(
+    frame: pd.DataFrame, labels: tuple[str, ...], label_column: str
+) -> list[dict[str, str]]:
+    """Every label in validation: a label with train rows to spare (two or more) but none
+    hashed into validation gets one, its train row nearest the validation bucket (the
+    lowest hash_bucket among its train rows: independent of row order). Only train rows
+    move, so a test row never does; the moved rows are returned for the manifest."""
+    moved = []
+    for label in labels:
+        of_label = frame["label"] == label
+        if (of_label & (frame["split"] == "validation")).any():
+            continue
+        train = frame.index[of_label & (frame["split"] == "train")]
+        if len(train) < 2:  # moving the only one would starve train; the check names it
+            continue
+        pick = min(train, key=lambda i: hash_bucket(frame.at[i, "text"]))
+        frame.at[pick, "split"] = "validation"
+        moved.append(
+            {"source": str(frame.at[pick, "source"]), "from": "train", label_column: label}
+        )
+    return moved
 
 
 def _conflicts(repeats: pd.DataFrame) -> list[dict[str, str]]:
@@ -268,11 +294,15 @@ def evaluate(
     metrics: dict[str, Any] = score(y_test, predicted, len(labels))
     metrics["test_rows"] = len(test)
     window = (max_length, long_text)
-    metrics |= _baselines(task, cfg, base, window, seed, train, test, len(labels))
+    baselines = _baselines(task, cfg, base, window, seed, train, test, len(labels))
+    predictions = _predictions(test, logits, labels)
+    for name, (scores, baseline_ids) in baselines.items():
+        metrics[name] = scores
+        predictions[baseline_column(name)] = [labels[i] for i in baseline_ids]
     return Evaluation(
         metrics=metrics,
         per_class=per_class_report(y_test, predicted, labels),
-        predictions=_predictions(test, logits, labels),
+        predictions=predictions,
         plot=lambda path: _plot_confusion(y_test, predicted, labels, path),
     )
 
@@ -294,7 +324,8 @@ def _baselines(
     train: pd.DataFrame,
     test: pd.DataFrame,
     n_labels: int,
-) -> dict[str, Any]:
+) -> dict[str, tuple[dict[str, Any], np.ndarray]]:
+    """Each baseline's test scores and its predicted label id per test row."""
     from sklearn.dummy import DummyClassifier
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
@@ -308,13 +339,15 @@ def _baselines(
         TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True),
         LogisticRegression(max_iter=2000, C=4.0, random_state=seed),
     ).fit(train["text"], y_train)
-    return {
-        "majority": score(y_test, majority.predict(test[["text"]]), n_labels),
-        "tfidf": score(y_test, tfidf.predict(test["text"]), n_labels),
-        "before_finetuning": _frozen_encoder_baseline(
-            task, cfg, base, window, seed, train, test, n_labels
-        ),
+    found = {
+        "majority": np.asarray(majority.predict(test[["text"]])),
+        "tfidf": np.asarray(tfidf.predict(test["text"])),
     }
+    frozen_scores, frozen = _frozen_encoder_baseline(
+        task, cfg, base, window, seed, train, test, n_labels
+    )
+    result = {name: (score(y_test, ids, n_labels), ids) for name, ids in found.items()}
+    return result | {"before_finetuning": (frozen_scores, frozen)}
 
 
 def _frozen_encoder_baseline(
@@ -326,9 +359,10 @@ def _frozen_encoder_baseline(
     train: pd.DataFrame,
     test: pd.DataFrame,
     n_labels: int,
-) -> dict[str, float]:
+) -> tuple[dict[str, float], np.ndarray]:
     """The base encoder frozen, only the head trained: a logistic regression on the
-    features the classification head reads (equivalent to training that linear head)."""
+    features the classification head reads (equivalent to training that linear head).
+    Its scores and its predicted label id per test row."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -357,8 +391,9 @@ def _frozen_encoder_baseline(
     # lets the regulariser treat every feature alike; raw pooler features are near-saturated.
     head = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
     head.fit(x_train, sample["label_id"])
-    scores = score(test["label_id"].to_numpy(), head.predict(x_test), n_labels)
-    return scores | {"train_rows": len(sample)}
+    predicted = np.asarray(head.predict(x_test))
+    scores = score(test["label_id"].to_numpy(), predicted, n_labels)
+    return scores | {"train_rows": len(sample)}, predicted
 
 
 def _plot_confusion(

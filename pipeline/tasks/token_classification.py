@@ -129,6 +129,12 @@ class TokenClassification:
                 f"train.long_text: {params.train.long_text!r} is for text classification; "
                 f"{self.name} cuts a sentence at train.max_length (set it to truncate)"
             )
+        if params.train.class_weights != "none":
+            raise ConfigError(
+                f"train.class_weights: {params.train.class_weights!r} is for text "
+                f"classification; {self.name} trains on the model's unweighted per-token "
+                "loss (set it to none)"
+            )
 
     def validation_input(
         self, data: DataConfig, cfg: ValidateConfig, dataset_dir: Path
@@ -213,6 +219,11 @@ class TokenClassification:
             )
         return splits.remove_columns("truncated"), {"truncated_sentences": truncated}
 
+    def class_weights(
+        self, splits: Any, cfg: TrainConfig, labels: tuple[str, ...]
+    ) -> list[float] | None:
+        return None  # check() refuses train.class_weights for this task
+
     def evaluate(
         self,
         cfg: EvaluateConfig,
@@ -275,6 +286,10 @@ class TokenTestSplit:
 
     def row_counts(self, predicted: Any) -> np.ndarray:
         return row_counts(self.tags, predicted)
+
+    def recorded(self, column: list[Any]) -> list[list[str]]:
+        """Tag lists (reports/test_predictions.parquet) as rescore's lists of lists."""
+        return [[str(tag) for tag in tags] for tags in column]
 
     def agreement(self, predicted: Any, other: Any) -> float:
         """Per word: the tags two models give each word of every sentence."""

@@ -34,7 +34,7 @@ from sklearn.preprocessing import StandardScaler
 from pipeline.io import read_label_file
 from pipeline.plots import write_confusion_matrix
 from pipeline.prepare import SPLITS, normalise_text, split_of
-from pipeline.tasks.base import Evaluation, SplitFrame, ValidationInput
+from pipeline.tasks.base import Evaluation, SplitFrame, ValidationInput, baseline_column
 from pipeline.tasks.iob2 import OUTSIDE, bio_error, read_raw_sentences
 from pipeline.tasks.token_classification import entity_scores, entity_type_report
 from pipeline.training.modeling import load_tokenizer, resolve_model_path
@@ -244,14 +244,18 @@ def evaluate(
     predicted = tags_from_rows(logits, list(labels))
 
     metrics: dict[str, Any] = entity_scores(gold, predicted) | {"test_rows": len(test)}
-    metrics["most_frequent_tag"] = entity_scores(gold, _most_frequent_tag(train, sentences))
-    metrics["before_finetuning"] = _frozen_encoder_baseline(
-        task, cfg, base, max_length, seed, train, sentences, gold, labels
-    )
+    most_frequent = _most_frequent_tag(train, sentences)
+    metrics["most_frequent_tag"] = entity_scores(gold, most_frequent)
+    frozen = _frozen_encoder_baseline(task, cfg, base, max_length, seed, train, sentences, labels)
+    metrics["before_finetuning"] = entity_scores(gold, frozen) | {
+        "train_rows": min(cfg.frozen_baseline_train_rows, len(train))
+    }
     flat_gold = [t for row in gold for t in row]
     flat_predicted = [t for row in predicted for t in row]
     frame = test[["text", "tokens", "tags", "source"]].copy()
     frame["predicted"] = predicted
+    frame[baseline_column("most_frequent_tag")] = most_frequent
+    frame[baseline_column("before_finetuning")] = frozen
     return Evaluation(
         metrics=metrics,
         per_class=entity_type_report(gold, predicted),
@@ -280,10 +284,10 @@ def _frozen_encoder_baseline(
     seed: int,
     train: pd.DataFrame,
     sentences: list[list[str]],
-    gold: list[list[str]],
     labels: tuple[str, ...],
-) -> dict[str, float]:
-    """A linear head on the frozen base encoder's per-word features (no fine-tuning)."""
+) -> list[list[str]]:
+    """A linear head on the frozen base encoder's per-word features (no fine-tuning): its
+    tags for each test sentence."""
     sample = train.sample(n=min(cfg.frozen_baseline_train_rows, len(train)), random_state=seed)
     path = resolve_model_path(base.name_or_path)
     model = task.load_model(path, labels, base.num_hidden_layers)
@@ -302,8 +306,7 @@ def _frozen_encoder_baseline(
     flat = np.full(len(x_test), OUTSIDE, dtype=object)
     flat[valid] = head.predict(x_test[valid])
     bounds = np.cumsum([len(rows) for rows in test_rows])[:-1]
-    predicted = [list(map(str, part)) for part in np.split(flat, bounds)]
-    return entity_scores(gold, predicted) | {"train_rows": len(sample)}
+    return [list(map(str, part)) for part in np.split(flat, bounds)]
 
 
 def _plot_type_confusion(gold: list[str], predicted: list[str], path: Path, top: int = 15) -> None:

@@ -6,6 +6,8 @@
 - layer-wise LR decay: each trainable parameter's lr is lr_0 * decay ** depth, where depth
   counts from the top (head and pooler 0, last encoder layer 1, …, embeddings L + 1).
 Both hook into the Trainer through `ScheduledTrainer`'s create_optimizer/create_scheduler.
+`ScheduledTrainer` also takes per-class loss weights (train.class_weights): its
+compute_loss is then torch's weighted cross-entropy, sum(w_y * nll) / sum(w_y) per batch.
 """
 
 from __future__ import annotations
@@ -72,11 +74,41 @@ def layerwise_param_groups(
 
 
 class ScheduledTrainer(Trainer):
-    """The Trainer with the exponential schedule and layer-wise LR decay of `train_cfg`."""
+    """The Trainer with the exponential schedule and layer-wise LR decay of `train_cfg`,
+    and, given `class_weights` (one per label), a weighted cross-entropy loss."""
 
-    def __init__(self, *args: Any, train_cfg: TrainConfig, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        train_cfg: TrainConfig,
+        class_weights: list[float] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.train_cfg = train_cfg
+        self.class_weights = None if class_weights is None else torch.tensor(class_weights)
+        if self.class_weights is not None:
+            # a per-batch mean: the Trainer divides it by the accumulation steps
+            self.loss_is_scaled_for_ga = False
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> Any:
+        if self.class_weights is None or "labels" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        weight = self.class_weights.to(device=logits.device, dtype=logits.dtype)
+        loss = nn.functional.cross_entropy(
+            logits.view(-1, logits.shape[-1]), labels.view(-1), weight=weight
+        )
+        return (loss, outputs) if return_outputs else loss
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         if self.train_cfg.layerwise_lr_decay == 1.0 or self.optimizer is not None:

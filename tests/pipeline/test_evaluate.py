@@ -57,3 +57,18 @@ def test_flat_metric_names_match_dvc_and_mlflow(evaluation) -> None:  # type: ig
         "before_finetuning.test_macro_f1",
         "majority.test_accuracy",
     } <= set(flat)
+
+
+def test_each_baselines_per_row_test_predictions_are_kept_and_give_its_score(
+    evaluation, trained
+) -> None:  # type: ignore[no-untyped-def]
+    # The gate bootstraps (model - baseline) on the same rows, so the rows are kept.
+    from sklearn.metrics import f1_score
+
+    predictions = pd.read_parquet(trained.paths.reports / "test_predictions.parquet")
+    test = pd.read_parquet(trained.paths.data_prepared / "test.parquet")
+    assert predictions["text"].tolist() == test["text"].tolist()
+    for name in ("majority", "tfidf", "before_finetuning"):
+        predicted = predictions[f"{name}_predicted"]
+        f1 = f1_score(test["label"], predicted, average="macro", labels=["negative", "positive"])
+        assert round(float(f1), 6) == evaluation.metrics[name]["test_macro_f1"]

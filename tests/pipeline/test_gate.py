@@ -8,20 +8,26 @@ from typing import Any
 
 import pytest
 
-from pipeline.gate import ChampionComparison, GateInputs, gate, write_reports
+from pipeline.gate import BaselineComparison, ChampionComparison, GateInputs, gate, write_reports
 from tuneops.config import GateConfig
 from tuneops.errors import ConfigError
 
 LABELS = ["negative", "positive"]
 
 
-def metrics(macro_f1: float, accuracy: float = 0.9, tfidf: float = 0.7) -> dict[str, Any]:
+def metrics(macro_f1: float, accuracy: float = 0.9) -> dict[str, Any]:
+    return {"test_macro_f1": macro_f1, "test_accuracy": accuracy, "test_rows": 100}
+
+
+def beaten(name: str, baseline: float, model: float, ci: tuple[float, float]) -> BaselineComparison:
+    """A baseline's paired bootstrap as register computes it, with chosen numbers."""
+    return BaselineComparison(name, model, baseline, model - baseline, *ci, 0.95, 1000)
+
+
+def baselines(tfidf: BaselineComparison | str | None = None) -> dict[str, Any]:
     return {
-        "test_macro_f1": macro_f1,
-        "test_accuracy": accuracy,
-        "test_rows": 100,
-        "tfidf": {"test_macro_f1": tfidf},
-        "before_finetuning": {"test_macro_f1": 0.6},
+        "before_finetuning": beaten("before_finetuning", 0.6, 0.9, (0.25, 0.35)),
+        "tfidf": beaten("tfidf", 0.7, 0.9, (0.15, 0.25)) if tfidf is None else tfidf,
     }
 
 
@@ -47,6 +53,7 @@ def run_gate(cfg: GateConfig | None = None, **overrides: Any) -> Any:
         "comparison": None,
         "primary_metric": "test_macro_f1",
         "primary_metric_label": "macro-F1",
+        "baselines": baselines(),
     }
     return gate(cfg or GateConfig(), GateInputs(**(args | overrides)))
 
@@ -72,7 +79,7 @@ def test_a_good_first_model_passes_every_default_check_and_there_is_no_champion(
 
 
 def test_floors_reject_a_metric_below_its_minimum_and_name_it() -> None:
-    verdict = run_gate(metrics=metrics(0.65, accuracy=0.72, tfidf=0.5))
+    verdict = run_gate(metrics=metrics(0.65, accuracy=0.72))
     assert not verdict.passed
     assert verdict.failed_checks == ["floor:test_macro_f1"]
     assert "floor:test_macro_f1: 0.6500 vs floor 0.7" in verdict.summary()
@@ -88,12 +95,51 @@ def test_an_unknown_baseline_is_a_config_error() -> None:
         run_gate(GateConfig(baselines=("tfidf", "bm25")))
 
 
-def test_fine_tuning_must_beat_each_baseline_by_the_margin() -> None:
-    # 0.80 beats TF-IDF's 0.79 but not by the 0.02 margin; the frozen baseline (0.6) is beaten.
-    verdict = run_gate(metrics=metrics(0.80, tfidf=0.79))
+def test_a_high_baseline_is_beaten_by_removing_a_share_of_its_error_not_by_two_points() -> None:
+    # TF-IDF at 0.97, the model at 0.975 with a tight interval: the old fixed +0.02 asked
+    # for 0.99 and rejected it; 10% of TF-IDF's error (0.03) is a margin of 0.003.
+    tight = beaten("tfidf", 0.97, 0.975, (0.0035, 0.0065))
+    verdict = run_gate(baselines=baselines(tfidf=tight))
+    assert verdict.passed
+    found = check(verdict, "beats:tfidf")
+    assert (found.value, found.threshold) == (
+        {"diff": 0.005, "ci_low": 0.0035, "ci_high": 0.0065},
+        0.003,
+    )
+    assert found.detail == (
+        "macro-F1 0.9750 vs tfidf 0.9700: diff +0.0050, 95% CI [+0.0035, +0.0065], lower "
+        "bound must be > +0.0030 (10% of tfidf's error 0.0300)"
+    )
+    # the same point estimate with a lower bound under the margin is not a win
+    loose = beaten("tfidf", 0.97, 0.975, (0.0025, 0.0075))
+    assert run_gate(baselines=baselines(tfidf=loose)).failed_checks == ["beats:tfidf"]
+    # a stricter reduction asks more: 20% of 0.03 is 0.006 > 0.0035
+    strict = GateConfig(baseline_min_error_reduction=0.2)
+    assert run_gate(strict, baselines=baselines(tfidf=tight)).failed_checks == ["beats:tfidf"]
+
+
+def test_a_point_estimate_two_points_up_with_a_wide_interval_does_not_beat_the_baseline() -> None:
+    # 0.83 vs 0.80 cleared the old +0.02, but the interval reaches -0.01: on these rows the
+    # model may be worse. The margin is 10% of 0.20 = 0.02.
+    wide = beaten("tfidf", 0.80, 0.83, (-0.01, 0.07))
+    verdict = run_gate(baselines=baselines(tfidf=wide))
     assert verdict.failed_checks == ["beats:tfidf"]
-    assert run_gate(metrics=metrics(0.815, tfidf=0.79)).passed
-    assert run_gate(GateConfig(beat_baselines=False), metrics=metrics(0.80, tfidf=0.79)).passed
+    assert check(verdict, "beats:tfidf").threshold == 0.02
+    assert run_gate(baselines=baselines(tfidf=beaten("tfidf", 0.80, 0.83, (0.021, 0.04)))).passed
+    assert run_gate(GateConfig(beat_baselines=False), baselines={}).passed
+
+
+def test_a_baseline_without_predictions_fails_its_check_with_the_reason() -> None:
+    why = "reports/test_predictions.parquet is missing: run the evaluate stage"
+    verdict = run_gate(baselines=baselines(tfidf=why))
+    assert verdict.failed_checks == ["beats:tfidf"]
+    assert verdict.summary().endswith(f"beats:tfidf: {why}")
+
+
+def test_the_old_fixed_baseline_margin_key_names_its_replacement() -> None:
+    with pytest.raises(ValueError, match=r"gate\.baseline_margin was replaced by gate\.baseline_"):
+        GateConfig.model_validate({"baseline_margin": 0.02})
+    assert GateConfig().baseline_min_error_reduction == 0.10
 
 
 def test_regression_vs_champion_is_judged_on_the_interval_lower_bound() -> None:

@@ -104,6 +104,57 @@ def test_a_label_missing_from_the_test_split_is_an_error(tmp_path: Path) -> None
     assert not (tmp_path / "out").exists()
 
 
+def test_a_label_no_row_hashes_into_validation_gets_its_lowest_hash_train_row(
+    tmp_path: Path,
+) -> None:
+    # Eight neutral texts: seven hash to train, one to test, none to validation (before,
+    # validation had no neutral row and early stopping never saw the class).
+    neutral = [(f"a neutral text {i}", "neutral") for i in range(10, 18)]
+    assert [split_of(t, 0.1, 0.1) for t, _ in neutral] == ["train"] * 7 + ["test"]
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    frame = pd.DataFrame([*make_rows(300), *neutral], columns=["review", "sentiment"])
+    frame.to_csv(folder / "batch-0000.csv", index=False)
+    data = DataConfig(text_column="review", label_column="sentiment")
+    labels = (*LABELS, "neutral")
+    result = prepare(TEXT, data, PrepareConfig(), labels, folder, tmp_path / "out")
+    # text 15 has the lowest hash bucket of the seven train rows (0.247): the one moved
+    validation = pd.read_parquet(tmp_path / "out" / "validation.parquet")
+    assert validation.loc[validation["label"] == "neutral", "text"].tolist() == [
+        "a neutral text 15"
+    ]
+    assert [result.label_counts[s]["neutral"] for s in ("train", "validation", "test")] == [
+        6,
+        1,
+        1,
+    ]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["moved_to_validation"] == [
+        {"source": "batch-0000.csv:306", "from": "train", "sentiment": "neutral"}
+    ]
+    # the other labels hash into validation on their own: nothing else moved
+    assert manifest["rows"]["validation"] == 1 + sum(
+        split_of(t, 0.1, 0.1) == "validation" for t, _ in make_rows(300)
+    )
+
+
+def test_a_label_with_a_single_train_row_and_none_in_validation_is_named(tmp_path: Path) -> None:
+    # Moving the only train row would starve train: the error names validation.
+    neutral = [("a neutral text 17", "neutral"), ("a neutral text 15", "neutral")]
+    write_rows(tmp_path / "raw", [*make_rows(300), *neutral], "batch-0000.csv")
+    with pytest.raises(
+        DataValidationError, match=r"the validation split has no rows of label\(s\) \['neutral'\]"
+    ):
+        prepare(
+            TEXT,
+            DataConfig(),
+            PrepareConfig(),
+            (*LABELS, "neutral"),
+            tmp_path / "raw",
+            tmp_path / "o",
+        )
+
+
 def test_the_manifest_lists_every_dropped_row_in_the_users_column_names(tmp_path: Path) -> None:
     rows = [*make_rows(200), ("text   number 3", "positive"), ("text number 4", "positive")]
     folder = tmp_path / "raw"

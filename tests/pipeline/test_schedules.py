@@ -111,3 +111,78 @@ def test_layerwise_decay_groups_only_trainable_parameters(tiny: Any, tmp_path: P
     lrs = _lr_by_parameter(trainer)
     assert {lr for lr, _ in lrs.values()} == {LR, LR * 0.5}
     assert not [n for n in lrs if ".layer.0." in n or "embeddings" in n]
+
+
+def test_balanced_class_weights_give_the_hand_computed_weighted_cross_entropy(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    import numpy as np
+
+    from pipeline.tasks.text_classification import TextClassification
+
+    labels = ("spam", "ham", "promo")
+    train = {"train": {"labels": [0] * 6 + [1] * 3 + [2]}}  # 60% / 30% / 10%
+    cfg = TrainConfig(class_weights="balanced")
+    weights = TextClassification().class_weights(train, cfg, labels)
+    # n / (classes * count): 10 / 18, 10 / 9, 10 / 3
+    assert weights == pytest.approx([10 / 18, 10 / 9, 10 / 3], abs=1e-12)
+
+    model = load_classifier(tiny_model_dir, labels).eval()
+    trainer = ScheduledTrainer(
+        model=model,
+        args=TrainingArguments(output_dir=str(tmp_path), report_to="none"),
+        train_cfg=cfg,
+        class_weights=weights,
+    )
+    torch.manual_seed(0)
+    batch = {
+        "input_ids": torch.randint(1000, 2000, (5, 7)),
+        "attention_mask": torch.ones(5, 7, dtype=torch.long),
+        "labels": torch.tensor([0, 0, 0, 1, 2]),  # imbalanced: three of the first class
+    }
+    with torch.no_grad():
+        loss = float(trainer.compute_loss(model, dict(batch)))
+        logits = model(batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    x = logits.double().numpy()
+    nll = -(x - np.log(np.exp(x).sum(axis=1, keepdims=True)))[np.arange(5), [0, 0, 0, 1, 2]]
+    w = np.array(weights)[[0, 0, 0, 1, 2]]
+    assert loss == pytest.approx(float((w * nll).sum() / w.sum()), abs=1e-6)
+    # without weights it is the model's own unweighted mean, and the two differ
+    plain = ScheduledTrainer(
+        model=model,
+        args=TrainingArguments(output_dir=str(tmp_path), report_to="none"),
+        train_cfg=TrainConfig(),
+    )
+    with torch.no_grad():
+        unweighted = float(plain.compute_loss(model, dict(batch)))
+    assert unweighted == pytest.approx(float(nll.mean()), abs=1e-6)
+    assert abs(unweighted - loss) > 1e-3
+
+
+def test_class_weights_by_label_name_default_to_one_and_an_unknown_label_is_named() -> None:
+    from pipeline.tasks.text_classification import class_weights
+    from tuneops.errors import ConfigError
+
+    labels = ("negative", "neutral", "positive")
+    assert class_weights({"neutral": 4.0}, torch.tensor([0]).numpy(), labels) == [1.0, 4.0, 1.0]
+    assert class_weights("none", torch.tensor([0]).numpy(), labels) is None
+    with pytest.raises(ConfigError, match=r"train\.class_weights: unknown label\(s\) \['neutrl'\]"):
+        class_weights({"neutrl": 4.0}, torch.tensor([0]).numpy(), labels)
+    with pytest.raises(ValueError, match="greater than 0"):
+        TrainConfig(class_weights={"neutral": 0.0})
+
+
+def test_class_weights_on_a_token_task_are_a_config_error() -> None:
+    from pipeline.tasks.token_classification import TokenClassification
+    from tuneops.config import Params
+    from tuneops.errors import ConfigError
+
+    params = Params.model_validate(
+        {
+            "task": "token-classification",
+            "train": {"class_weights": "balanced", "metric_for_best_model": "entity_f1"},
+            "gate": {"baselines": ["before_finetuning"]},
+        }
+    )
+    with pytest.raises(ConfigError, match=r"train\.class_weights: 'balanced' is for text class"):
+        TokenClassification().check(params)

@@ -1,7 +1,9 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from safetensors.numpy import load_file
 
 from pipeline.training.modeling import load_classifier, load_tokenizer, predict_logits
@@ -47,3 +49,23 @@ def test_predict_logits_returns_rows_in_input_order(trained: Trained) -> None:
     together = predict_logits(model, tokenizer, texts, 32, 2)
     one_by_one = np.concatenate([predict_logits(model, tokenizer, [t], 32, 1) for t in texts])
     np.testing.assert_allclose(together, one_by_one, atol=1e-5)
+
+
+def test_balanced_class_weights_come_from_the_train_split_and_are_recorded(
+    trained: Trained, tmp_path: Path
+) -> None:
+    from pipeline.train import train
+    from tests.conftest import TEXT
+
+    p = trained.params
+    cfg = p.train.model_copy(update={"class_weights": "balanced", "max_steps": 2})
+    candidate = tmp_path / "candidate"
+    train(TEXT, p.model, cfg, trained.paths.data_prepared, candidate, tmp_path / "ck", tmp_path)
+    summary = json.loads((candidate / "training_summary.json").read_text())
+    ids = pd.read_parquet(trained.paths.data_prepared / "train.parquet")["label_id"]
+    counts = ids.value_counts()
+    expected = {
+        label: len(ids) / (2 * counts[i]) for i, label in enumerate(["negative", "positive"])
+    }
+    assert summary["class_weights"] == pytest.approx(expected, abs=1e-12)
+    assert summary["global_steps"] == 2
