@@ -3,8 +3,9 @@
 The batch is validated alone, with the task's suite (text rows or token sentences) and
 the dataset's frozen label set, before anything is written; a failure names the rows and
 appends nothing. A batch whose bytes equal an existing batch file is a no-op. Ingests
-hold a file lock, so two at once are serialised: each gets its own batch number and
-`dvc add` sees a complete folder.
+hold the data lock while they append and version, so each gets its own batch number
+and `dvc add` sees a complete folder; `tuneops ingest` also holds the project lock
+(tuneops.runlock), so a second ingest started meanwhile stops at once naming the first.
 """
 
 from __future__ import annotations

@@ -146,9 +146,12 @@ def test_a_failed_push_restores_the_previous_data_version(
     assert not added
 
 
-def test_two_ingests_at_once_each_get_a_batch_and_one_consistent_version(
+def test_two_ingests_at_once_leave_one_consistent_version(
     project: stages.Context, tmp_path: Path
 ) -> None:
+    """Two ingests started together: the project lock lets one run at a time, so each one
+    either adds its batch or stops at once naming the holder (exit 9); whatever ran, the
+    data version and the remote agree with the folder."""
     sources = [batch(tmp_path, f"{tag}.csv", tag) for tag in ("north", "south")]
     procs = [
         subprocess.Popen(
@@ -161,14 +164,20 @@ def test_two_ingests_at_once_each_get_a_batch_and_one_consistent_version(
         )
         for source in sources
     ]
-    for proc in procs:
+    added_sources = []
+    for source, proc in zip(sources, procs, strict=True):
         _, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err
+        if proc.returncode == 0:
+            added_sources.append(source)
+        else:
+            assert proc.returncode == 9, err
+            assert "ProjectBusy" in err and "tuneops ingest" in err and "pid" in err, err
+    assert added_sources, "at least one of the two ingests must have run"
     folder = project.paths.root / DATASET
     added = sorted(p.name for p in folder.glob("batch-000[12].csv"))
-    assert added == ["batch-0001.csv", "batch-0002.csv"]
+    assert added == [f"batch-000{i + 1}.csv" for i in range(len(added_sources))]
     contents = {(folder / name).read_bytes() for name in added}
-    assert contents == {s.read_bytes() for s in sources}
+    assert contents == {s.read_bytes() for s in added_sources}
     assert "up to date" in dvc_status(project, "data/raw.dvc")
     assert "in sync" in dvc_status(project, "--cloud", "data/raw.dvc")
 
