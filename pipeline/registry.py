@@ -48,12 +48,14 @@ def register(
     promote: bool,
     tracker: MlflowTracker,
     record: Path,
+    logged: Any | None = None,
 ) -> RegistrationResult:
-    """Log + register the bundle; move `champion` to it when `promote`; write `record`."""
+    """Register the bundle (logged by `log_bundle` first, unless `logged` is that model);
+    move `champion` to it when `promote`; write `record`."""
     from mlflow.exceptions import MlflowException
 
     client = tracker.client
-    info = _log_bundle(export_dir, tracker)
+    info = logged if logged is not None else log_bundle(export_dir, tracker)
     try:
         client.create_registered_model(model_name, description="tuneops fine-tuned model")
     except MlflowException as exc:
@@ -98,6 +100,13 @@ def version_by_alias(client: Any, model_name: str, alias: str) -> Any | None:
 def _alias_version(client: Any, model_name: str, alias: str) -> str | None:
     found = version_by_alias(client, model_name, alias)
     return None if found is None else str(found.version)
+
+
+def log_bundle(export_dir: Path, tracker: MlflowTracker) -> Any:
+    """Upload the bundle as an MLflow model of the run (the slow part, ~110 MB); call it
+    before taking the registry lock, so the lock is held only while versions and aliases
+    change."""
+    return _log_bundle(export_dir, tracker)
 
 
 def _log_bundle(export_dir: Path, tracker: MlflowTracker) -> Any:
