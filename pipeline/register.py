@@ -29,6 +29,7 @@ from pipeline.registry import (
     RegistrationResult,
     champion_version,
     load_bundle,
+    log_bundle,
     register,
     registry_lock,
 )
@@ -64,6 +65,7 @@ def gate_and_register(
     challenger_pred = split.rescore(challenger)
     latency = p95_latency_ms(challenger, split.texts, cfg.latency_samples) if cfg.latency else None
     judged = _inputs(inputs, split, challenger_pred, latency)
+    logged = log_bundle(export_dir, tracker)  # the upload, outside the lock
 
     with registry_lock(tracker.client, inputs.model_name):
         current = champion_version(tracker.client, inputs.model_name)
@@ -81,6 +83,7 @@ def gate_and_register(
             verdict.passed,
             tracker,
             reports_dir / "registry.json",
+            logged,
         )
     verdict.challenger_version = registered.version
     if comparison is not None:

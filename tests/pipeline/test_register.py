@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import classification_report, f1_score
 
+from pipeline import registry
 from pipeline.bootstrap import paired_bootstrap
-from pipeline.export import export
+from pipeline.export import ExportResult, export
 from pipeline.gate import BaselineComparison, GateInputs, gate
 from pipeline.register import RegisterInputs, compare_with_baselines, gate_and_register
 from pipeline.tasks.text_classification import TextTestSplit
@@ -167,3 +168,26 @@ def test_a_token_baselines_recorded_tag_lists_bootstrap_against_the_model(tmp_pa
     # baseline: 1 of 3 gold entities, 1 predicted: entity-F1 2 * 1 / (1 + 3) = 0.5
     assert (found.model_score, found.baseline_score) == (1.0, 0.5)
     assert found.observed_diff == 0.5
+
+
+def test_the_model_upload_happens_before_the_registry_lock_is_taken(
+    trained: Trained, exported: ExportResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = MlflowTracker.start(uri, "tests", (tmp_path / "artifacts").as_uri(), "run", {})
+    lock_held_during_upload = []
+    upload = registry._log_bundle
+
+    def spy(export_dir: Path, run: MlflowTracker) -> object:
+        names = [m.name for m in run.client.search_registered_models()]
+        lock_held_during_upload.append("uploaded.promotion-lock" in names)
+        return upload(export_dir, run)
+
+    monkeypatch.setattr(registry, "_log_bundle", spy)
+    cfg = GateConfig(floors={}, beat_baselines=False, vs_champion=False, per_class=False)
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    inputs = RegisterInputs(TEXT, cfg, uri, "uploaded", trained.paths.data_prepared, reports)
+    _, result = gate_and_register(inputs, tracker, exported.export_dir, {})
+    assert lock_held_during_upload == [False]
+    assert result.version == "1"

@@ -1,6 +1,9 @@
 """Registry semantics on MLflow's real SQLite store and model registry."""
 
+import contextlib
 import os
+import threading
+import time
 from pathlib import Path
 
 import mlflow
@@ -109,9 +112,20 @@ def test_the_registry_lock_excludes_a_second_holder_and_is_released(tracking_uri
 def test_a_stale_lock_left_by_a_crashed_holder_is_broken(tracking_uri: str) -> None:
     client = store_client(tracking_uri)
     client.create_registered_model(f"{NAME}.promotion-lock", tags={"acquired_at": "0"})
-    with registry_lock(client, NAME, timeout_s=5, stale_after_s=60):
+    with registry_lock(client, NAME, timeout_s=10, stale_after_s=1):
         acquired = client.get_registered_model(f"{NAME}.promotion-lock").tags["acquired_at"]
         assert float(acquired) > 0
+
+
+def test_the_holder_renews_its_heartbeat_while_it_holds_the_lock(tracking_uri: str) -> None:
+    client = store_client(tracking_uri)
+    with registry_lock(client, NAME, stale_after_s=30, heartbeat_s=0.2):
+        tags = client.get_registered_model(f"{NAME}.promotion-lock").tags
+        time.sleep(1.5)
+        later = client.get_registered_model(f"{NAME}.promotion-lock").tags
+    assert len(tags["token"]) == 32 and later["token"] == tags["token"]
+    assert float(later["heartbeat"]) > float(tags["heartbeat"])
+    assert [m.name for m in client.search_registered_models()] == []
 
 
 def test_rollback_swaps_champion_and_previous_and_needs_both(
@@ -129,3 +143,85 @@ def test_rollback_swaps_champion_and_previous_and_needs_both(
     assert rollback(client, NAME, {"rollback.reason": "r"}) == ("2", "1")
     assert aliases(tracking_uri) == {"challenger": "2", "champion": "1", "previous": "2"}
     assert client.get_model_version(NAME, "1").tags["rollback.reason"] == "r"
+
+
+class _SlowWaiter:
+    """A registry client whose calls on the lock model interleave the way a real race does.
+
+    Both waiters read the stale lock before either acts (a barrier after that read); a
+    waiter's delete of the lock, other than the first one made, waits until some waiter holds
+    the lock: the second breaker acts on its stale view after the first has taken over.
+    """
+
+    def __init__(self, client: object, lock: str, state: dict) -> None:
+        self._client, self._lock, self._state = client, lock, state
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._client, name)
+
+    def get_registered_model(self, name: str) -> object:
+        model = self._client.get_registered_model(name)  # type: ignore[attr-defined]
+        if name == self._lock and model.tags.get("acquired_at") == "0":
+            with contextlib.suppress(threading.BrokenBarrierError):
+                self._state["read"].wait(timeout=5)
+        return model
+
+    def delete_registered_model(self, name: str) -> object:
+        if name == self._lock:
+            with self._state["guard"]:
+                first = not self._state["deleted"]
+                self._state["deleted"] = True
+            if not first:
+                self._state["held"].wait(timeout=5)
+        return self._client.delete_registered_model(name)  # type: ignore[attr-defined]
+
+
+def test_two_waiters_racing_to_break_a_stale_lock_never_both_hold_it(tracking_uri: str) -> None:
+    lock = f"{NAME}.promotion-lock"
+    stale = {"acquired_at": "0", "heartbeat": "0", "token": "crashed", "holder": "gone:1"}
+    store_client(tracking_uri).create_registered_model(lock, tags=stale)
+    state: dict = {
+        "read": threading.Barrier(2),
+        "guard": threading.Lock(),
+        "deleted": False,
+        "held": threading.Event(),
+    }
+    inside, most, entered, errors = [0], [0], [], []
+    count = threading.Lock()
+
+    def waiter(who: str) -> None:
+        client = _SlowWaiter(store_client(tracking_uri), lock, state)
+        try:
+            with registry_lock(client, NAME, timeout_s=60, stale_after_s=1.5):
+                with count:
+                    inside[0] += 1
+                    most[0] = max(most[0], inside[0])
+                    entered.append(who)
+                state["held"].set()
+                time.sleep(3)  # longer than stale_after_s: the heartbeat keeps it held
+                with count:
+                    inside[0] -= 1
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=waiter, args=(w,)) for w in ("w1", "w2")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=90)
+    assert most[0] == 1, "both waiters held the registry lock at once"
+    assert errors == []
+    assert sorted(entered) == ["w1", "w2"]
+    assert [m.name for m in store_client(tracking_uri).search_registered_models()] == []
+
+
+def test_a_holder_whose_lock_was_broken_does_not_delete_the_next_holders_lock(
+    tracking_uri: str,
+) -> None:
+    client = store_client(tracking_uri)
+    lock = f"{NAME}.promotion-lock"
+    with pytest.raises(ExternalToolError, match="lost"), registry_lock(client, NAME):
+        # Meanwhile a waiter judged it stale, broke it and holds a fresh lock of its own.
+        client.delete_registered_model(lock)
+        client.create_registered_model(lock, tags={"token": "next-holder", "heartbeat": "1"})
+    assert client.get_registered_model(lock).tags["token"] == "next-holder"
