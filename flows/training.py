@@ -1,4 +1,4 @@
-"""The training flow: fetch → validate → version → prepare → train → evaluate → export → gate.
+"""The training flow: fetch → validate → prepare → version → train → evaluate → export → gate.
 
 Each step is a Prefect task over the same function the DVC stage runs. Only the DVC
 push is retried (a remote can fail transiently); every other step is deterministic,
@@ -212,9 +212,11 @@ def training_flow(
 def _run_chain(ctx: stages.Context) -> RunSummary:
     preflight_task(ctx)
     fetch_task(ctx)
-    validate_task(ctx)  # before `dvc add`/`dvc push`: bad data never becomes a version
-    data_version = version_task(ctx)
+    # Validation and preparation (which refuses, e.g., a label that no row hashes into the
+    # test split) both run before `dvc add`/`dvc push`: bad data never becomes a version.
+    validate_task(ctx)
     rows = prepare_task(ctx)
+    data_version = version_task(ctx)
     run_id = train_task(ctx)
     metrics = evaluate_task(ctx)
     onnx_path, max_diff, agreement, int8 = export_task(ctx)

@@ -88,3 +88,22 @@ def test_dvc_yaml_check_reports_drift(tmp_path: Path) -> None:
     assert main(["--root", str(tmp_path), "dvc-yaml", "--check"]) == 0
     (tmp_path / "dvc.yaml").write_text("stages: {}\n", encoding="utf-8")
     assert main(["--root", str(tmp_path), "dvc-yaml", "--check"]) == 2
+
+
+def test_every_stage_param_is_a_key_of_params_yaml() -> None:
+    """`dvc repro` refuses a stage whose params name a key params.yaml lacks (a default
+    that only config.py knows), so each dotted name must be in the file itself."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+
+    def present(dotted: str) -> bool:
+        node: object = params
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return False
+            node = node[part]
+        return True
+
+    missing = {
+        name: [p for p in stage["params"] if not present(p)] for name, stage in dvc_stages().items()
+    }
+    assert {k: v for k, v in missing.items() if v} == {}
