@@ -119,3 +119,19 @@ def test_a_project_in_a_subfolder_counts_code_anywhere_in_the_repository(
 
 def test_outside_git_it_is_unknown(tmp_path: Path) -> None:
     assert git_commit(tmp_path, pipeline_owned()) == "unknown"
+
+
+def test_lineage_keys_name_every_lineage_tag(tmp_path: Path) -> None:
+    """The register stage copies LINEAGE_KEYS from the training summary: they must be
+    exactly the tags training records."""
+    import json
+
+    from tuneops.context import load_context
+    from tuneops.recording import LINEAGE_KEYS, lineage_tags
+
+    (tmp_path / "params.yaml").write_text("{}\n")
+    prepared = tmp_path / "data" / "prepared"
+    prepared.mkdir(parents=True)
+    (prepared / "manifest.json").write_text(json.dumps({"fingerprint": "f"}))
+    (tmp_path / "data" / "raw.dvc").write_text("outs:\n- md5: abc.dir\n  path: raw\n")
+    assert tuple(lineage_tags(load_context(tmp_path))) == LINEAGE_KEYS

@@ -24,6 +24,20 @@ def current_data_version(ctx: Context) -> str:
     return version_data(ctx.paths.root, ctx.paths.data_raw, push=False).version
 
 
+# The keys of lineage_tags, for readers that only copy them (the register stage copies
+# them from the training summary and need not re-run git or DVC to learn their names).
+LINEAGE_KEYS = (
+    "data.version",
+    "data.fingerprint",
+    "data.name",
+    "git.commit",
+    "params.hash",
+    "task",
+    "base_model",
+    "strategy",
+)
+
+
 def lineage_tags(ctx: Context, owned: Iterable[str] = ()) -> dict[str, str]:
     """The tags every run and model version carries; `owned`: the pipeline's own files,
     which do not make `git.commit` dirty (`stages.pipeline_owned()`)."""

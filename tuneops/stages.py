@@ -249,7 +249,7 @@ def step_register(ctx: Context) -> tuple[GateVerdict, RegistrationResult]:
     """
     tracker = recording.candidate_run(ctx)
     summary = recording.training_summary(ctx)
-    tags = {k: str(summary[k]) for k in recording.lineage_tags(ctx) if k in summary}
+    tags = {k: str(summary[k]) for k in recording.LINEAGE_KEYS if k in summary}
     tags |= {"mlflow_run_id": tracker.run_id}
     with recording.run_scope(tracker, finish=True):
         verdict, result = gate_and_register(register_inputs(ctx), tracker, ctx.paths.export, tags)
