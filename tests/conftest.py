@@ -40,6 +40,15 @@ REPO = Path(__file__).resolve().parents[1]
 SLICE_ROWS = 400
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test marked `@pytest.mark.audit("M4", ...)` records the audit findings it holds as a
+    JUnit property; tests/reliability/table.py --audit turns them into docs/reliability.md's
+    audit table (tests/reliability/audit.py lists the findings)."""
+    ids = [finding for mark in item.iter_markers("audit") for finding in mark.args]
+    if ids:
+        item.user_properties.append(("audit", ",".join(ids)))
+
+
 def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
     for part in parents:

@@ -1,0 +1,63 @@
+"""The findings of the December 2026 audit (`../shared/reviews/audit-2026-12.md`, of 9fa413e).
+
+Each finding is fixed by one or more tests marked `@pytest.mark.audit("M4", ...)`: the marker
+records the ids as a JUnit property (tests/conftest.py), and `tests/reliability/table.py
+--audit` writes docs/reliability.md's audit table from a JUnit file, so a finding is shown
+"fixed" only when a test for it ran and passed. A finding the project does not act on has
+its reason in DECLINED, written here by hand.
+"""
+
+from __future__ import annotations
+
+FINDINGS: dict[str, str] = {
+    "C1": "`pull-bundle --out DIR` deletes what is already in DIR",
+    "C2": "`reproduce` of a token-classification version compares no metrics",
+    "C3": "two flows in one project corrupt each other (no run lock)",
+    "M1": "the registry lock does not exclude",
+    "M2": "the gate judges one model and ships another",
+    "M3": "`export_parity` cannot fail in the flow",
+    "M4": "the champion can be re-scored on its own training rows",
+    "M5": "`promote` of an older version can score against mismatched label ids",
+    "M6": "the non-inferiority margin is not tied to the test-set size, and ratchets",
+    "M7": "`tuneops run` versions unvalidated data",
+    "M8": "ingest's validation is not serialised (TOCTOU)",
+    "M9": "ingest without labels.json infers the label set from the batch",
+    "M10": "lineage tags unreliable (-dirty, data.version, no data lock through prepare)",
+    "M11": "DVC stage dependencies incomplete",
+    "M12": "stale committed reports/metrics.json and data/raw.dvc",
+    "M13": "long texts silently truncated",
+    "M14": "a wrong base model trains from random weights",
+    "M15": "the before-fine-tuning baseline is a strawman ([CLS] pooler only)",
+    "M16": "NER serves a word segmentation that is never evaluated",
+    "M17": "`tune` ignores `task`",
+    "M18": "DVC failures reported as DVC's support banner",
+    "M19": "loading the champion runs code from the artifact store",
+    "M20": "the retrain skip key has holes",
+    "M21": "every ingested batch must look like a full dataset",
+    "T1": "`run` bad-input cases ran without DVC",
+    "T2": "the secrets test cannot fail on the real leak vectors",
+    "T3": "the 'equally good challenger' is bit-identical",
+    "T4": "the retrain end-to-end test has the champion comparison off",
+    "T5": "the promotion race tests only the registry lock",
+    "T6": "the racing stale-lock break is untested",
+    "T7": "the DVC fault tests do not assert the cause",
+    "T8": "range assertions that cannot fail",
+    "T9": "the batching test does not check batching",
+    "T10": "missing coverage (tune/reproduce for tokens, DVC deps, truncation)",
+    "T11": "mocks and simulations (CUDA, the crash before rename)",
+    "T12": "DeprecationWarning and FutureWarning ignored",
+    "D1": "stale `make run` output and timing",
+    "D2": "the training benchmark is from cb7ff89",
+    "D3": "'a rejection leaves every alias where it was'",
+    "D4": "'appending data never moves an existing row between splits'",
+    "D5": "'two ingests at once are serialised'",
+    "D6": "'the full gate against the champion' in retraining",
+    "D7": "'30 rejected with a named cause'",
+    "D8": "ingest 'with the dataset's label set'",
+    "D9": "'5 of 5 security checks held'",
+    "D10": "'on CPU they must be identical' for token versions",
+    "D11": "committed reports/metrics.json and data/raw.dvc are test leftovers",
+}
+
+# Finding id -> why the project does not change the code for it (shown in the table).
+DECLINED: dict[str, str] = {}
