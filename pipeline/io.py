@@ -186,7 +186,9 @@ def _slice(raw: pd.DataFrame, max_rows: int) -> pd.DataFrame:
     """`max_rows` rows chosen by a hash of their text, kept in file order.
 
     Not the first N rows: files are often sorted by label. A hash keeps the slice
-    independent of row order and stable as batches are appended.
+    independent of row order. It is a sample of the current data, not a fixed subset: an
+    appended row whose hash is smaller takes the place of the row with the largest one
+    (audit m2), so a sliced run's rows, test rows included, change as batches are appended.
     """
     # Salted, so that the slice is not correlated with the split (which hashes the text too).
     chosen = rows_by_text_hash(raw, max_rows, salt="slice")
@@ -195,7 +197,7 @@ def _slice(raw: pd.DataFrame, max_rows: int) -> pd.DataFrame:
 
 def rows_by_text_hash(frame: pd.DataFrame, rows: int, salt: str) -> list[Any]:
     """Index labels of the `rows` rows with the smallest sha256("<salt>:<text>"), in
-    frame order: a choice independent of row order and stable as rows are appended."""
+    frame order: a choice independent of row order (not of appended rows)."""
     keys = frame["text"].map(lambda t: hashlib.sha256(f"{salt}:{t}".encode()).hexdigest())
     return sorted(keys.sort_values(kind="stable").index[:rows])
 

@@ -42,6 +42,7 @@ def test_split_is_a_pure_function_of_the_text() -> None:
     assert shares["validation"] == pytest.approx(0.1, abs=0.01)
 
 
+@pytest.mark.audit("D4")
 def test_appending_rows_never_moves_an_existing_row_between_splits(tmp_path: Path) -> None:
     raw = tmp_path / "raw"
     write_rows(raw, make_rows(600), "batch-0000.csv")
