@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from tuneops.errors import DataValidationError
+from tuneops.paths import atomic_write_text
 
 SUPPORTED_SUFFIXES = (".csv", ".jsonl", ".parquet")
 
@@ -163,13 +164,22 @@ def read_raw(
             pd.DataFrame(
                 {
                     "text": frame[text_column],
-                    "label": frame[label_column],
+                    "label": _labels(frame[label_column]),
                     "source": [f"{path.name}:{i + 1}" for i in range(len(frame))],
                 }
             )
         )
     raw = pd.concat(frames, ignore_index=True)
     return _slice(raw, max_rows) if max_rows else raw
+
+
+def _labels(column: pd.Series) -> pd.Series:
+    """Whole numbers as ints: 1.0 and 1 are one label, "1" (a JSONL export may write
+    either; a Parquet int column with a null is stored as floats). Object dtype, so that
+    pandas does not turn them back into floats beside a missing value. CSV cells are
+    text, compared as written ("1.0" is not "1")."""
+    values = [int(v) if isinstance(v, float) and v.is_integer() else v for v in column.tolist()]
+    return pd.Series(values, index=column.index, dtype=object)
 
 
 def _delimiter_hint(path: Path, encoding: str, delimiter: str | None) -> str:
@@ -200,6 +210,15 @@ def rows_by_text_hash(frame: pd.DataFrame, rows: int, salt: str) -> list[Any]:
     frame order: a choice independent of row order (not of appended rows)."""
     keys = frame["text"].map(lambda t: hashlib.sha256(f"{salt}:{t}".encode()).hexdigest())
     return sorted(keys.sort_values(kind="stable").index[:rows])
+
+
+def freeze_labels(dataset_dir: Path, labels: tuple[str, ...]) -> Path:
+    """Write the label set inferred from a dataset that passed validation as its
+    labels.json: versioned with the batches (it is under data/raw/), it is the set every
+    later batch is checked against, and the label order of every model trained on it."""
+    path = dataset_dir / "labels.json"
+    atomic_write_text(path, json.dumps(list(labels)) + "\n")
+    return path
 
 
 def read_label_file(dataset_dir: Path) -> tuple[str, ...] | None:

@@ -15,6 +15,12 @@ from typing import TYPE_CHECKING, Any
 import great_expectations as gx
 import pandas as pd
 from great_expectations.data_context.types.base import ProgressBarsConfig
+from great_expectations.expectations.expectation import (
+    ColumnMapExpectation,
+    ColumnPairMapExpectation,
+    MulticolumnMapExpectation,
+)
+from great_expectations.expectations.registry import get_expectation_impl
 
 if TYPE_CHECKING:
     from pipeline.tasks.base import Task
@@ -25,6 +31,7 @@ from tuneops.errors import DataValidationError
 from tuneops.paths import atomic_write_text
 
 EXAMPLES_PER_CHECK = 5
+ROW_EXPECTATIONS = (ColumnMapExpectation, ColumnPairMapExpectation, MulticolumnMapExpectation)
 
 
 @dataclass
@@ -38,6 +45,9 @@ class CheckResult:
     examples: list[dict[str, Any]] = field(default_factory=list)
     unit: str = "row(s) fail"  # what unexpected_count counts, as the message says it
     fix: str = ""  # what was found beyond the examples, and the key to change
+    # One verdict per row (a GX map expectation: schema, label membership): a batch passes
+    # it on its own rows. The others (label coverage, counts, types, repeats) judge a dataset.
+    per_row: bool = False
 
     def line(self) -> str:
         rows = ", ".join(f"{e['source']} ({e['value']!r})" for e in self.examples)
@@ -70,11 +80,16 @@ class ValidationResult:
     def failed(self) -> list[CheckResult]:
         return [c for c in self.checks if not c.success]
 
-    def raise_for_failures(self) -> None:
-        if self.failed:
-            lines = "\n  ".join(c.line() for c in self.failed)
+    def raise_for_failures(
+        self, checks: list[CheckResult] | None = None, on: str | None = None
+    ) -> None:
+        """DataValidationError listing the failed `checks` (default: all), if any; `on`
+        says what was validated (default: the files)."""
+        failed = self.failed if checks is None else [c for c in checks if not c.success]
+        if failed:
+            lines = "\n  ".join(c.line() for c in failed)
             raise DataValidationError(
-                f"{len(self.failed)} validation check(s) failed on {', '.join(self.files)}"
+                f"{len(failed)} validation check(s) failed on {on or ', '.join(self.files)}"
                 f" (report: {self.report_json}):\n  {lines}"
             )
 
@@ -178,6 +193,7 @@ def _check_from_gx(result: Any, frame: pd.DataFrame) -> CheckResult:
         observed=_jsonable(_observed(details)),
         unexpected_count=int(details.get("unexpected_count") or 0),
         examples=examples,
+        per_row=issubclass(get_expectation_impl(config.type), ROW_EXPECTATIONS),
     )
 
 
@@ -216,6 +232,7 @@ def label_type_check(frame: pd.DataFrame) -> CheckResult:
     return CheckResult(
         name="expect_label_values_to_share_one_type",
         column="label",
+        per_row=True,  # part of the schema: a batch's own rows must not mix
         success=not mixed,
         expected="every label a string, or every label a number",
         observed=sorted(kinds),
@@ -250,6 +267,7 @@ def two_labels_check(labels: tuple[str, ...]) -> CheckResult:
 
 
 CONFLICT, DUPLICATE = "conflicting_label", "duplicate"
+CONFLICT_CHECK = "expect_no_text_with_conflicting_labels"
 
 
 def repeated_rows(frame: pd.DataFrame) -> pd.DataFrame:
@@ -331,7 +349,7 @@ def conflicting_labels_check(
             "(raise it to drop them, or fix the labels)"
         )
     return CheckResult(
-        name="expect_no_text_with_conflicting_labels",
+        name=CONFLICT_CHECK,
         column="text",
         success=success,
         expected="each text to have one label (the same text labelled twice differently)",

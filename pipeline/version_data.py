@@ -25,16 +25,31 @@ class DataVersion:
     remote: str | None
 
 
+# DVC ends every failure with this line; it says nothing about the cause.
+SUPPORT_BANNER = "Having any troubles?"
+
+
 def run_dvc(root: Path, *args: str) -> str:
-    """Run the real `dvc` CLI in `root`; raise ExternalToolError with its stderr on failure."""
+    """Run the real `dvc` CLI in `root`; raise ExternalToolError with the cause on failure.
+
+    Not with `--quiet`: it hides DVC's `ERROR:` lines and leaves only the support banner.
+    """
     command = [sys.executable, "-m", "dvc", *args]
     done = subprocess.run(command, cwd=root, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        message = (done.stderr or done.stdout).strip().splitlines()
         raise ExternalToolError(
-            f"`dvc {' '.join(args)}` failed in {root}: {' | '.join(message[-3:])}"
+            f"`dvc {' '.join(args)}` failed in {root}: "
+            f"{dvc_cause(done.stderr or done.stdout, done.returncode)}"
         )
     return done.stdout
+
+
+def dvc_cause(output: str, returncode: int) -> str:
+    """DVC's `ERROR:` lines, else its last three other lines; never the support banner."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("ERROR:")]
+    kept = errors or [line for line in lines if not line.startswith(SUPPORT_BANNER)][-3:]
+    return " | ".join(kept) or f"exit code {returncode} and no message"
 
 
 def default_remote(root: Path) -> str | None:
@@ -63,10 +78,10 @@ def version_data(
             f"expected one (`dvc remote add -d NAME URL`)"
         )
     target = data_raw.relative_to(root)
-    run_dvc(root, "add", "--quiet", str(target))
+    run_dvc(root, "add", str(target))
     dvc_file = data_raw.with_name(data_raw.name + ".dvc")
     if push and remote:
-        run_dvc(root, "push", "--quiet", str(dvc_file.relative_to(root)))
+        run_dvc(root, "push", str(dvc_file.relative_to(root)))
     return DataVersion(read_dvc_md5(dvc_file), dvc_file, bool(push and remote), remote)
 
 

@@ -118,3 +118,14 @@ def test_config_show_prints_the_resolved_config(capsys: pytest.CaptureFixture[st
     shown = yaml.safe_load(capsys.readouterr().out)
     expected = load_params(REPO / "params.ner.yaml", {"train.epochs": 3}).resolved()
     assert shown == expected and shown["train"]["epochs"] == 3
+
+
+@pytest.mark.audit("m10")
+@pytest.mark.parametrize("name", [".", ".."])
+def test_a_dot_only_dataset_name_is_refused(tmp_path: Path, name: str) -> None:
+    """data/raw/.. is data/: batches would land outside what DVC tracks."""
+    path = tmp_path / "params.yaml"
+    path.write_text(f"data:\n  name: '{name}'\n")
+    with pytest.raises(ConfigError, match=r"data\.name: .*not only dots"):
+        load_params(path)
+    assert load_params(path, {"data.name": "v1.2"}).data.name == "v1.2"

@@ -53,6 +53,16 @@ class DataConfig(_Section):
     # in data/incoming/<name>-held-back.csv, to try `tuneops ingest` + retraining with.
     hold_back_rows: int = Field(0, ge=0)
 
+    @field_validator("name")
+    @classmethod
+    def _not_only_dots(cls, value: str) -> str:
+        if set(value) == {"."}:  # data/raw/.. is data/, outside what DVC tracks
+            raise ValueError(
+                f"{value!r} names no folder of its own under data/raw/; expected a name of "
+                "letters, digits, '_', '-' and '.', not only dots"
+            )
+        return value
+
     @field_validator("encoding")
     @classmethod
     def _known_codec(cls, value: str) -> str:

@@ -228,7 +228,7 @@ def _pull_data_version(root: Path, workspace: Path, data_version: str, version: 
     dvc_file = {"outs": [{"md5": f"{data_version}.dir", "hash": "md5", "path": "raw"}]}
     (workspace / "data" / "raw.dvc").write_text(yaml.safe_dump(dvc_file), encoding="utf-8")
     try:
-        run_dvc(workspace, "pull", "--quiet", "data/raw.dvc")
+        run_dvc(workspace, "pull", "data/raw.dvc")
     except ExternalToolError as exc:
         raise ExternalToolError(
             f"v{version}: data version {data_version} is not in DVC remote {default!r} "

@@ -23,6 +23,7 @@ from pipeline.export import ExportResult, export
 from pipeline.fetch_data import FetchResult, fetch_data
 from pipeline.gate import GateVerdict, write_reports
 from pipeline.ingest import IngestResult, ingest
+from pipeline.io import freeze_labels
 from pipeline.prepare import PrepareResult, prepare
 from pipeline.register import RegisterInputs, gate_and_register
 from pipeline.registry import RegistrationResult
@@ -51,8 +52,9 @@ def step_version_data(ctx: Context, push: bool = True) -> DataVersion:
 
 
 def step_ingest(ctx: Context, source: Path) -> tuple[IngestResult, DataVersion | None]:
-    """Validate `source` alone, append it as the next batch, version and push data/raw.
-    The batch is read and checked as the task reads its raw files (rows, or sentences).
+    """Validate `source` (its rows alone, then the dataset it grows), append it as the
+    next batch, version and push data/raw. The batch is read and checked as the task
+    reads its raw files (rows, or sentences), every row of it (data.max_rows aside).
     All of it, validation and the conflict check included, under the project lock."""
     with project_lock(ctx.paths.root, f"tuneops ingest {source}"):
         return _ingest(ctx, source)
@@ -61,9 +63,10 @@ def step_ingest(ctx: Context, source: Path) -> tuple[IngestResult, DataVersion |
 def _ingest(ctx: Context, source: Path) -> tuple[IngestResult, DataVersion | None]:
     versions: list[DataVersion] = []
     task, data = ctx.task, ctx.params.data
+    every_row = data.model_copy(update={"max_rows": None})  # a slice would skip batch rows
     result = ingest(
         source,
-        lambda folder, reports: validate(task, data, ctx.params.validate_, folder, reports),
+        lambda folder, reports: validate(task, every_row, ctx.params.validate_, folder, reports),
         ctx.paths.raw_dataset(data.name),
         ctx.paths.reports,
         ctx.paths.data_lock,
@@ -79,15 +82,17 @@ def _ingest(ctx: Context, source: Path) -> tuple[IngestResult, DataVersion | Non
 
 
 def step_validate(ctx: Context) -> ValidationResult:
-    """Validate and raise DataValidationError (after writing the reports) on any failure."""
+    """Validate and raise DataValidationError (after writing the reports) on any failure.
+    A label set inferred from data that passed (no data.labels, no labels.json) is frozen
+    in data/raw/<name>/labels.json: versioned with the data, required by `ingest`."""
+    dataset_dir = ctx.paths.raw_dataset(ctx.params.data.name)
     result = validate(
-        ctx.task,
-        ctx.params.data,
-        ctx.params.validate_,
-        ctx.paths.raw_dataset(ctx.params.data.name),
-        ctx.paths.reports,
+        ctx.task, ctx.params.data, ctx.params.validate_, dataset_dir, ctx.paths.reports
     )
     result.raise_for_failures()
+    if result.label_source == "inferred":
+        with FileLock(ctx.paths.data_lock, timeout=600):
+            freeze_labels(dataset_dir, result.labels)
     return result
 
 

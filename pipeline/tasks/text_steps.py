@@ -230,10 +230,16 @@ def _require_every_label(
         if empty:
             rows = frame.loc[frame["label"] == empty[0], "source"].tolist()
             shown = ", ".join(rows[:5]) + (", ..." if len(rows) > 5 else "")
+            # train is what the two fractions leave: it has no key of its own
+            key = (
+                "lower prepare.validation_fraction or prepare.test_fraction"
+                if name == "train"
+                else f"raise prepare.{name}_fraction"
+            )
             raise DataValidationError(
                 f"the {name} split has no rows of label(s) {empty}; expected every label in "
                 f"{name}: the {len(rows)} row(s) of {empty[0]!r} ({shown}) all hash to other "
-                f"splits (add data for those labels, or raise prepare.{name}_fraction)"
+                f"splits (add data for those labels, or {key})"
             )
 
 

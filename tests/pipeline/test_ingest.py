@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, preset, run_tool, tool_env, write_params
-from tests.reliability.conftest import record
+from tests.reliability.conftest import record, tree_hash
 from tuneops import recording, stages
 from tuneops.errors import DataValidationError, ExternalToolError
 
@@ -112,6 +112,7 @@ def test_a_bad_batch_is_rejected_whole_with_its_rows_named_and_nothing_appended(
     assert dvc_file.read_bytes() == before
 
 
+@pytest.mark.audit("M18")
 def test_a_failed_push_restores_the_previous_data_version(
     project: stages.Context, tmp_path: Path, record_property: Any
 ) -> None:
@@ -132,6 +133,9 @@ def test_a_failed_push_restores_the_previous_data_version(
     )
     with pytest.raises(ExternalToolError, match="dvc push") as caught:
         stages.step_ingest(project, batch(tmp_path, "new.csv", "fresh"))
+    # the cause, DVC's ERROR: line, not its "Having any troubles?" support banner
+    assert f"ERROR: unexpected error - [Errno 20] Not a directory: '{blocked}" in str(caught.value)
+    assert "Having any troubles" not in str(caught.value)
     restored = dvc_file.read_bytes() == before
     added = (project.paths.root / DATASET / "batch-0001.csv").exists()
     record(
@@ -146,16 +150,28 @@ def test_a_failed_push_restores_the_previous_data_version(
     assert not added
 
 
+@pytest.mark.audit("M8", "D5")
 def test_two_ingests_at_once_leave_one_consistent_version(
     project: stages.Context, tmp_path: Path
 ) -> None:
-    """Two ingests started together: the project lock lets one run at a time, so each one
-    either adds its batch or stops at once naming the holder (exit 9); whatever ran, the
-    data version and the remote agree with the folder."""
-    sources = [batch(tmp_path, f"{tag}.csv", tag) for tag in ("north", "south")]
+    """Two ingests started together whose batches label the same texts the other way,
+    under validate.conflicting_labels: reject. Each alone is valid; run one after the other,
+    the second is refused. The project lock serialises validation too, so exactly one is
+    added: the other stops at once naming the holder (exit 9), or runs after it and is
+    refused for the conflict (exit 3); the data version and the remote agree with the folder.
+    """
+    texts = [f"a review written twice, number {i}" for i in range(24)]
+    sources = []
+    for tag, first in (("north", "positive"), ("south", "negative")):
+        other = "negative" if first == "positive" else "positive"
+        path = tmp_path / f"{tag}.csv"
+        labels = [first if i % 2 else other for i in range(24)]
+        pd.DataFrame({"text": texts, "label": labels}).to_csv(path, index=False)
+        sources.append(path)
+    reject = ("--set", "validate.conflicting_labels=reject")
     procs = [
         subprocess.Popen(
-            [*CLI, "--root", str(project.paths.root), "ingest", str(source)],
+            [*CLI, "--root", str(project.paths.root), *reject, "ingest", str(source)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -169,17 +185,124 @@ def test_two_ingests_at_once_leave_one_consistent_version(
         _, err = proc.communicate(timeout=300)
         if proc.returncode == 0:
             added_sources.append(source)
-        else:
-            assert proc.returncode == 9, err
+        elif proc.returncode == 9:
             assert "ProjectBusy" in err and "tuneops ingest" in err and "pid" in err, err
-    assert added_sources, "at least one of the two ingests must have run"
+        else:
+            assert proc.returncode == 3, err
+            assert "labels a text differently from the batches in" in err, err
+    assert len(added_sources) == 1, "exactly one of the two conflicting batches is added"
     folder = project.paths.root / DATASET
     added = sorted(p.name for p in folder.glob("batch-000[12].csv"))
-    assert added == [f"batch-000{i + 1}.csv" for i in range(len(added_sources))]
-    contents = {(folder / name).read_bytes() for name in added}
-    assert contents == {s.read_bytes() for s in added_sources}
+    assert added == ["batch-0001.csv"]
+    assert (folder / "batch-0001.csv").read_bytes() == added_sources[0].read_bytes()
     assert "up to date" in dvc_status(project, "data/raw.dvc")
     assert "in sync" in dvc_status(project, "--cloud", "data/raw.dvc")
+    strict = stages.load_context(
+        project.paths.root, None, {"validate.conflicting_labels": "reject"}
+    )
+    stages.step_validate(strict)  # the grown dataset validates under the policy
+
+
+def watched(ctx: stages.Context) -> str:
+    """data/raw and data/raw.dvc, byte for byte."""
+    return tree_hash(ctx.paths.data_raw, ctx.paths.data_raw.with_name("raw.dvc"))
+
+
+def rejected(ctx: stages.Context, source: Path) -> str:
+    """The DataValidationError of ingesting `source`, after which data/raw and
+    data/raw.dvc are byte for byte as they were."""
+    before = watched(ctx)
+    with pytest.raises(DataValidationError) as caught:
+        stages.step_ingest(ctx, source)
+    assert watched(ctx) == before
+    return str(caught.value)
+
+
+def own_data_without_labels(ctx: stages.Context) -> Path:
+    """The bundled batch as the user's own data: no labels.json, data.labels null; versioned."""
+    (ctx.paths.root / DATASET / "labels.json").unlink()
+    stages.step_version_data(ctx)
+    return ctx.paths.root / DATASET
+
+
+@pytest.mark.audit("M9", "D8")
+def test_the_first_inference_freezes_the_label_set_and_a_typo_label_is_then_rejected(
+    project: stages.Context, tmp_path: Path
+) -> None:
+    dataset = own_data_without_labels(project)
+    result = stages.step_validate(project)
+    assert result.label_source == "inferred"
+    assert json.loads((dataset / "labels.json").read_text(encoding="utf-8")) == [
+        "negative",
+        "positive",
+    ]
+    source = batch(tmp_path, "week-49.csv", "typo")
+    frame = pd.read_csv(source)
+    frame.loc[5, "label"] = "postive"
+    frame.to_csv(source, index=False)
+    message = rejected(project, source)
+    assert "expect_column_values_to_be_in_set column 'label'" in message
+    assert "week-49.csv:6 ('postive')" in message
+    assert "value_set=['negative', 'positive']" in message
+    assert "outside labels.json ['negative', 'positive']" in message
+    # A good batch is versioned with the frozen label set: labels.json is in data/raw.dvc's
+    # version, and what DVC tracks is what is in the folder.
+    stages.step_ingest(project, batch(tmp_path, "week-50.csv", "fine"))
+    assert "up to date" in dvc_status(project, "data/raw.dvc")
+    assert "in sync" in dvc_status(project, "--cloud", "data/raw.dvc")
+    assert stages.step_validate(project).label_source == "labels.json"
+
+
+@pytest.mark.audit("M9")
+def test_ingest_without_a_label_set_refuses_and_says_how_to_get_one(
+    project: stages.Context, tmp_path: Path
+) -> None:
+    dataset = own_data_without_labels(project)
+    message = rejected(project, batch(tmp_path, "week-49.csv", "fresh"))
+    assert f"{dataset / 'labels.json'} does not exist and data.labels is null" in message
+    assert "`tuneops stage validate`" in message
+
+
+@pytest.mark.audit("M21")
+def test_a_batch_of_one_label_or_of_a_few_corrections_is_judged_with_the_dataset(
+    project: stages.Context, tmp_path: Path
+) -> None:
+    """A week of only positive reviews, then three corrections: each batch alone has a
+    label missing or below validate.min_examples_per_class (10); the grown dataset has not."""
+    week = tmp_path / "only-positive.csv"
+    pd.DataFrame(
+        {"text": [f"a week of praise, review {i}" for i in range(30)], "label": "positive"}
+    ).to_csv(week, index=False)
+    fixes = tmp_path / "corrections.csv"
+    pd.DataFrame(
+        {
+            "text": ["a correction", "another correction", "a third correction"],
+            "label": ["negative", "positive", "negative"],
+        }
+    ).to_csv(fixes, index=False)
+    first, _ = stages.step_ingest(project, week)
+    second, _ = stages.step_ingest(project, fixes)
+    assert (first.added, first.rows, first.batch_file.name) == (True, 30, "batch-0001.csv")
+    assert (second.added, second.rows, second.batch_file.name) == (True, 3, "batch-0002.csv")
+    grown = stages.step_validate(project)
+    assert grown.label_counts == {"negative": 5078 + 2, "positive": 4990 + 31}
+
+
+@pytest.mark.audit("M21")
+def test_repeats_of_existing_rows_count_against_the_datasets_duplicate_rate(
+    project: stages.Context, tmp_path: Path
+) -> None:
+    """600 rows re-exported from the first batch: no duplicate within the batch, but with
+    the dataset (10,068 rows, 2 repeats already) 602 of 10,668 rows repeat, 5.64%, above
+    validate.max_duplicate_rate (5%)."""
+    existing = pd.read_csv(project.paths.root / DATASET / "batch-0000.csv")
+    source = tmp_path / "re-export.csv"
+    existing.head(600).to_csv(source, index=False)
+    message = rejected(project, source)
+    assert "the dataset with re-export.csv added" in message
+    assert "expect_no_duplicate_rows column 'text'" in message
+    assert "re-export.csv:1 ('repeats batch-0000.csv:1')" in message
+    assert "602 rows are 5.64% of 10668, above validate.max_duplicate_rate: 0.05" in message
 
 
 @pytest.fixture

@@ -36,6 +36,7 @@ def rows(tag: str, n: int) -> list[tuple[str, str]]:
 def run_ingest(tmp_path: Path, cfg: ValidateConfig) -> IngestResult:
     dataset = tmp_path / "raw" / "ds"
     write(dataset / "batch-0000.csv", rows("old", 300))
+    (dataset / "labels.json").write_text('["neg", "pos"]\n')  # ingest needs a label set
     # A valid batch alone, but its last row labels "old review 4 was awful" (neg) pos.
     source = write(tmp_path / "week-48.csv", [*rows("new", 24), ("old review 4 was awful", "pos")])
     return ingest(

@@ -142,10 +142,14 @@ def test_a_label_no_row_hashes_into_validation_gets_its_lowest_hash_train_row(
 def test_a_label_with_a_single_train_row_and_none_in_validation_is_named(tmp_path: Path) -> None:
     # Moving the only train row would starve train: the error names validation.
     neutral = [("a neutral text 17", "neutral"), ("a neutral text 15", "neutral")]
-    write_rows(tmp_path / "raw", [*make_rows(300), *neutral], "batch-0000.csv")
-    with pytest.raises(
-        DataValidationError, match=r"the validation split has no rows of label\(s\) \['neutral'\]"
-    ):
+    message = refused_with_neutral(tmp_path, neutral, "batch-0000.csv")
+    assert "the validation split has no rows of label(s) ['neutral']" in message
+
+
+def refused_with_neutral(tmp_path: Path, neutral: list[tuple[str, str]], name: str) -> str:
+    """prepare's refusal of 300 rows plus `neutral`, in the file `name`, labels + neutral."""
+    write_rows(tmp_path / "raw", [*make_rows(300), *neutral], name)
+    with pytest.raises(DataValidationError) as caught:
         prepare(
             TEXT,
             DataConfig(),
@@ -154,6 +158,8 @@ def test_a_label_with_a_single_train_row_and_none_in_validation_is_named(tmp_pat
             tmp_path / "raw",
             tmp_path / "o",
         )
+    assert not (tmp_path / "o").exists()
+    return str(caught.value)
 
 
 def test_the_manifest_lists_every_dropped_row_in_the_users_column_names(tmp_path: Path) -> None:
@@ -178,3 +184,15 @@ def test_the_manifest_lists_every_dropped_row_in_the_users_column_names(tmp_path
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["dropped_rows"] == expected
     assert sum(result.rows.values()) == 199
+
+
+@pytest.mark.audit("m13")
+def test_a_label_missing_from_train_names_keys_that_exist(tmp_path: Path) -> None:
+    # The only neutral row hashes into test: train has none. Train is what the two
+    # fractions leave, so the hint names them (there is no prepare.train_fraction).
+    assert split_of("a neutral text 17", 0.1, 0.1) == "test"
+    message = refused_with_neutral(tmp_path, [("a neutral text 17", "neutral")], "b.csv")
+    assert "the train split has no rows of label(s) ['neutral']" in message
+    assert "b.csv:301" in message
+    assert "train_fraction" not in message
+    assert "lower prepare.validation_fraction or prepare.test_fraction" in message

@@ -235,3 +235,23 @@ def test_a_long_document_is_valid_by_default_and_only_garbage_sizes_fail(tmp_pat
         "; validate.max_text_chars: 1000000; 1 rows are longer (longest 1,000,001): raise it, "
         "or fix the rows"
     )
+
+
+@pytest.mark.audit("m5")
+def test_numeric_labels_that_are_equal_numbers_are_one_label(tmp_path: Path) -> None:
+    """1 and 1.0 are the same number: one class "1" (a JSONL export writes either; a
+    Parquet int column with a null is stored as floats)."""
+    folder = tmp_path / "raw" / "ds"
+    folder.mkdir(parents=True)
+    rows = [{"text": f"review {i}", "label": [0, 1, 1.0, 0.0][i % 4]} for i in range(40)]
+    (folder / "batch-0000.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = validate(TEXT, DataConfig(name="ds"), ValidateConfig(), folder, tmp_path / "reports")
+    assert result.success, [c.line() for c in result.failed]
+    assert result.labels == ("0", "1")
+    assert result.label_counts == {"0": 20, "1": 20}
+    floats = pd.DataFrame({"text": ["review 40", "review 41"], "label": [1, None]})
+    assert str(floats["label"].dtype) == "float64"
+    floats.to_parquet(folder / "batch-0001.parquet", index=False)
+    again = validate(TEXT, DataConfig(name="ds"), ValidateConfig(), folder, tmp_path / "r2")
+    assert again.labels == ("0", "1")
+    assert again.label_counts == {"0": 20, "1": 21}

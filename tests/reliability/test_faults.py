@@ -142,16 +142,19 @@ REMOTES = [
     (
         "remote folder missing and impossible to create",
         lambda ctx, tmp: dvc(ctx, "remote", "modify", "local", "url", remote_url(tmp)),
-        "`dvc push --quiet data/raw.dvc` failed",
+        # the cause, DVC's own ERROR: line (the path it could not create)
+        "`dvc push data/raw.dvc` failed in {root}: ERROR: unexpected error - [Errno 20] "
+        "Not a directory: '{tmp}/a-file/remote/",
     ),
     (
         "no default remote configured",
         lambda ctx, tmp: dvc(ctx, "remote", "default", "--unset"),
-        "no DVC default remote",
+        "no DVC default remote, so the new data version could not be pushed",
     ),
 ]
 
 
+@pytest.mark.audit("M18", "T7", "D7")
 @pytest.mark.parametrize(("case", "damage", "says"), REMOTES, ids=[r[0] for r in REMOTES])
 def test_a_failed_push_leaves_no_half_added_batch(
     case: str,
@@ -186,7 +189,8 @@ def test_a_failed_push_leaves_no_half_added_batch(
     )
     assert run.exit_code == 6, run.err[-3000:]
     assert run.error_line.startswith("tuneops: ExternalToolError: ")
-    assert says in run.error_line
+    assert says.format(root=ctx.paths.root, tmp=tmp_path) in run.error_line
+    assert "Having any troubles" not in run.error_line  # DVC's support banner is not a cause
     assert unchanged
     assert not (raw / "movie_sentiment" / "batch-0001.csv").exists()
     assert "up to date" in dvc(ctx, "status", "data/raw.dvc")
