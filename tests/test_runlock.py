@@ -56,7 +56,7 @@ def holder_line(holder: subprocess.Popen[str], project: Path) -> str:
     )
 
 
-@pytest.mark.audit("C3", "M8")
+@pytest.mark.audit("C3", "M8", "T5")
 def test_a_second_command_fails_at_once_naming_the_holder_and_changes_nothing(
     project: Path,
     held: subprocess.Popen[str],

@@ -63,4 +63,9 @@ FINDINGS: dict[str, str] = {
 }
 
 # Finding id -> why the project does not change the code for it (shown in the table).
-DECLINED: dict[str, str] = {}
+DECLINED: dict[str, str] = {
+    "T11": "the CUDA options and the crash before rename stay simulations, said so in the "
+    "tests' docstrings: this project's test machines have no GPU, and a real SIGKILL leaves "
+    "the previous outputs intact (only a hidden temporary sibling stays), not worth a "
+    "sweeper that could remove another live run's folder",
+}
