@@ -63,8 +63,10 @@ def prefect_records(env: dict[str, str]) -> tuple[str, dict[str, Any]]:
         ).json():
             texts += [entry["message"] for entry in logs]
             offset += len(logs)
-        runs = client.read_flow_runs()
-        texts += [json.dumps(run.parameters, default=str) for run in runs]
+        # The REST filter: the client's read_flow_runs sends null limit and sort (422).
+        body = {"limit": 200, "sort": "START_TIME_DESC"}
+        runs = client.request("POST", "/flow_runs/filter", json=body).json()
+        texts += [json.dumps(run["parameters"], default=str) for run in runs]
         deployment = client.read_deployment_by_name("tuneops-retrain/retrain")
         texts += [json.dumps(deployment.parameters, default=str), deployment.description or ""]
     assert offset > 20 and runs, "no Prefect logs or flow runs to search"
