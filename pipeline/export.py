@@ -281,7 +281,13 @@ def _export_onnx(
     axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
     axes["logits"] = dict(enumerate(logits_axes))
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        # Chosen, and named rather than hidden with every other warning: torch >= 2.9
+        # deprecates this exporter in favour of dynamo's; tracing warnings are about the
+        # Python-level shapes the trace fixes, which the dynamic axes above undo.
+        warnings.filterwarnings(
+            "ignore", "You are using the legacy TorchScript-based ONNX", DeprecationWarning
+        )
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         torch.onnx.export(
             _LogitsOnly(model, input_names),
             args,

@@ -44,7 +44,12 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     """A test marked `@pytest.mark.audit("M4", ...)` records the audit findings it holds as a
     JUnit property; tests/reliability/table.py --audit turns them into docs/reliability.md's
     audit table (tests/reliability/audit.py lists the findings)."""
+    from tests.reliability.audit import FINDINGS, MINOR
+
     ids = [finding for mark in item.iter_markers("audit") for finding in mark.args]
+    unknown = [finding for finding in ids if finding not in FINDINGS and finding not in MINOR]
+    if unknown:
+        pytest.fail(f"audit ids not in tests/reliability/audit.py: {unknown}", pytrace=False)
     if ids:
         item.user_properties.append(("audit", ",".join(ids)))
 

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tuneops.config import Params, load_params
+from tuneops.config import Params, load_params, redact_credentials, validate_params
 from tuneops.errors import ConfigError
 
 
@@ -129,3 +129,24 @@ def test_a_dot_only_dataset_name_is_refused(tmp_path: Path, name: str) -> None:
     with pytest.raises(ConfigError, match=r"data\.name: .*not only dots"):
         load_params(path)
     assert load_params(path, {"data.name": "v1.2"}).data.name == "v1.2"
+
+
+@pytest.mark.audit("T2")
+def test_what_runs_record_has_the_credentials_of_every_uri_redacted() -> None:
+    params = validate_params(
+        {
+            "tracking": {"uri": "http://alice:pa:ss@mlflow.internal:5000/"},
+            "tune": {"storage": "postgresql+psycopg2://optuna:s3cret@db.internal/optuna"},
+        },
+        "params.yaml",
+    )
+    flat = params.flat()
+    assert flat["tracking.uri"] == "http://***@mlflow.internal:5000/"
+    assert flat["tune.storage"] == "postgresql+psycopg2://***@db.internal/optuna"
+    assert params.recorded()["tune"]["storage"] == flat["tune.storage"]
+    assert not [value for value in flat.values() if "s3cret" in value or "pa:ss" in value]
+    # What the run itself uses keeps them.
+    assert params.resolved()["tracking"]["uri"] == "http://alice:pa:ss@mlflow.internal:5000/"
+    assert redact_credentials("no uri, an e-mail a@b.c and sqlite:///x.db") == (
+        "no uri, an e-mail a@b.c and sqlite:///x.db"
+    )

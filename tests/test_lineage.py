@@ -57,11 +57,13 @@ def repo(tmp_path: Path) -> tuple[Path, str]:
     return root, head
 
 
+@pytest.mark.audit("M10")
 def test_a_clean_checkout_is_its_head(repo: tuple[Path, str]) -> None:
     root, head = repo
     assert git_commit(root, pipeline_owned()) == head
 
 
+@pytest.mark.audit("M10")
 def test_tracked_pipeline_outputs_rewritten_by_a_run_leave_the_commit_clean(
     repo: tuple[Path, str],
 ) -> None:
@@ -76,6 +78,7 @@ def test_tracked_pipeline_outputs_rewritten_by_a_run_leave_the_commit_clean(
 
 
 @pytest.mark.parametrize("changed", ["pipeline/train.py", "params.yaml"])
+@pytest.mark.audit("M10")
 def test_a_modified_code_or_params_file_makes_it_dirty(
     repo: tuple[Path, str], changed: str
 ) -> None:
@@ -85,12 +88,14 @@ def test_a_modified_code_or_params_file_makes_it_dirty(
     assert git_commit(root, pipeline_owned()) == f"{head}-dirty"
 
 
+@pytest.mark.audit("M10")
 def test_a_deleted_code_file_makes_it_dirty(repo: tuple[Path, str]) -> None:
     root, head = repo
     (root / "pipeline/train.py").unlink()
     assert git_commit(root, pipeline_owned()) == f"{head}-dirty"
 
 
+@pytest.mark.audit("M10")
 def test_a_project_in_a_subfolder_counts_code_anywhere_in_the_repository(
     tmp_path: Path,
 ) -> None:

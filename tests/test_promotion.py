@@ -1,7 +1,12 @@
-"""Promotion under concurrency: two flows finishing at once against a real `mlflow server`.
+"""Promotion under concurrency: two gate-and-register processes finishing at once against a
+real `mlflow server`.
 
-The registry lock must serialise them: the second is compared with the first one's
-result, and at no moment is there no champion (once there is one) or two.
+What this holds is the registry lock only: each worker has its own reports folder and both
+read one finished export, so it is not two flows in one project folder (the project lock
+stops a second run there: tests/test_runlock.py). The registry lock must serialise them:
+the second is compared with the first one's result. "Never two champions" holds by
+construction (an alias names one version); that there is a champion at every moment once
+there is one is what the polling can catch.
 """
 
 from __future__ import annotations

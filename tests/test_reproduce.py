@@ -5,6 +5,8 @@ commit is flagged."""
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tuneops.reproduce import Reproduction
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -30,6 +32,7 @@ def reproduction(tmp_path: Path, **changes: Any) -> Reproduction:
     return Reproduction(**(fields | changes))
 
 
+@pytest.mark.audit("C2")
 def test_a_reproduction_that_compares_nothing_is_not_a_reproduction(tmp_path: Path) -> None:
     nothing = reproduction(tmp_path, metrics={})
     assert not nothing.same_metrics
@@ -42,6 +45,7 @@ def row(name: str, recorded: str, current: str, mark: str = "") -> str:
     return f"{name:28} {recorded:>34} {current:>34}{mark}"
 
 
+@pytest.mark.audit("m16")
 def test_the_table_sets_the_recorded_libraries_beside_the_current_ones(tmp_path: Path) -> None:
     """A torch upgrade and a library the run did not record are marked; the verdict still
     comes from the data and the metrics."""
@@ -68,6 +72,7 @@ def test_the_table_sets_the_recorded_libraries_beside_the_current_ones(tmp_path:
     ]
 
 
+@pytest.mark.audit("m16")
 def test_a_dirty_recorded_commit_is_flagged(tmp_path: Path) -> None:
     result = reproduction(tmp_path, recorded_commit=f"{SHA}-dirty")
     lines = result.table().splitlines()
@@ -79,6 +84,7 @@ def test_a_dirty_recorded_commit_is_flagged(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.audit("m16")
 def test_another_commit_and_a_run_without_library_tags_are_said(tmp_path: Path) -> None:
     result = reproduction(tmp_path, current_commit=OTHER, recorded_libraries={})
     lines = result.table().splitlines()

@@ -56,6 +56,7 @@ def holder_line(holder: subprocess.Popen[str], project: Path) -> str:
     )
 
 
+@pytest.mark.audit("C3", "M8", "T5")
 def test_a_second_command_fails_at_once_naming_the_holder_and_changes_nothing(
     project: Path,
     held: subprocess.Popen[str],
@@ -76,6 +77,7 @@ def test_a_second_command_fails_at_once_naming_the_holder_and_changes_nothing(
     assert not (project / "data").exists() and not (project / "models").exists()
 
 
+@pytest.mark.audit("C3")
 def test_the_lock_is_free_once_its_holder_is_killed(
     project: Path, held: subprocess.Popen[str], capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -89,6 +91,7 @@ def test_the_lock_is_free_once_its_holder_is_killed(
     assert not (project / HOLDER_NAME).exists()  # released, and its record removed
 
 
+@pytest.mark.audit("C3")
 def test_the_lock_is_reentrant_in_one_process(project: Path) -> None:
     """The retrain flow runs the training flow as a subflow in its own process."""
     with project_lock(project, "retrain flow"):
@@ -98,6 +101,7 @@ def test_the_lock_is_reentrant_in_one_process(project: Path) -> None:
     assert not (project / HOLDER_NAME).exists()
 
 
+@pytest.mark.audit("C3")
 def test_two_writers_of_one_folder_in_one_process_get_their_own_temporary_folders(
     tmp_path: Path,
 ) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 from prefect import Task
 
@@ -42,6 +43,7 @@ def test_dvc_yaml_is_written_from_the_stage_table() -> None:
         assert stage["cmd"] == f"python -m tuneops.cli stage {name}"
 
 
+@pytest.mark.audit("M11")
 def test_every_stage_depends_on_the_code_it_runs_and_on_the_task_param() -> None:
     for name, stage in dvc_stages().items():
         assert missing_code_deps(name, stage["deps"]) == [], name
@@ -59,12 +61,14 @@ def test_every_task_names_modules_that_exist() -> None:
         assert task.modules and all(module_file(m) is not None for m in task.modules), task.name
 
 
+@pytest.mark.audit("M11")
 def test_a_missing_dependency_is_found(tmp_path: Path) -> None:
     """The check fails for a stage whose deps leave out a module it imports."""
     deps = [d for d in dvc_stages()["export"]["deps"] if d != "pipeline/quantize.py"]
     assert missing_code_deps("export", deps) == ["pipeline/quantize.py"]
 
 
+@pytest.mark.audit("M11")
 def test_closure_follows_imports_inside_functions(tmp_path: Path) -> None:
     package = tmp_path / "pipeline"
     package.mkdir()

@@ -118,3 +118,37 @@ def test_a_search_space_key_that_params_yaml_lacks_is_a_config_error(project: Pa
     with pytest.raises(ConfigError, match="strategy"):
         with_values(params, {"train.strategy": "adapters"})
     assert with_values(params, {"train.batch_size": 16}).train.batch_size == 16
+
+
+@pytest.mark.audit("M17", "T10")
+def test_tune_runs_token_classification_trials(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """params.ner.yaml's task reaches every trial (tune trained text classification before:
+    a KeyError on label_id in the token parquet files)."""
+    import yaml
+
+    from tests.conftest import preset, set_dotted
+
+    params = preset("params.ner.yaml")
+    overrides = {
+        "data.max_rows": 200,
+        "model.name_or_path": str(tiny_model_dir),
+        "model.num_hidden_layers": None,
+        "train.epochs": 1,
+        "train.max_length": 32,
+        "train.batch_size": 16,
+        "tune.space": {"train.learning_rate": SPACE["train.learning_rate"]},
+        "tune.study_name": "ner",
+    }
+    for key, value in overrides.items():
+        set_dotted(params, key, value)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = tune(load_context(tmp_path), trials=1)
+    assert result.trials_run == 1
+    study = optuna.load_study(study_name="ner", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    (trial,) = study.trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    client = store_client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    (child,) = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert child.data.params["task"] == "token-classification"
+    assert child.data.metrics["best_validation_entity_f1"] == pytest.approx(trial.value)

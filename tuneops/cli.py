@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from contextlib import AbstractContextManager, nullcontext
@@ -386,7 +387,7 @@ def _config(args: argparse.Namespace) -> int:
     from tuneops import stages
 
     ctx = stages.load_context(args.root, args.params, overrides(args.overrides))
-    print(yaml.safe_dump(ctx.params.resolved(), sort_keys=False), end="")
+    print(yaml.safe_dump(ctx.params.recorded(), sort_keys=False), end="")
     return 0
 
 
@@ -405,22 +406,19 @@ def _describe(result: Any) -> str:
 
 def _ui(args: argparse.Namespace) -> int:
     from tuneops import stages
+    from tuneops.config import redact_credentials
 
     ctx = stages.load_context(args.root, args.params, overrides(args.overrides))
-    print(f"MLflow UI on http://{args.host}:{args.port} (store {ctx.tracking_uri}); Ctrl-C stops")
-    command = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "ui",
-        "--backend-store-uri",
-        ctx.tracking_uri,
-        "--host",
-        args.host,
-        "--port",
-        str(args.port),
-    ]
-    return subprocess.call(command, cwd=ctx.paths.root)
+    shown = redact_credentials(ctx.tracking_uri)
+    if ctx.tracking_uri.startswith(("http://", "https://")):
+        print(f"the tracking server {shown} serves its own UI: open it in a browser")
+        return 0
+    print(f"MLflow UI on http://{args.host}:{args.port} (store {shown}); Ctrl-C stops")
+    # The store URI travels in the environment, not on the command line, which any user of
+    # the machine can read (ps): a database URI may hold a password.
+    command = [sys.executable, "-m", "mlflow", "ui", "--host", args.host, "--port", str(args.port)]
+    env = os.environ | {"MLFLOW_BACKEND_STORE_URI": ctx.tracking_uri}
+    return subprocess.call(command, cwd=ctx.paths.root, env=env)
 
 
 if __name__ == "__main__":

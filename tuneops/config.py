@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -350,14 +351,41 @@ class Params(_Section):
         """The full config with defaults filled in, as plain data (YAML/JSON-safe)."""
         return self.model_dump(mode="json", by_alias=True)
 
+    def recorded(self) -> dict[str, Any]:
+        """resolved() as runs record it: the user:password@ part of every URI in it (e.g.
+        tracking.uri, tune.storage) replaced by ***@, so no credential reaches MLflow."""
+        redacted: dict[str, Any] = _redacted(self.resolved())
+        return redacted
+
     def flat(self) -> dict[str, str]:
-        """Dotted names -> values, the stable param names logged to MLflow."""
-        return {k: "null" if v is None else str(v) for k, v in _flatten(self.resolved()).items()}
+        """Dotted names -> values, the stable param names logged to MLflow (credentials
+        redacted, as in recorded())."""
+        return {k: "null" if v is None else str(v) for k, v in _flatten(self.recorded()).items()}
 
     def params_hash(self) -> str:
         """sha256 of the resolved config (defaults included), first 16 hex digits."""
         blob = json.dumps(self.resolved(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# scheme://userinfo@ : the credentials part of a URI (RFC 3986 userinfo, up to the last @
+# before the host's end).
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?#\s]*)@")
+
+
+def redact_credentials(text: str) -> str:
+    """`text` with the user:password@ part of each URI in it replaced by ***@."""
+    return _USERINFO.sub(r"\g<scheme>***@", text)
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_credentials(value)
+    if isinstance(value, dict):
+        return {key: _redacted(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redacted(item) for item in value]
+    return value
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -73,14 +73,15 @@ def record_resume(ctx: Context, tracker: MlflowTracker, result: TrainResult) -> 
 
 
 def log_resolved_params(ctx: Context, tracker: MlflowTracker) -> None:
-    """params/params.yaml on the run: the whole config, defaults filled in (for reproduce)."""
+    """params/params.yaml on the run: the whole config, defaults filled in (for reproduce),
+    credentials in URIs redacted."""
     import tempfile
 
     import yaml
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "params.yaml"
-        path.write_text(yaml.safe_dump(ctx.params.resolved(), sort_keys=False), "utf-8")
+        path.write_text(yaml.safe_dump(ctx.params.recorded(), sort_keys=False), "utf-8")
         tracker.log_artifact(path, "params")
 
 

@@ -272,6 +272,7 @@ def _finish(
     for trial in study.trials:
         states[trial.state.name] = states.get(trial.state.name, 0) + 1
     best_file: Path | None = None
+    best: Params | None = None
     best_value: float | None = None
     best_params: dict[str, Any] = {}
     if completed:
@@ -282,8 +283,11 @@ def _finish(
         parent.set_tags({f"best.{k}": v for k, v in best_params.items()})
         parent.set_tags({"best.trial_number": study.best_trial.number})
         parent.log_metrics({f"best_validation_{metric}": best_value}, step=len(study.trials))
-        parent.log_artifact(best_file, "tune")
     with tempfile.TemporaryDirectory() as scratch:
+        if best_file is not None and best is not None:  # the run's copy: credentials redacted
+            shown = Path(scratch) / best_file.name
+            shown.write_text(yaml.safe_dump(best.recorded(), sort_keys=False), "utf-8")
+            parent.log_artifact(shown, "tune")
         for path in _study_artifacts(study, Path(scratch)):
             parent.log_artifact(path, "tune")
     parent.log_metrics(

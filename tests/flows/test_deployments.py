@@ -44,6 +44,7 @@ def assert_one_at_a_time(deployment: Any) -> None:
     assert deployment.concurrency_options.collision_strategy == ConcurrencyLimitStrategy.ENQUEUE
 
 
+@pytest.mark.audit("C3")
 def test_the_pool_deployment_admits_one_run_and_queues_the_next(
     tmp_path: Path, prefect_env: dict[str, str]
 ) -> None:
@@ -77,6 +78,7 @@ def test_the_pool_deployment_admits_one_run_and_queues_the_next(
         assert client.set_flow_run_state(second.id, Pending()).status.value == "ACCEPT"
 
 
+@pytest.mark.audit("C3")
 def test_the_served_deployment_has_the_limit_of_one(
     tmp_path: Path, prefect_env: dict[str, str]
 ) -> None:

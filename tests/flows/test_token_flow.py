@@ -75,6 +75,34 @@ def test_the_ner_flow_registers_a_gated_version_with_entity_metrics(
     assert "best_validation_entity_f1" in run.data.metrics
 
 
+@pytest.mark.audit("C2", "T10")
+def test_reproduce_rebuilds_v1_and_finds_the_entity_f1_identical(
+    ner_run: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`tuneops reproduce 1` of the NER version, as the issue's "done when" asks: it pulls
+    the data version from the DVC remote, retrains on CPU and sets every token metric beside
+    the recorded one (before the task registry it compared none and said identical)."""
+    root: Path = ner_run["root"]
+    params = str(root / "params.ner.yaml")
+    workspace = tmp_path / "rebuild"
+    code = cli_main(
+        ["--root", str(root), "--params", params, "reproduce", "1", "--workspace", str(workspace)]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    client = store_client(f"sqlite:///{root / 'mlflow.db'}")
+    recorded = client.get_run(client.get_model_version("tuneops-atis-slots", "1").run_id)
+    compared = TASKS["token-classification"].reproduce_metrics
+    assert "test_entity_f1" in compared and "best_validation_entity_f1" in compared
+    lines = out.splitlines()
+    for name in compared:  # each one on the run, reproduced to the CPU tolerance: no mark
+        value = recorded.data.metrics[name]
+        assert f"{name:28} {value:>34.6f} {value:>34.6f}" in lines, (name, out)
+    assert "DIFFERENT" not in out
+    assert lines[-1] == "result: identical (metric tolerance 1e-09)"
+    assert (workspace / "data" / "raw.dvc").exists()
+
+
 def test_the_bundle_predicts_spans_with_offsets(
     ner_run: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:

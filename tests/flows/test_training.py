@@ -25,7 +25,6 @@ from tests.conftest import (
     store_client,
     write_params,
 )
-from tests.reliability.conftest import record
 from tuneops.cli import main as cli_main
 from tuneops.errors import DataValidationError
 from tuneops.runtime import OnnxClassifier
@@ -53,24 +52,12 @@ REAL_SLICE = {
 }
 
 
-# Credentials a user may have in the environment: none may be recorded anywhere.
-SECRETS = {
-    "MLFLOW_TRACKING_PASSWORD": "tuneops-test-secret-mlflow-5d1f",
-    "MLFLOW_TRACKING_TOKEN": "tuneops-test-secret-token-8a2c",
-    "AWS_SECRET_ACCESS_KEY": "tuneops-test-secret-aws-3e7b",
-    "AWS_SESSION_TOKEN": "tuneops-test-secret-session-77c0",
-    "HF_TOKEN": "hf_tuneopsTestSecret0001",
-}
-
-
 @pytest.fixture(scope="module")
 def flow_run(tmp_path_factory: pytest.TempPathFactory, prefect_server: None) -> dict[str, Any]:
-    """The whole flow once, with SECRETS in the environment and its output captured."""
+    """The whole flow once, its output captured (secrets: tests/flows/test_secrets.py)."""
     root = make_dvc_project(tmp_path_factory.mktemp("flow"))
     write_params(root, REAL_SLICE)
-    with pytest.MonkeyPatch.context() as env, captured_output() as log:
-        for name, value in SECRETS.items():
-            env.setenv(name, value)
+    with captured_output() as log:
         state = training_flow(root=str(root), return_state=True)
     return {"root": root, "state": state, "log": log.getvalue()}
 
@@ -148,66 +135,6 @@ def test_raw_data_is_pushed_to_the_dvc_remote(flow_run: dict[str, Any]) -> None:
         flow_run["root"], sys.executable, "-m", "dvc", "status", "--cloud", "data/raw.dvc"
     )
     assert "in sync" in status.stdout
-
-
-def test_no_secret_from_the_environment_is_recorded(
-    flow_run: dict[str, Any], record_property: Any
-) -> None:
-    """Not in params, tags or metrics (any run or version), not in any file the run wrote
-    (artifacts, reports, bundle, mlflow.db, DVC remote), not in its output or Prefect logs."""
-    root: Path = flow_run["root"]
-    client = store_client(f"sqlite:///{root / 'mlflow.db'}")
-    recorded = [
-        json.dumps([r.data.params, r.data.tags, list(r.data.metrics)])
-        for e in client.search_experiments()
-        for r in client.search_runs([e.experiment_id])
-    ] + [json.dumps(v.tags) for v in client.search_model_versions(f"name='{MODEL}'")]
-    files = [p for top in (root, root.parent / "dvc-remote") for p in top.rglob("*") if p.is_file()]
-    texts = {
-        "MLflow params, tags and metric names": "\n".join(recorded),
-        "the run's output and log records": flow_run["log"],
-        "Prefect's stored flow and task run logs": _prefect_logs(flow_run["state"]),
-    }
-    leaks = [
-        f"{name} in {where}"
-        for name, secret in SECRETS.items()
-        for where, text in texts.items()
-        if secret in text
-    ] + [
-        f"{name} in {path}"
-        for path in files
-        for name, secret in SECRETS.items()
-        if secret.encode() in path.read_bytes()
-    ]
-    searched = (
-        f"{', '.join(SECRETS)} searched in {len(recorded)} MLflow records, {len(files)} "
-        f"files, {len(flow_run['log'])} characters of output and the Prefect logs"
-    )
-    record(
-        record_property,
-        "security",
-        f"{len(SECRETS)} secrets in the environment during a whole flow run",
-        "not recorded" if not leaks else "LEAKED",
-        f"{searched}; found: {leaks or 'none'}",
-    )
-    assert flow_run["state"].is_completed()
-    assert len(files) > 50 and len(flow_run["log"]) > 1000  # there was something to search
-    assert leaks == []
-
-
-def _prefect_logs(state: Any) -> str:
-    from prefect.client.orchestration import get_client
-
-    flow_run_id = str(state.state_details.flow_run_id)
-    with get_client(sync_client=True) as client:  # the REST filter (see the artifacts test)
-        response = client.request(
-            "POST",
-            "/logs/filter",
-            json={"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200},
-        )
-    logs = response.json()
-    assert logs, "no Prefect logs stored for the flow run"
-    return "\n".join(entry["message"] for entry in logs)
 
 
 def test_invalid_data_stops_the_flow_before_training(tmp_path: Path, prefect_server: None) -> None:

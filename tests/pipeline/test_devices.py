@@ -1,4 +1,9 @@
-"""Precision and Trainer options per device: the CPU path adds nothing, CUDA gets the fast path."""
+"""Precision and Trainer options per device: the CPU path adds nothing, CUDA gets the fast path.
+
+The CUDA cases are a simulation: this machine has no GPU, so torch's capability queries
+(`is_bf16_supported`, `is_torch_tf32_available`) are monkeypatched and only the options
+tuneops derives from them are checked; no test here trains on a GPU.
+"""
 
 import pytest
 import torch

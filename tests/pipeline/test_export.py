@@ -59,6 +59,7 @@ def test_failed_parity_raises_and_keeps_the_previous_bundle(
     assert (exported.export_dir / "model.onnx").read_bytes() == before
 
 
+@pytest.mark.audit("M2")
 def test_int8_is_scored_on_the_whole_test_split_and_becomes_the_default_when_kept(
     trained: Trained, tmp_path: Path
 ) -> None:
@@ -122,6 +123,7 @@ def test_an_int8_model_losing_more_than_the_allowed_macro_f1_is_left_out() -> No
     assert decide(fp32, Scores({}, 0.8540, 0.86), 0.97, 0.01).kept
 
 
+@pytest.mark.audit("M2")
 def test_an_int8_model_with_equal_f1_but_low_agreement_or_a_class_below_its_floor_is_left_out() -> (
     None
 ):
@@ -143,6 +145,7 @@ def test_an_int8_model_with_equal_f1_but_low_agreement_or_a_class_below_its_floo
     assert decide(fp32, int8, 0.99, 0.01, 0.97, held).kept
 
 
+@pytest.mark.audit("M2")
 def test_bundle_records_each_file_s_per_class_report_and_int8_fails_the_per_class_floor(
     trained: Trained, tmp_path: Path
 ) -> None:

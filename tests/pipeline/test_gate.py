@@ -185,6 +185,7 @@ def test_an_exempt_class_is_reported_with_its_reason_but_cannot_fail_the_floor()
         GateConfig(per_class_exempt={"positive": "meh"})
 
 
+@pytest.mark.audit("M3")
 def test_export_parity_is_no_gate_check_and_its_old_key_says_why() -> None:
     # export raises ExportParityError before a bundle exists: in the flow the check could
     # not fail, so it is gone rather than counted as a check that held.

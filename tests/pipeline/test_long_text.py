@@ -38,6 +38,7 @@ def test_at_512_tokens_it_is_sun_et_al_128_head_and_382_tail() -> None:
     assert cut[129:511] == list(range(619, 1001))
 
 
+@pytest.mark.audit("M13", "T10")
 def test_training_and_the_runtime_cut_a_long_text_the_same_way(tiny_model_dir: Path) -> None:
     tokenizer = load_tokenizer(tiny_model_dir)
     cfg = TrainConfig(max_length=32, long_text="head_tail")
@@ -54,6 +55,7 @@ def test_training_and_the_runtime_cut_a_long_text_the_same_way(tiny_model_dir: P
     assert inputs["attention_mask"].sum(axis=1).tolist() == [32, 4]
 
 
+@pytest.mark.audit("M13", "T10")
 def test_the_bundle_records_the_policy_and_onnx_matches_pytorch_on_it(
     trained: Trained, tmp_path: Path
 ) -> None:

@@ -25,6 +25,7 @@ def test_an_installed_model_package_and_a_folder_resolve(tiny_model_dir: Path) -
         "sentence-transformers/no-such-model",  # a hub name nobody cached
     ],
 )
+@pytest.mark.audit("X7")
 def test_a_model_name_that_resolves_to_nothing_says_what_was_tried(name: str) -> None:
     with pytest.raises(ConfigError) as raised:
         resolve_model_path(name)
@@ -34,6 +35,7 @@ def test_a_model_name_that_resolves_to_nothing_says_what_was_tried(name: str) ->
         assert tried in message
 
 
+@pytest.mark.audit("X7")
 def test_a_missing_folder_path_is_named_as_a_folder(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"no folder .*models/base"):
         resolve_model_path(str(tmp_path / "models/base"))
@@ -48,6 +50,7 @@ def _without(tiny_model_dir: Path, folder: Path, drop: str) -> Path:
     return folder
 
 
+@pytest.mark.audit("M14")
 def test_a_base_model_whose_encoder_weights_do_not_load_is_an_error(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -61,6 +64,7 @@ def test_a_base_model_loads_with_only_its_new_head_initialised(tiny_model_dir: P
     assert model.config.num_labels == 2
 
 
+@pytest.mark.audit("M14")
 def test_a_fine_tuned_model_missing_its_head_is_an_error(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:

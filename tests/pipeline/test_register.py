@@ -23,6 +23,7 @@ from tuneops.runtime import OnnxClassifier
 from tuneops.tracking import MlflowTracker
 
 
+@pytest.mark.audit("M2", "M3")
 def test_floors_baselines_and_per_class_judge_the_default_model_not_pytorch_reports(
     trained: Trained, tmp_path: Path
 ) -> None:
@@ -170,6 +171,7 @@ def test_a_token_baselines_recorded_tag_lists_bootstrap_against_the_model(tmp_pa
     assert found.observed_diff == 0.5
 
 
+@pytest.mark.audit("M1")
 def test_the_model_upload_happens_before_the_registry_lock_is_taken(
     trained: Trained, exported: ExportResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

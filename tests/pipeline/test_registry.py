@@ -117,6 +117,7 @@ def test_a_stale_lock_left_by_a_crashed_holder_is_broken(tracking_uri: str) -> N
         assert float(acquired) > 0
 
 
+@pytest.mark.audit("M1")
 def test_the_holder_renews_its_heartbeat_while_it_holds_the_lock(tracking_uri: str) -> None:
     client = store_client(tracking_uri)
     with registry_lock(client, NAME, stale_after_s=30, heartbeat_s=0.2):
@@ -176,6 +177,7 @@ class _SlowWaiter:
         return self._client.delete_registered_model(name)  # type: ignore[attr-defined]
 
 
+@pytest.mark.audit("M1", "T6")
 def test_two_waiters_racing_to_break_a_stale_lock_never_both_hold_it(tracking_uri: str) -> None:
     lock = f"{NAME}.promotion-lock"
     stale = {"acquired_at": "0", "heartbeat": "0", "token": "crashed", "holder": "gone:1"}
@@ -215,6 +217,7 @@ def test_two_waiters_racing_to_break_a_stale_lock_never_both_hold_it(tracking_ur
     assert [m.name for m in store_client(tracking_uri).search_registered_models()] == []
 
 
+@pytest.mark.audit("M1")
 def test_a_holder_whose_lock_was_broken_does_not_delete_the_next_holders_lock(
     tracking_uri: str,
 ) -> None:

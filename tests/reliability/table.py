@@ -132,7 +132,7 @@ def render(rows: list[Row]) -> str:
 
 def audit_results(junit: Path) -> dict[str, list[tuple[str, bool]]]:
     """Finding id -> [(test, passed)] from the `audit` properties in a JUnit file."""
-    from audit import FINDINGS
+    from audit import FINDINGS, MINOR
 
     held: dict[str, list[tuple[str, bool]]] = {}
     for case in ET.parse(junit).getroot().iter("testcase"):
@@ -142,33 +142,43 @@ def audit_results(junit: Path) -> dict[str, list[tuple[str, bool]]]:
             if prop.get("name") != "audit":
                 continue
             for finding in (prop.get("value") or "").split(","):
-                if finding not in FINDINGS:
+                if finding not in FINDINGS and finding not in MINOR:
                     raise SystemExit(f"{test}: audit finding {finding!r} is not in audit.py")
                 held.setdefault(finding, []).append((test, passed))
     return held
 
 
+def audit_status(finding: str, tests: list[tuple[str, bool]]) -> str:
+    """fixed (every test of the finding ran and passed), FAILING, declined: why, or open."""
+    from audit import DECLINED
+
+    if tests:
+        return "fixed" if all(ok for _, ok in tests) else "**FAILING**"
+    if finding in DECLINED:
+        return f"declined: {DECLINED[finding]}"
+    return "**open**"
+
+
 def render_audit(held: dict[str, list[tuple[str, bool]]]) -> str:
-    from audit import DECLINED, FINDINGS
+    from audit import DECLINED, FINDINGS, MINOR
 
     lines = ["| finding | what the audit found | status | tests |", "| --- | --- | --- | --- |"]
     tally: dict[str, int] = {}
-    for finding, what in FINDINGS.items():
+    # Every major finding has a row; a minor one only once a test or a reason covers it.
+    chosen = [(f, what, "") for f, what in FINDINGS.items()] + [
+        (f, what, " (minor)") for f, what in MINOR.items() if f in held or f in DECLINED
+    ]
+    for finding, what, kind in chosen:
         tests = held.get(finding, [])
-        if tests:
-            status = "fixed" if all(ok for _, ok in tests) else "**FAILING**"
-        elif finding in DECLINED:
-            status = f"declined: {DECLINED[finding]}"
-        else:
-            status = "**open**"
-        tally[status.split(":")[0]] = tally.get(status.split(":")[0], 0) + 1
+        status = audit_status(finding, tests)
+        if not kind:
+            word = status.split(":")[0].strip("*")
+            tally[word] = tally.get(word, 0) + 1
         cell = "<br>".join(f"`{t}`" + ("" if ok else " (**failed**)") for t, ok in tests)
-        lines.append(f"| {finding} | {what} | {status} | {cell} |")
-    summary = ", ".join(f"{n} {status.strip('*')}" for status, n in tally.items())
-    return (
-        "\n".join([AUDIT_BEGIN, "", f"{len(FINDINGS)} findings: {summary}.", "", *lines, AUDIT_END])
-        + "\n"
-    )
+        lines.append(f"| {finding}{kind} | {what} | {status} | {cell} |")
+    summary = ", ".join(f"{n} {word}" for word, n in tally.items())
+    head = f"{len(FINDINGS)} findings (C, M, T, D): {summary}."
+    return "\n".join([AUDIT_BEGIN, "", head, "", *lines, AUDIT_END]) + "\n"
 
 
 def replace_between(path: Path, begin: str, end: str, body: str) -> None:

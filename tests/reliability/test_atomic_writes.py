@@ -1,7 +1,14 @@
 """Each disk-writing step writes to a temporary path and renames it into place. A crash
 injected between the write and the rename (the one fault here that cannot be produced
 for real on demand) must leave the previous outputs byte for byte as they were and no
-temporary file behind; the same step run again without the fault then replaces them."""
+temporary file behind; the same step run again without the fault then replaces them.
+
+The crash is a simulation: an exception raised by a patched os.rename, so the step's own
+cleanup (its finally blocks) still runs and removes the temporary sibling. A real SIGKILL
+runs none of it: the previous outputs are still intact (the rename never happened), but
+the `.NAME.tmp-<pid>-<id>` sibling stays behind until removed by hand (see DECLINED in
+tests/reliability/audit.py, T11).
+"""
 
 from __future__ import annotations
 

@@ -120,6 +120,7 @@ RUN = [c for c in CASES if "run" in c.paths]
 
 
 @pytest.mark.parametrize("case", RUN, ids=[c.name for c in RUN])
+@pytest.mark.audit("M7", "T1")
 def test_run_stops_before_training_and_registers_nothing(
     case: Case,
     projects: dict[str, Any],

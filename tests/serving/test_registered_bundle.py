@@ -44,6 +44,7 @@ def test_pull_bundle_stamps_the_version_and_lineage_and_predicts_like_the_local_
     assert (out / "tuneops_runtime.py").is_file()
 
 
+@pytest.mark.audit("C1")
 def test_pull_bundle_refuses_a_folder_that_is_not_a_bundle_and_keeps_its_file(
     registered: str, tmp_path: Path
 ) -> None:
@@ -61,6 +62,7 @@ def test_pull_bundle_refuses_a_folder_that_is_not_a_bundle_and_keeps_its_file(
     assert (out / "notes.txt").read_text(encoding="utf-8") == "mine\n"
 
 
+@pytest.mark.audit("C1")
 def test_pull_bundle_replaces_its_own_bundle_but_not_a_file_added_to_it(
     registered: str, tmp_path: Path
 ) -> None:
@@ -81,6 +83,7 @@ def test_pull_bundle_replaces_its_own_bundle_but_not_a_file_added_to_it(
     assert (out / "Dockerfile").read_text(encoding="utf-8") == "FROM python:3.11\n"
 
 
+@pytest.mark.audit("C1")
 def test_pull_bundle_out_dot_says_why_it_cannot(
     registered: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

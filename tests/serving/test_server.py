@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from pipeline.export import ExportResult
@@ -93,19 +94,32 @@ def test_metadata_describes_the_model_without_local_paths(
     assert str(Path.home()) not in json.dumps(meta)
 
 
+@pytest.mark.audit("T9")
 def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(
     server: str, exported: ExportResult
 ) -> None:
-    texts = [f"review number {i}: {'great' if i % 2 else 'terrible'} film" for i in range(24)]
+    """24 one-text requests, 8 at a time: fewer model calls than requests (the server's own
+    count), every text scored once, and each answer is its own text's, told apart from the
+    others' (texts of different lengths, so the tiny model's answers differ)."""
+    texts = [f"review {i}: " + ("great " if i % 2 else "bad ") * (i // 2 + 1) for i in range(24)]
     expected = OnnxClassifier(exported.export_dir, model="fp32").predict(texts)
+    wanted = np.array([[p.probabilities[k] for k in sorted(p.probabilities)] for p in expected])
+    apart = np.abs(wanted[:, None, :] - wanted[None, :, :]).max(axis=2)
+    np.fill_diagonal(apart, np.inf)
+    assert apart.min() > 1e-4  # a swapped answer would be seen at the 1e-5 tolerance
 
     def ask(text: str) -> dict:
         response = httpx.post(f"{server}/predict", json={"texts": [text]}, timeout=30)
         response.raise_for_status()
         return response.json()["predictions"][0]
 
+    before = httpx.get(f"{server}/stats").json()
     with ThreadPoolExecutor(max_workers=8) as pool:
         answers = list(pool.map(ask, texts))
+    after = httpx.get(f"{server}/stats").json()
+    assert after["texts"] - before["texts"] == len(texts)
+    assert after["model_calls"] - before["model_calls"] < len(texts), (before, after)
+    assert after["largest_call"] > 1
     for got, want in zip(answers, expected, strict=True):
         assert got["label"] == want.label
         assert got["probabilities"] == pytest.approx(want.probabilities, abs=1e-5)

@@ -23,6 +23,16 @@ class MicroBatcher:
         self.wait_s = wait_s
         self._queue: asyncio.Queue[tuple[list[str], asyncio.Future[list[Any]]]] | None = None
         self._worker: asyncio.Task[None] | None = None
+        # What GET /stats reports: model calls made, texts they scored, the largest call.
+        self.calls = 0
+        self.texts = 0
+        self.largest_call = 0
+
+    def _counted(self, texts: list[str]) -> Sequence[Any]:
+        self.calls += 1
+        self.texts += len(texts)
+        self.largest_call = max(self.largest_call, len(texts))
+        return self._predict(texts)
 
     async def start(self) -> None:
         if self.wait_s > 0:
@@ -37,7 +47,7 @@ class MicroBatcher:
 
     async def predict(self, texts: list[str]) -> list[Any]:
         if self._queue is None:  # batching off: one call per request
-            return list(await asyncio.to_thread(self._predict, texts))
+            return list(await asyncio.to_thread(self._counted, texts))
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         await self._queue.put((texts, future))
         return await future
@@ -64,7 +74,7 @@ class MicroBatcher:
     async def _execute(self, batch: list[tuple[list[str], asyncio.Future[list[Any]]]]) -> None:
         texts = [text for request_texts, _ in batch for text in request_texts]
         try:
-            results = list(await asyncio.to_thread(self._predict, texts))
+            results = list(await asyncio.to_thread(self._counted, texts))
         except Exception as exc:  # every waiting request gets the error, the loop goes on
             for _, future in batch:
                 if not future.done():

@@ -3,6 +3,7 @@
 POST /predict  {"texts": ["...", ...]} -> {"predictions": [{label, score, probabilities}], ...}
 GET  /health   200 {"status": "ok"} once the model is loaded
 GET  /metadata what the bundle is: task, labels, model file, data version, test figures
+GET  /stats    model calls made since start, the texts they scored and the largest call
 
 Bad requests get a JSON body {"error": "..."} and never crash the server: a body over
 the byte limit or more texts than allowed 413, a text over the character limit or a
@@ -77,6 +78,14 @@ def create_app(
     @app.get("/health")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/stats")
+    async def stats() -> dict[str, int]:
+        return {
+            "model_calls": batcher.calls,
+            "texts": batcher.texts,
+            "largest_call": batcher.largest_call,
+        }
 
     @app.get("/metadata")
     async def get_metadata() -> dict[str, Any]:
