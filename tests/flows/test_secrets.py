@@ -69,7 +69,7 @@ def prefect_records(env: dict[str, str]) -> tuple[str, dict[str, Any]]:
         texts += [json.dumps(run["parameters"], default=str) for run in runs]
         deployment = client.read_deployment_by_name("tuneops-retrain/retrain")
         texts += [json.dumps(deployment.parameters, default=str), deployment.description or ""]
-    assert offset > 20 and runs, "no Prefect logs or flow runs to search"
+    assert offset > 0 and runs, "no Prefect logs or flow runs to search"
     return "\n".join(texts), dict(deployment.job_variables or {})
 
 
