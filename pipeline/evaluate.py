@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.tasks.base import require_candidate_labels
 from tuneops.config import EvaluateConfig, ModelConfig
 from tuneops.paths import atomic_file, atomic_write_text
 
@@ -80,6 +81,7 @@ def evaluate(
 ) -> EvaluationResult:
     """Write reports/metrics.json, classification_report.json, confusion_matrix.png,
     test_predictions.parquet and the task's extra reports."""
+    require_candidate_labels(candidate_dir, prepared_dir)
     found = task.evaluate(cfg, base, max_length, seed, prepared_dir, candidate_dir)
     metrics = rounded(found.metrics)
     result = EvaluationResult.in_reports(metrics, found.per_class, reports_dir)

@@ -23,7 +23,7 @@ from transformers import PreTrainedModel
 
 from pipeline import quantize
 from pipeline.gate import per_class_check
-from pipeline.tasks.base import Scores, Task, TestSplit
+from pipeline.tasks.base import Scores, Task, TestSplit, require_candidate_labels
 from pipeline.training.modeling import load_tokenizer
 from tuneops import runtime
 from tuneops.config import ExportConfig, GateConfig
@@ -87,11 +87,11 @@ def export(
     bundle.json records its figures and per-class report. int8 becomes the default
     only when it passes `quantize.decide`, with the gate's per-class floor when `gate`
     is given and `gate.per_class` is on."""
+    labels = require_candidate_labels(candidate_dir, prepared_dir)
     # Eager attention exports as plain MatMul/Softmax, which onnxruntime's optimizer
     # fuses into one Attention kernel; the SDPA graph it cannot fuse. Same weights.
     model = task.load_model(candidate_dir, attn_implementation="eager").eval()
     tokenizer = load_tokenizer(candidate_dir)
-    labels = json.loads((candidate_dir / "labels.json").read_text(encoding="utf-8"))
     input_names = [
         n
         for n in ("input_ids", "attention_mask", "token_type_ids")

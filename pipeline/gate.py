@@ -41,6 +41,9 @@ class ChampionComparison:
     confidence: float
     resamples: int
     metric: str = "test_macro_f1"
+    rows: int = 0  # the test rows both were scored on
+    # What was left out of the current test split, and why (its own train rows), or "".
+    note: str = ""
 
 
 @dataclass
@@ -65,6 +68,8 @@ class GateVerdict:
     challenger_version: str | None = None
     champion_version: str | None = None
     comparison: ChampionComparison | None = None
+    # What a reader of a passed verdict must also know: rows left out of the champion's
+    # score, an interval too wide for gate.champion_tolerance.
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -76,7 +81,8 @@ class GateVerdict:
         against = f" vs champion v{self.champion_version}" if self.champion_version else ""
         who = f"challenger v{self.challenger_version}" if self.challenger_version else "candidate"
         if self.passed:
-            return f"gate passed: {who}{against}, {len(self.checks)} checks"
+            said = "".join(f"; {note}" for note in self.notes)
+            return f"gate passed: {who}{against}, {len(self.checks)} checks{said}"
         failures = "; ".join(f"{c.name}: {c.detail}" for c in self.checks if not c.passed)
         return f"gate rejected {who}{against}: {failures}"
 
@@ -126,11 +132,15 @@ def gate(cfg: GateConfig, inputs: GateInputs) -> GateVerdict:
             )
         )
     comparison = inputs.comparison
+    notes = []
+    if comparison is not None and cfg.vs_champion:
+        notes = [n for n in (comparison.note, champion_interval_warning(cfg, comparison)) if n]
     return GateVerdict(
         passed=all(c.passed for c in checks),
         checks=checks,
         champion_version=comparison.champion_version if comparison else inputs.champion,
         comparison=comparison,
+        notes=notes,
     )
 
 
@@ -199,6 +209,7 @@ def _champion(cfg: GateConfig, inputs: GateInputs) -> GateCheck:
     if inputs.comparison is None:
         return GateCheck("no_regression_vs_champion", True, None, None, "no champion")
     c = inputs.comparison
+    notes = [n for n in (c.note, champion_interval_warning(cfg, c)) if n]
     return GateCheck(
         "no_regression_vs_champion",
         c.ci_low >= -cfg.champion_tolerance,
@@ -211,7 +222,23 @@ def _champion(cfg: GateConfig, inputs: GateInputs) -> GateCheck:
         f"{inputs.primary_metric_label} diff vs champion v{c.champion_version} "
         f"{c.observed_diff:+.4f}, "
         f"{c.confidence:.0%} CI [{c.ci_low:+.4f}, {c.ci_high:+.4f}], lower bound must be "
-        f">= {-cfg.champion_tolerance}",
+        f">= {-cfg.champion_tolerance}" + "".join(f"; {n}" for n in notes),
+    )
+
+
+def champion_interval_warning(cfg: GateConfig, c: ChampionComparison) -> str:
+    """A warning when the interval is too wide for the tolerance ("" otherwise): with a
+    half-width above gate.champion_tolerance, a challenger exactly as good as the champion
+    has its lower bound below -tolerance about as often as not, so it is rejected by noise."""
+    half_width = (c.ci_high - c.ci_low) / 2
+    if half_width <= cfg.champion_tolerance:
+        return ""
+    rows = f" on {c.rows} test rows" if c.rows else ""
+    return (
+        f"warning: the interval's half-width {half_width:.4f}{rows} exceeds "
+        f"gate.champion_tolerance {cfg.champion_tolerance}, so an equally good challenger is "
+        "often rejected by noise alone: raise gate.champion_tolerance above the half-width, "
+        "or test on more rows (prepare.test_fraction)"
     )
 
 
@@ -281,6 +308,7 @@ def to_markdown(verdict: GateVerdict) -> str:
         f"{verdict.champion_version or 'none'}\n\n"
         f"| result | check | value | threshold | detail |\n| --- | --- | --- | --- | --- |\n"
         f"{rows}\n\n{verdict.summary()}\n"
+        + ("\n" + "".join(f"- {note}\n" for note in verdict.notes) if verdict.notes else "")
     )
 
 

@@ -6,6 +6,11 @@ appending data later never moves an existing row between splits, and
 a test row can never leak into a later training set. One exception, never touching
 test: text classification moves a train row into validation for a label that no row
 hashes there (the manifest's moved_to_validation).
+
+That holds while the split itself stays: changing prepare.test_fraction or
+validation_fraction (or the split function, SPLIT_VERSION) moves rows. So the manifest
+and every model version record the split (split_record; tags split.*), and a model is
+re-scored only on rows that were test rows under its own split (held_out_under).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ if TYPE_CHECKING:
     from pipeline.tasks.base import Task
     from tuneops.config import DataConfig, PrepareConfig
 
+from tuneops.errors import ConfigError
 from tuneops.paths import atomic_dir
 
 SPLITS = ("train", "validation", "test")
@@ -54,6 +60,14 @@ def normalise_text(text: str) -> str:
 def hash_bucket(text: str) -> float:
     """A normalised text's place in [0, 1): the first 8 bytes of its sha256."""
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") / 2**64
+
+
+# The split function's version, recorded on every model version (tag split.version): bump
+# it when normalise_text, hash_bucket or split_of change which split a row gets, so that a
+# version split by the old function is never re-split here as if by the new one.
+SPLIT_VERSION = "1"
+# What decides a row's split, as recorded on each model version (tags split.<key>).
+SPLIT_KEYS = ("version", "test_fraction", "validation_fraction", "max_rows", "official_test")
 
 
 def split_of(text: str, validation_fraction: float, test_fraction: float) -> str:
@@ -93,8 +107,23 @@ def prepare(
         stratification_ok=gap <= cfg.max_stratification_gap,
         dropped_rows=found.dropped_rows,
     )
-    write_prepared(frame, found.columns, result, {"task": task.name} | found.manifest)
+    official = bool(found.manifest.get("official_test_split", False))
+    record = {"task": task.name, "split": split_record(data, cfg, official)} | found.manifest
+    write_prepared(frame, found.columns, result, record)
     return result
+
+
+def split_record(data: DataConfig, cfg: PrepareConfig, official_test: bool) -> dict[str, Any]:
+    """What decided each prepared row's split (manifest.json's "split", and the split.*
+    tags of the model versions trained on it)."""
+    return {
+        "version": SPLIT_VERSION,
+        "test_fraction": cfg.test_fraction,
+        "validation_fraction": cfg.validation_fraction,
+        "max_rows": data.max_rows,
+        # the dataset's own test split is the test split (ATIS); else the hash decides
+        "official_test": official_test,
+    }
 
 
 def write_prepared(
@@ -108,3 +137,69 @@ def write_prepared(
             part.reset_index(drop=True).to_parquet(tmp / f"{split}.parquet", index=False)
         manifest = asdict(result) | {"prepared_dir": str(result.prepared_dir)} | extra
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+
+def current_split(prepared_dir: Path) -> dict[str, Any]:
+    """The split record of the prepared data in `prepared_dir` (its manifest.json)."""
+    manifest = json.loads((prepared_dir / "manifest.json").read_text(encoding="utf-8"))
+    if "split" not in manifest:
+        raise ConfigError(
+            f"{prepared_dir / 'manifest.json'}: records no split parameters (prepared by an "
+            "older tuneops); run the prepare stage again (tuneops stage prepare)"
+        )
+    return dict(manifest["split"])
+
+
+def split_tags(record: dict[str, Any]) -> dict[str, str]:
+    """A split record as model-version tags: split.test_fraction = "0.1", ..."""
+    return {f"split.{key}": str(record[key]).lower() for key in SPLIT_KEYS}
+
+
+def recorded_split(tags: dict[str, str]) -> dict[str, Any] | None:
+    """The split record a model version's tags hold; None for a version registered before
+    tuneops recorded it."""
+    if any(f"split.{key}" not in tags for key in SPLIT_KEYS):
+        return None
+    max_rows = tags["split.max_rows"]
+    return {
+        "version": tags["split.version"],
+        "test_fraction": float(tags["split.test_fraction"]),
+        "validation_fraction": float(tags["split.validation_fraction"]),
+        "max_rows": None if max_rows == "none" else int(max_rows),
+        "official_test": tags["split.official_test"] == "true",
+    }
+
+
+def held_out_under(
+    recorded: dict[str, Any], current: dict[str, Any], texts: list[str], whose: str
+) -> list[bool]:
+    """For each row of the current test split (its normalised unit in `texts`): was it a
+    test row under the `recorded` split too, i.e. one that the model split so was never
+    trained or selected on? Raises ConfigError, naming the keys, when that cannot be known.
+
+    data.max_rows and validation_fraction never move a row into test, and rows that were
+    not in the model's data at all were not trained on either: only the split function,
+    the test fraction and an official test split decide."""
+    if recorded["version"] != current["version"]:
+        raise ConfigError(
+            f"{whose} was split by split function version {recorded['version']} (tag "
+            f"split.version), this tuneops splits by version {current['version']}; its "
+            "training rows cannot be told apart on the current test split, so it is not "
+            "compared (promote by hand with --force)"
+        )
+    if recorded["official_test"] != current["official_test"]:
+        then, now = (
+            "the dataset's own test split" if official else "a hash of each row"
+            for official in (recorded["official_test"], current["official_test"])
+        )
+        raise ConfigError(
+            f"{whose}'s test split was {then} (tag split.official_test), the current one is "
+            f"{now}; its training rows cannot be told apart on the current test split, so "
+            "it is not compared (promote by hand with --force)"
+        )
+    if recorded["official_test"] or recorded["test_fraction"] == current["test_fraction"]:
+        return [True] * len(texts)
+    return [
+        split_of(text, recorded["validation_fraction"], recorded["test_fraction"]) == "test"
+        for text in texts
+    ]

@@ -18,22 +18,23 @@ import numpy as np
 import pandas as pd
 
 from pipeline.bootstrap import paired_bootstrap
+from pipeline.champion import compare_with_champion, own_test_rows, version_tags
 from pipeline.gate import (
     BaselineComparison,
-    ChampionComparison,
     GateInputs,
     GateVerdict,
     gate,
 )
+from pipeline.prepare import current_split, split_tags
+from pipeline.registered import open_version
 from pipeline.registry import (
     RegistrationResult,
     champion_version,
-    load_bundle,
     log_bundle,
     register,
     registry_lock,
 )
-from pipeline.tasks.base import Task, TestSplit, baseline_column
+from pipeline.tasks.base import Task, TestSplit, baseline_column, require_same_labels
 from tuneops.config import GateConfig
 from tuneops.runtime import load_bundle as load_runtime_bundle
 from tuneops.tracking import MlflowTracker, store_client
@@ -58,49 +59,55 @@ def gate_and_register(
 
     Every check judges the file that ships: the bundle's default model (int8 when export
     kept it), re-scored on the current test split; the baselines are other models, whose
-    per-row test predictions the evaluate step wrote (reports/test_predictions.parquet)."""
+    per-row test predictions the evaluate step wrote (reports/test_predictions.parquet).
+    The version records the split it was trained under (split.* tags) and the checksum of
+    every bundle file (bundle.sha256.*, set by `register`)."""
     cfg, reports_dir = inputs.cfg, inputs.reports_dir
     challenger = load_runtime_bundle(export_dir)
     split = inputs.task.test_split(inputs.prepared_dir, challenger.labels)
     challenger_pred = split.rescore(challenger)
     latency = p95_latency_ms(challenger, split.texts, cfg.latency_samples) if cfg.latency else None
     judged = _inputs(inputs, split, challenger_pred, latency)
+    tags = tags | split_tags(current_split(inputs.prepared_dir))
     logged = log_bundle(export_dir, tracker)  # the upload, outside the lock
 
     with registry_lock(tracker.client, inputs.model_name):
         current = champion_version(tracker.client, inputs.model_name)
         verdict = _judge(inputs, split, challenger_pred, judged, current, current)
-        comparison = verdict.comparison
-        tags = tags | {
+        verdict_tags = {
             "gate.verdict": "passed" if verdict.passed else "failed",
             "gate.failed_checks": ",".join(verdict.failed_checks),
-            "gate.champion_compared": current or "none",
         }
         registered = register(
             inputs.model_name,
             export_dir,
-            tags,
+            tags | verdict_tags | {"gate.champion_compared": current or "none"},
             verdict.passed,
             tracker,
             reports_dir / "registry.json",
             logged,
         )
-    verdict.challenger_version = registered.version
-    if comparison is not None:
-        tracker.log_metrics(
-            {f"champion.{k}": v for k, v in comparison.champion_metrics.items()}
-            | {
-                "gate.champion_diff_ci_low": comparison.ci_low,
-                "gate.champion_diff_ci_high": comparison.ci_high,
-            }
-        )
-    if latency is not None:
-        tracker.log_metrics({"gate.latency_p95_ms": latency})
-    tracker.log_metrics({"gate.passed": float(verdict.passed)})
-    tracker.set_tags(
-        {"gate.verdict": tags["gate.verdict"], "gate.failed_checks": tags["gate.failed_checks"]}
-    )
+        verdict.challenger_version = registered.version
+        # The run's record of the verdict, written with the version's: under the same lock.
+        tracker.log_metrics(_verdict_metrics(verdict, latency))
+        tracker.set_tags(verdict_tags)
     return verdict, registered
+
+
+def _verdict_metrics(verdict: GateVerdict, latency: float | None) -> dict[str, float]:
+    """The champion's re-scored test_* (champion.*), the interval and the verdict as run
+    metrics, beside the challenger's own test_* in the MLflow compare view."""
+    metrics = {"gate.passed": float(verdict.passed)}
+    comparison = verdict.comparison
+    if comparison is not None:
+        metrics |= {f"champion.{k}": v for k, v in comparison.champion_metrics.items()}
+        metrics |= {
+            "gate.champion_diff_ci_low": comparison.ci_low,
+            "gate.champion_diff_ci_high": comparison.ci_high,
+        }
+    if latency is not None:
+        metrics["gate.latency_p95_ms"] = latency
+    return metrics
 
 
 def promote(inputs: RegisterInputs, version: str, reason: str, force: bool) -> GateVerdict | None:
@@ -139,38 +146,6 @@ def audit_tags(action: str, reason: str, forced: bool = False) -> dict[str, str]
     }
 
 
-def compare_with_champion(
-    inputs: RegisterInputs, version: str, split: TestSplit, challenger_pred: Any
-) -> tuple[ChampionComparison | None, str | None]:
-    """The champion re-scored on `split` and the paired bootstrap; or (None, why not)."""
-    cfg = inputs.cfg
-    champion = load_bundle(inputs.tracking_uri, inputs.model_name, version)
-    if sorted(champion.labels) != sorted(split.labels):
-        return None, (
-            f"champion v{version} predicts labels {champion.labels}, the challenger "
-            f"{split.labels}: not comparable (promote by hand with --force)"
-        )
-    champion_pred = split.rescore(champion)
-    observed, low, high = paired_bootstrap(
-        split.row_counts(challenger_pred),
-        split.row_counts(champion_pred),
-        cfg.bootstrap_resamples,
-        cfg.bootstrap_confidence,
-        cfg.bootstrap_seed,
-    )
-    metrics, _ = split.report(champion_pred)
-    return ChampionComparison(
-        version,
-        metrics,
-        observed,
-        low,
-        high,
-        cfg.bootstrap_confidence,
-        cfg.bootstrap_resamples,
-        inputs.task.primary_metric,
-    ), None
-
-
 def p95_latency_ms(classifier: Any, texts: list[str], samples: int) -> float:
     """p95 of single-text predict latency (after 5 warm-up calls)."""
     for text in texts[:5]:
@@ -184,26 +159,47 @@ def p95_latency_ms(classifier: Any, texts: list[str], samples: int) -> float:
 
 
 def _gate_version(inputs: RegisterInputs, client: Any, version: str) -> GateVerdict:
-    """A registered version judged as a challenger would be, on the current test split."""
-    bundle = load_bundle(inputs.tracking_uri, inputs.model_name, version)
+    """A registered version judged as a challenger would be, on the rows of the current test
+    split that were test rows under its own recorded split (it is never scored on rows it
+    was trained on), its gold labels through its own label order."""
+    whose = f"{inputs.model_name} v{version}"
+    tags = version_tags(inputs, version)
+    bundle = open_version(inputs.tracking_uri, inputs.model_name, version, tags)
+    require_same_labels(
+        bundle.labels,
+        inputs.prepared_dir,
+        whose,
+        "it cannot be scored on this data; promote it with --force, or prepare data with "
+        "its labels (data.labels)",
+        ordered=False,
+    )
     split = inputs.task.test_split(inputs.prepared_dir, bundle.labels)
+    keep, note = own_test_rows(tags, inputs, split, f"v{version}")
+    split = split.subset(keep)
     predicted = split.rescore(bundle)
     champion = champion_version(client, inputs.model_name)
     other = champion if champion != version else None
-    judged = _inputs(inputs, split, predicted, None)
+    judged = _inputs(inputs, split, predicted, None, keep)
     verdict = _judge(inputs, split, predicted, judged, other, champion)
     verdict.challenger_version = version
+    if note:
+        verdict.notes.insert(0, note)
     return verdict
 
 
 def _inputs(
-    inputs: RegisterInputs, split: TestSplit, predicted: Any, latency: float | None
+    inputs: RegisterInputs,
+    split: TestSplit,
+    predicted: Any,
+    latency: float | None,
+    keep: list[bool] | None = None,
 ) -> GateInputs:
-    """The gate's figures for one model file's predictions on `split`, and each baseline's
-    paired bootstrap against them on the same rows."""
+    """The gate's figures for one model file's predictions on `split` (`keep`: which rows
+    of the current test split it holds, None for all), and each baseline's paired
+    bootstrap against them on the same rows."""
     metrics, per_class = split.report(predicted)
     baselines = (
-        compare_with_baselines(inputs, split, predicted) if inputs.cfg.beat_baselines else {}
+        compare_with_baselines(inputs, split, predicted, keep) if inputs.cfg.beat_baselines else {}
     )
     return GateInputs(
         metrics=metrics,
@@ -217,10 +213,11 @@ def _inputs(
 
 
 def compare_with_baselines(
-    inputs: RegisterInputs, split: TestSplit, predicted: Any
+    inputs: RegisterInputs, split: TestSplit, predicted: Any, keep: list[bool] | None = None
 ) -> dict[str, BaselineComparison | str]:
     """Per gate.baselines entry: the paired bootstrap of (model - baseline) over the task's
-    per-row counts, the baseline's predictions read from reports/test_predictions.parquet;
+    per-row counts, the baseline's predictions read from reports/test_predictions.parquet
+    (its rows where `keep`, when `split` holds only those of the current test split);
     or why it cannot be compared (no such file or column, or another test split's rows:
     stale predictions are never compared)."""
     cfg, primary = inputs.cfg, inputs.task.primary_metric
@@ -229,6 +226,8 @@ def compare_with_baselines(
         why = f"{path} is missing: run the evaluate stage (it predicts with the baselines)"
         return dict.fromkeys(cfg.baselines, why)
     frame = pd.read_parquet(path)
+    if keep is not None and len(keep) == len(frame):
+        frame = frame[keep].reset_index(drop=True)
     if frame["text"].tolist() != split.texts:
         why = (
             f"{path} holds another test split's rows ({len(frame)}; the current one has "

@@ -1,8 +1,10 @@
 """register: log the ONNX bundle as an MLflow model and register a new version.
 
-Every candidate becomes a new version with alias `challenger` and its lineage tags
-(set at creation, so no version exists without them). `champion` moves only when the
-gate passes; the version it leaves gets `previous`. Aliases are set last.
+Every candidate becomes a new version with alias `challenger`, its lineage tags and the
+sha256 of each bundle file (set at creation, so no version exists without them; opened
+again only through `pipeline.registered`, which checks them and runs no stored code).
+`champion` moves only when the gate passes; the version it leaves gets `previous`.
+Aliases are set last.
 """
 
 from __future__ import annotations
@@ -50,11 +52,15 @@ def register(
     record: Path,
     logged: Any | None = None,
 ) -> RegistrationResult:
-    """Register the bundle (logged by `log_bundle` first, unless `logged` is that model);
-    move `champion` to it when `promote`; write `record`."""
+    """Register the bundle (logged by `log_bundle` first, unless `logged` is that model)
+    with `tags` and the sha256 of each bundle file (bundle.sha256.<file>, checked whenever
+    the version is opened again); move `champion` to it when `promote`; write `record`."""
     from mlflow.exceptions import MlflowException
 
+    from pipeline.registered import bundle_checksums
+
     client = tracker.client
+    tags = tags | bundle_checksums(export_dir)
     info = logged if logged is not None else log_bundle(export_dir, tracker)
     try:
         client.create_registered_model(model_name, description="tuneops fine-tuned model")
@@ -302,15 +308,6 @@ def _end(client: Any, lock_name: str, token: str | None) -> bool:
 
 def champion_version(client: Any, model_name: str) -> str | None:
     return _alias_version(client, model_name, CHAMPION)
-
-
-def load_bundle(tracking_uri: str, model_name: str, version: str) -> Any:
-    """The runtime bundle (OnnxClassifier or OnnxTokenClassifier) of a registered version."""
-    import mlflow
-
-    with mlflow_store(tracking_uri):
-        model = mlflow.pyfunc.load_model(f"models:/{model_name}/{version}")
-    return model.unwrap_python_model().classifier
 
 
 def move_champion(client: Any, model_name: str, version: str, tags: dict[str, str]) -> str | None:

@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from tuneops import quiet
-from tuneops.tracking import store_client  # noqa: F401  (re-exported for tests)
+from tuneops.tracking import store_client  # also re-exported for tests
 
 if TYPE_CHECKING:
     from pipeline.export import ExportResult
@@ -320,6 +320,32 @@ def exported(trained: Trained) -> ExportResult:
         trained.paths.data_prepared,
         trained.paths.export,
     )
+
+
+def reprepare(
+    trained: Trained, out: Path, labels: tuple[str, ...] | None = None, **prepare: Any
+) -> Path:
+    """The trained fixture's raw data prepared again into `out`: with other prepare.* keys
+    (`prepare`) or another label order, as a later run of the project would."""
+    from pipeline.prepare import prepare as run_prepare
+    from pipeline.train import read_manifest
+
+    p = trained.params
+    labels = labels or tuple(read_manifest(trained.paths.data_prepared)["labels"])
+    dataset_dir = trained.paths.data_raw / p.data.name
+    run_prepare(TEXT, p.data, p.prepare.model_copy(update=prepare), labels, dataset_dir, out)
+    return out
+
+
+def stored_model_dir(tracking_uri: str, model_name: str, version: str) -> Path:
+    """Where a file:// artifact store keeps a registered version's files: what anyone who
+    can write to the store can change."""
+    from urllib.parse import urlparse
+
+    client = store_client(tracking_uri)
+    source = client.get_model_version(model_name, version).source
+    location = client.get_logged_model(source.removeprefix("models:/")).artifact_location
+    return Path(urlparse(location).path)
 
 
 def _text_task() -> Any:

@@ -133,13 +133,26 @@ class OnnxBundle:
             if "file" not in entry:
                 reason = entry.get("reason", "not in this bundle")
                 raise BundleError(f"{self.bundle_dir}: model {name!r} is not available ({reason})")
-            return str(entry["file"])
+            return self._plain_name(str(entry["file"]), f"bundle.json models.{name}.file")
         if name == "fp32" or name.endswith(".onnx"):
-            return "model.onnx" if name == "fp32" else name
+            source = "--model" if model else "bundle.json default_model"
+            return "model.onnx" if name == "fp32" else self._plain_name(name, source)
         raise BundleError(
             f"{self.bundle_dir}: unknown model {name!r}; expected one of {sorted(models)} "
             f"or an .onnx file name"
         )
+
+    def _plain_name(self, file: str, source: str) -> str:
+        """A model file is a plain .onnx file name inside the bundle folder: never a path
+        (../x.onnx, /abs/x.onnx, sub/x.onnx) that would run a graph from elsewhere."""
+        if Path(file).name != file or file in (".", "..") or "\\" in file:
+            raise BundleError(
+                f"{self.bundle_dir}: {source} {file!r} is not a plain file name; a bundle's "
+                "model files are .onnx files inside its folder (e.g. model.int8.onnx)"
+            )
+        if not file.endswith(".onnx"):
+            raise BundleError(f"{self.bundle_dir}: {source} {file!r} is not an .onnx file")
+        return file
 
     def _load_tokenizer(self) -> Tokenizer:
         path = self.bundle_dir / "tokenizer.json"

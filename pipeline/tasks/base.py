@@ -9,6 +9,7 @@ and never ask which task they run. Heavy libraries are imported inside the hooks
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +113,12 @@ class TestSplit(Protocol):
     def agreement(self, predicted: Any, other: Any) -> float:
         """The fraction of prediction units (rows, words) on which two models agree."""
 
+    def subset(self, keep: list[bool]) -> TestSplit:
+        """The rows whose `keep` is True (a model re-scored only on its own test rows)."""
+
+    def take(self, predicted: Any, keep: list[bool]) -> Any:
+        """`predicted` (rescore's form) for the rows whose `keep` is True."""
+
 
 class Task(Protocol):
     name: str
@@ -121,6 +128,7 @@ class Task(Protocol):
     primary_metric: str  # the metric the gate, baselines and int8 decision compare
     primary_metric_label: str  # its name for people ("macro-F1")
     accuracy_metric: str
+    test_metrics: tuple[str, ...]  # what TestSplit.report scores: the keys gate.floors may name
     validation_metrics: tuple[str, ...]  # what compute_metrics returns, without "eval_"
     baselines: tuple[str, ...]
     reproduce_metrics: tuple[str, ...]  # MLflow metrics `tuneops reproduce` compares
@@ -211,3 +219,37 @@ def check_keys(task: Task, params: Params) -> None:
             f"gate.baselines: unknown baseline(s) {unknown} for {task.name}; expected "
             f"some of {list(task.baselines)}"
         )
+    unknown = sorted(set(params.gate.floors) - set(task.test_metrics))
+    if unknown:
+        raise ConfigError(
+            f"gate.floors: unknown metric(s) {unknown} for {task.name}; expected some of "
+            f"{list(task.test_metrics)}"
+        )
+
+
+def require_candidate_labels(candidate_dir: Path, prepared_dir: Path) -> list[str]:
+    """The candidate's labels (labels.json), which must be the prepared data's, in its order:
+    the prepared label ids the candidate is scored against follow that order."""
+    path = candidate_dir / "labels.json"
+    labels = list(json.loads(path.read_text(encoding="utf-8")))
+    fix = "the candidate was trained on other prepared data: train it again (tuneops stage train)"
+    require_same_labels(labels, prepared_dir, str(path), fix)
+    return labels
+
+
+def require_same_labels(
+    model_labels: list[str] | tuple[str, ...],
+    prepared_dir: Path,
+    model: str,
+    fix: str,
+    ordered: bool = True,
+) -> None:
+    """A model's labels are the prepared data's (in the same order, when `ordered`: the
+    prepared label ids follow it); ConfigError naming both otherwise."""
+    manifest = prepared_dir / "manifest.json"
+    prepared = list(json.loads(manifest.read_text(encoding="utf-8"))["labels"])
+    ours = list(model_labels)
+    if ours == prepared or (not ordered and sorted(ours) == sorted(prepared)):
+        return
+    what = "labels" if sorted(ours) != sorted(prepared) else "label order"
+    raise ConfigError(f"{model} has {what} {ours}, but {manifest} has {prepared}; {fix}")

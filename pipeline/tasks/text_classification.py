@@ -18,6 +18,7 @@ import pandas as pd
 
 from pipeline.io import SUPPORTED_SUFFIXES
 from pipeline.tasks.base import Evaluation, SplitFrame, ValidationInput, check_keys
+from tuneops.errors import ConfigError
 
 if TYPE_CHECKING:
     from tuneops.config import (
@@ -81,8 +82,6 @@ def class_weights(
     the train split (sklearn's compute_class_weight), a mapping names labels (others 1)."""
     from sklearn.utils.class_weight import compute_class_weight
 
-    from tuneops.errors import ConfigError
-
     if setting == "none":
         return None
     if setting == "balanced":
@@ -105,6 +104,15 @@ class TextClassification:
     primary_metric = "test_macro_f1"
     primary_metric_label = "macro-F1"
     accuracy_metric = "test_accuracy"
+    test_metrics: tuple[str, ...] = (
+        "test_accuracy",
+        "test_macro_precision",
+        "test_macro_recall",
+        "test_macro_f1",
+        "test_weighted_precision",
+        "test_weighted_recall",
+        "test_weighted_f1",
+    )
     validation_metrics: tuple[str, ...] = ("accuracy", "macro_f1", "loss")
     baselines: tuple[str, ...] = BASELINES
     reproduce_metrics: tuple[str, ...] = (
@@ -213,8 +221,18 @@ class TextClassification:
         return f"Text classifier over {len(labels)} labels: {', '.join(labels)}."
 
     def test_split(self, prepared_dir: Path, labels: list[str]) -> TextTestSplit:
+        """Gold ids from the label names, through `labels`' order (never the prepared
+        label_id column, which follows the order the data was prepared with)."""
         test = pd.read_parquet(prepared_dir / "test.parquet")
-        return TextTestSplit(test["text"].tolist(), test["label_id"].to_numpy(), labels)
+        ids = {label: i for i, label in enumerate(labels)}
+        unknown = sorted(set(test["label"]) - set(ids))
+        if unknown:
+            raise ConfigError(
+                f"{prepared_dir / 'test.parquet'}: label(s) {unknown} that the model does not "
+                f"predict (its labels: {labels}); score it on data prepared with its labels"
+            )
+        gold = test["label"].map(ids).to_numpy(dtype=np.int64)
+        return TextTestSplit(test["text"].tolist(), gold, labels)
 
     def dataset_frame(self, split: pd.DataFrame) -> pd.DataFrame:
         return split[["text", "label"]]
@@ -250,3 +268,10 @@ class TextTestSplit:
 
     def agreement(self, predicted: Any, other: Any) -> float:
         return float((np.asarray(predicted) == np.asarray(other)).mean()) if len(predicted) else 1.0
+
+    def subset(self, keep: list[bool]) -> TextTestSplit:
+        texts = [text for text, kept in zip(self.texts, keep, strict=True) if kept]
+        return TextTestSplit(texts, self.take(self.label_ids, keep), self.labels)
+
+    def take(self, predicted: Any, keep: list[bool]) -> np.ndarray:
+        return np.asarray(predicted)[np.asarray(keep, dtype=bool)]

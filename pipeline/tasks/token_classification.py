@@ -94,6 +94,13 @@ class TokenClassification:
     primary_metric = "test_entity_f1"
     primary_metric_label = "entity-F1"
     accuracy_metric = "test_token_accuracy"
+    test_metrics: tuple[str, ...] = (
+        "test_entity_f1",
+        "test_entity_precision",
+        "test_entity_recall",
+        "test_entity_macro_f1",
+        "test_token_accuracy",
+    )
     validation_metrics: tuple[str, ...] = (
         "entity_f1",
         "entity_precision",
@@ -296,6 +303,14 @@ class TokenTestSplit:
         a = [t for row in predicted for t in row]
         b = [t for row in other for t in row]
         return float(np.mean([x == y for x, y in zip(a, b, strict=True)])) if a else 1.0
+
+    def subset(self, keep: list[bool]) -> TokenTestSplit:
+        return TokenTestSplit(
+            self.take(self.sentences, keep), self.take(self.tags, keep), self.labels
+        )
+
+    def take(self, predicted: Any, keep: list[bool]) -> list[list[str]]:
+        return [row for row, kept in zip(predicted, keep, strict=True) if kept]
 
 
 def _stack(rows: list[np.ndarray]) -> np.ndarray:

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -6,7 +7,8 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from pipeline.evaluate import evaluate
 from pipeline.tasks.base import baseline_column
-from tests.conftest import TEXT, Trained
+from tests.conftest import TEXT, Trained, reprepare
+from tuneops.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +87,35 @@ def test_each_baselines_per_row_test_predictions_are_kept_and_give_its_score(
         predicted = predictions[f"{name}_predicted"]
         f1 = f1_score(test["label"], predicted, average="macro", labels=["negative", "positive"])
         assert round(float(f1), 6) == evaluation.metrics[name]["test_macro_f1"]
+
+
+def test_evaluate_and_export_refuse_data_prepared_with_another_label_order(
+    trained: Trained, tmp_path: Path
+) -> None:
+    """The candidate's head follows its labels.json; data prepared again with the labels in
+    another order has label ids that mean other classes: both steps refuse it up front."""
+    from pipeline.export import export
+
+    p = trained.params
+    labels = json.loads((trained.paths.candidate / "labels.json").read_text())
+    flipped = reprepare(trained, tmp_path / "flipped", labels=tuple(reversed(labels)))
+    expected = (
+        f"{trained.paths.candidate / 'labels.json'} has label order {labels}, but "
+        f"{flipped / 'manifest.json'} has {list(reversed(labels))}; the candidate was trained "
+        "on other prepared data: train it again (tuneops stage train)"
+    )
+    with pytest.raises(ConfigError) as evaluated:
+        evaluate(
+            TEXT,
+            p.evaluate,
+            p.model,
+            p.train.max_length,
+            p.train.seed,
+            flipped,
+            trained.paths.candidate,
+            tmp_path / "reports",
+        )
+    with pytest.raises(ConfigError) as exported:
+        export(TEXT, p.export, p.train.max_length, trained.paths.candidate, flipped, tmp_path / "b")
+    assert str(evaluated.value) == str(exported.value) == expected
+    assert not (tmp_path / "reports").exists() and not (tmp_path / "b").exists()

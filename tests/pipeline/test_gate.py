@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from pipeline.bootstrap import paired_bootstrap
 from pipeline.gate import BaselineComparison, ChampionComparison, GateInputs, gate, write_reports
 from tuneops.config import GateConfig
 from tuneops.errors import ConfigError
@@ -151,6 +152,56 @@ def test_regression_vs_champion_is_judged_on_the_interval_lower_bound() -> None:
     assert not run_gate(GateConfig(champion_tolerance=0.01), comparison=comparison(-0.015)).passed
 
 
+def _equally_good(rows: int) -> ChampionComparison:
+    """Two models each wrong on a different tenth of `rows` balanced binary rows (equally
+    good, not identical), compared by the gate's own paired bootstrap."""
+    import numpy as np
+
+    from pipeline.tasks.text_classification import TextTestSplit
+
+    gold = np.arange(rows) % 2
+    challenger, champion = gold.copy(), gold.copy()
+    tenth = rows // 10
+    challenger[:tenth] = 1 - challenger[:tenth]
+    champion[tenth : 2 * tenth] = 1 - champion[tenth : 2 * tenth]
+    split = TextTestSplit([f"row {i}" for i in range(rows)], gold, LABELS)
+    observed, low, high = paired_bootstrap(
+        split.row_counts(challenger), split.row_counts(champion), 1000, 0.95, 0
+    )
+    return ChampionComparison("3", {}, observed, low, high, 0.95, 1000, rows=rows)
+
+
+@pytest.mark.audit("M6")
+def test_an_interval_wider_than_the_tolerance_is_warned_about_in_the_verdict(
+    tmp_path: Path,
+) -> None:
+    small, large = _equally_good(200), _equally_good(20_000)
+    wide = (small.ci_high - small.ci_low) / 2
+    narrow = (large.ci_high - large.ci_low) / 2
+    assert wide > 0.02 > narrow  # 200 rows are too few for the default tolerance
+    verdict = run_gate(comparison=small)
+    warning = (
+        f"warning: the interval's half-width {wide:.4f} on 200 test rows exceeds "
+        "gate.champion_tolerance 0.02, so an equally good challenger is often rejected by "
+        "noise alone: raise gate.champion_tolerance above the half-width, or test on more "
+        "rows (prepare.test_fraction)"
+    )
+    assert verdict.notes == [warning]
+    assert check(verdict, "no_regression_vs_champion").detail.endswith(f"; {warning}")
+    # equally good, and rejected by noise: the case the warning is for
+    assert verdict.failed_checks == ["no_regression_vs_champion"]
+    assert verdict.summary().endswith(f"; {warning}")
+    _, md_path = write_reports(verdict, tmp_path)
+    assert f"- {warning}\n" in md_path.read_text()
+    # a tolerance above the half-width, or enough rows: nothing to warn about
+    assert (
+        run_gate(GateConfig(champion_tolerance=round(wide + 0.001, 4)), comparison=small).notes
+        == []
+    )
+    quiet = run_gate(comparison=large)
+    assert quiet.notes == [] and "warning" not in check(quiet, "no_regression_vs_champion").detail
+
+
 def test_a_champion_that_cannot_be_compared_fails_the_check_with_the_reason() -> None:
     verdict = run_gate(not_comparable="labels differ", champion="2")
     assert verdict.failed_checks == ["no_regression_vs_champion"]
@@ -230,3 +281,42 @@ def test_reports_hold_every_check_the_verdict_and_both_versions(tmp_path: Path) 
     assert markdown.startswith("## Gate: REJECTED")
     assert "| **FAIL** | per_class_recall |" in markdown
     assert "| pass | floor:test_macro_f1 | 0.9 | 0.7 |" in markdown
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        (
+            "gate.floors={test_macro_f2: 0.7}",
+            "gate.floors: unknown metric(s) ['test_macro_f2'] for text-classification; expected "
+            "some of ['test_accuracy', 'test_macro_precision', 'test_macro_recall', "
+            "'test_macro_f1', 'test_weighted_precision', 'test_weighted_recall', "
+            "'test_weighted_f1']",
+        ),
+        (
+            "gate.baselines=[tfidf, bm25]",
+            "gate.baselines: unknown baseline(s) ['bm25'] for text-classification; expected "
+            "some of ['majority', 'tfidf', 'before_finetuning']",
+        ),
+    ],
+)
+def test_an_unknown_floor_metric_or_baseline_stops_a_stage_before_it_starts(
+    project: Path, capsys: pytest.CaptureFixture[str], setting: str, message: str
+) -> None:
+    from tuneops.cli import main
+
+    assert main(["--root", str(project), "stage", "train", "--set", setting]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"tuneops: ConfigError: {message}"
+    assert sorted(p.name for p in project.iterdir()) == ["params.yaml"]  # nothing ran
+
+
+def test_the_metrics_gate_floors_may_name_are_the_ones_each_task_scores() -> None:
+    import numpy as np
+
+    from pipeline.tasks.text_classification import TextClassification, score
+    from pipeline.tasks.token_classification import TokenClassification, entity_scores
+
+    gold = np.array([0, 1, 1])
+    assert TextClassification.test_metrics == tuple(score(gold, gold, 2))
+    tags = [["B-city", "O"]]
+    assert TokenClassification.test_metrics == tuple(entity_scores(tags, tags))

@@ -4,10 +4,19 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.prepare import normalise_text, prepare, split_of
+from pipeline.prepare import (
+    SPLIT_VERSION,
+    current_split,
+    held_out_under,
+    normalise_text,
+    prepare,
+    recorded_split,
+    split_of,
+    split_tags,
+)
 from tests.conftest import TEXT
 from tuneops.config import DataConfig, PrepareConfig
-from tuneops.errors import DataValidationError
+from tuneops.errors import ConfigError, DataValidationError
 
 LABELS = ("negative", "positive")
 
@@ -196,3 +205,55 @@ def test_a_label_missing_from_train_names_keys_that_exist(tmp_path: Path) -> Non
     assert "b.csv:301" in message
     assert "train_fraction" not in message
     assert "lower prepare.validation_fraction or prepare.test_fraction" in message
+
+
+@pytest.mark.audit("M4")
+def test_the_manifest_records_the_split_and_rows_test_under_an_older_split_are_found(
+    tmp_path: Path,
+) -> None:
+    raw = tmp_path / "raw"
+    write_rows(raw, make_rows(1000), "batch-0000.csv")
+    before = tmp_path / "before"
+    prepare(TEXT, DataConfig(max_rows=900), PrepareConfig(), LABELS, raw, before)
+    later = PrepareConfig(test_fraction=0.3, validation_fraction=0.2)
+    prepare(TEXT, DataConfig(), later, LABELS, raw, tmp_path / "after")
+    recorded, current = current_split(before), current_split(tmp_path / "after")
+    assert recorded == {
+        "version": SPLIT_VERSION,
+        "test_fraction": 0.1,
+        "validation_fraction": 0.1,
+        "max_rows": 900,
+        "official_test": False,
+    }
+    assert recorded_split(split_tags(recorded)) == recorded
+    assert split_tags(recorded)["split.max_rows"] == "900"
+    # Which of today's test rows were test rows under the older split: exactly those that
+    # the older prepare put in test, never one of its train or validation rows.
+    old = splits_by_text(before)
+    test_now = pd.read_parquet(tmp_path / "after" / "test.parquet")["text"].tolist()
+    keep = held_out_under(recorded, current, test_now, "v1")
+    assert [t for t, k in zip(test_now, keep, strict=True) if k] == [
+        t for t in test_now if old.get(t, split_of(t, 0.1, 0.1)) == "test"
+    ]
+    assert {old[t] for t, k in zip(test_now, keep, strict=True) if not k and t in old} == {
+        "train",
+        "validation",
+    }
+    # Same test fraction (a new validation fraction or slice moves no row into test): all.
+    assert all(held_out_under(recorded | {"max_rows": None}, recorded, test_now, "v1"))
+
+
+def test_rows_held_out_under_another_split_function_cannot_be_known() -> None:
+    recorded = {
+        "version": "0",
+        "test_fraction": 0.1,
+        "validation_fraction": 0.1,
+        "max_rows": None,
+        "official_test": False,
+    }
+    current = recorded | {"version": SPLIT_VERSION}
+    with pytest.raises(ConfigError, match=r"v1 was split by split function version 0 \(tag "):
+        held_out_under(recorded, current, ["a"], "v1")
+    with pytest.raises(ConfigError, match=r"v1's test split was a hash of each row \(tag split"):
+        held_out_under(current, current | {"official_test": True}, ["a"], "v1")
+    assert recorded_split({"split.version": "1"}) is None  # a version from before the tags

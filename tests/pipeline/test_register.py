@@ -4,21 +4,25 @@ MLflow SQLite store and registry."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import classification_report, f1_score
+from sklearn.metrics import accuracy_score, classification_report, f1_score
 
 from pipeline import registry
 from pipeline.bootstrap import paired_bootstrap
 from pipeline.export import ExportResult, export
-from pipeline.gate import BaselineComparison, GateInputs, gate
-from pipeline.register import RegisterInputs, compare_with_baselines, gate_and_register
+from pipeline.gate import BaselineComparison, GateInputs, GateVerdict, gate
+from pipeline.register import RegisterInputs, compare_with_baselines, gate_and_register, promote
+from pipeline.registry import RegistrationResult
 from pipeline.tasks.text_classification import TextTestSplit
-from tests.conftest import TEXT, Trained
+from tests.conftest import SLICE_ROWS, TEXT, Trained, reprepare, store_client
 from tuneops.config import ExportConfig, GateConfig
+from tuneops.errors import ConfigError
 from tuneops.runtime import OnnxClassifier
 from tuneops.tracking import MlflowTracker
 
@@ -172,24 +176,173 @@ def test_a_token_baselines_recorded_tag_lists_bootstrap_against_the_model(tmp_pa
 
 
 @pytest.mark.audit("M1")
-def test_the_model_upload_happens_before_the_registry_lock_is_taken(
+def test_the_model_upload_happens_before_the_registry_lock_is_taken_and_tags_inside_it(
     trained: Trained, exported: ExportResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = MlflowTracker.start(uri, "tests", (tmp_path / "artifacts").as_uri(), "run", {})
-    lock_held_during_upload = []
+    lock_held_during_upload, lock_held_while_recording = [], []
     upload = registry._log_bundle
 
+    def held() -> bool:
+        return "uploaded.promotion-lock" in [
+            m.name for m in store_client(uri).search_registered_models()
+        ]
+
     def spy(export_dir: Path, run: MlflowTracker) -> object:
-        names = [m.name for m in run.client.search_registered_models()]
-        lock_held_during_upload.append("uploaded.promotion-lock" in names)
+        lock_held_during_upload.append(held())
         return upload(export_dir, run)
 
     monkeypatch.setattr(registry, "_log_bundle", spy)
+    # The run's verdict tags and metrics, written in the same place as the version's.
+    for method in ("set_tags", "log_metrics"):
+        real = getattr(tracker, method)
+
+        def recording(values: dict[str, Any], real: Any = real, method: str = method) -> None:
+            lock_held_while_recording.append((method, held()))
+            real(values)
+
+        monkeypatch.setattr(tracker, method, recording)
     cfg = GateConfig(floors={}, beat_baselines=False, vs_champion=False, per_class=False)
     reports = tmp_path / "reports"
     reports.mkdir()
     inputs = RegisterInputs(TEXT, cfg, uri, "uploaded", trained.paths.data_prepared, reports)
     _, result = gate_and_register(inputs, tracker, exported.export_dir, {})
     assert lock_held_during_upload == [False]
+    assert lock_held_while_recording == [("log_metrics", True), ("set_tags", True)]
     assert result.version == "1"
+    run = store_client(uri).get_run(tracker.run_id)
+    assert (run.data.tags["gate.verdict"], run.data.metrics["gate.passed"]) == ("passed", 1.0)
+
+
+def _gate_cfg(**overrides: Any) -> GateConfig:
+    """Only the checks a test names: the champion comparison by default."""
+    base: dict[str, Any] = {
+        "floors": {},
+        "beat_baselines": False,
+        "per_class": False,
+        "bootstrap_resamples": 200,
+    }
+    return GateConfig(**(base | overrides))
+
+
+def _gated(
+    tmp_path: Path, bundle: Path, prepared: Path, cfg: GateConfig, name: str = "judged"
+) -> tuple[GateVerdict, RegistrationResult]:
+    """One flow's register step: gate `bundle` on `prepared`'s test split and register it,
+    in the real SQLite store under tmp_path."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = MlflowTracker.start(uri, "tests", (tmp_path / "artifacts").as_uri(), "run", {})
+    reports = tmp_path / "reports"
+    reports.mkdir(exist_ok=True)
+    inputs = RegisterInputs(TEXT, cfg, uri, name, prepared, reports)
+    return gate_and_register(inputs, tracker, bundle, {})
+
+
+def _gold(bundle: OnnxClassifier, test: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Gold ids from the label names through the bundle's order, and its predictions."""
+    gold = test["label"].map(bundle.labels.index).to_numpy()
+    return gold, bundle.logits(test["text"].tolist()).argmax(1)
+
+
+@pytest.mark.audit("M4")
+def test_after_test_fraction_changes_the_champion_is_scored_only_on_its_own_test_rows(
+    trained: Trained, exported: ExportResult, tmp_path: Path
+) -> None:
+    first = trained.paths.data_prepared  # prepare.test_fraction 0.1: the champion's split
+    _, v1 = _gated(tmp_path, exported.export_dir, first, _gate_cfg())
+    assert v1.promoted
+    # A later run raises prepare.test_fraction to 0.3: rows the champion trained on (or
+    # selected its checkpoint on) are now test rows.
+    later = reprepare(trained, tmp_path / "prepared-0.3", test_fraction=0.3)
+    verdict, v2 = _gated(tmp_path, exported.export_dir, later, _gate_cfg())
+
+    parts = {s: pd.read_parquet(first / f"{s}.parquet") for s in ("train", "validation", "test")}
+    test_now = pd.read_parquet(later / "test.parquet")
+    own = set(parts["train"]["text"]) | set(parts["validation"]["text"])
+    trained_on = test_now[test_now["text"].isin(own)]
+    kept = test_now[test_now["text"].isin(set(parts["test"]["text"]))]
+    assert len(trained_on) > 0 and len(kept) + len(trained_on) == len(test_now)
+    assert set(kept["text"]) == set(parts["test"]["text"])
+
+    comparison = verdict.comparison
+    assert comparison is not None and comparison.rows == len(kept)
+    # The champion's figure is its figure on exactly those rows (sklearn on the same file).
+    champion = OnnxClassifier(exported.export_dir)
+    gold, predicted = _gold(champion, kept)
+    expected = f1_score(gold, predicted, average="macro", labels=[0, 1], zero_division=0)
+    assert comparison.champion_metrics["test_macro_f1"] == pytest.approx(expected, abs=1e-12)
+    note = (
+        f"champion v1 scored on the {len(kept)} of {len(test_now)} test rows that were test "
+        f"rows under its own split too (prepare.test_fraction 0.1 then, 0.3 now; the other "
+        f"{len(trained_on)} were its train or validation rows)"
+    )
+    assert verdict.notes[0] == note
+    assert note in {c.name: c for c in verdict.checks}["no_regression_vs_champion"].detail
+    # Each version records the split it was trained under.
+    client = registry_client(tmp_path)
+    recorded = {
+        v: {k: t for k, t in client.get_model_version("judged", v).tags.items() if "split." in k}
+        for v in (v1.version, v2.version)
+    }
+    assert recorded == {
+        "1": {
+            "split.version": "1",
+            "split.test_fraction": "0.1",
+            "split.validation_fraction": "0.1",
+            "split.max_rows": str(SLICE_ROWS),
+            "split.official_test": "false",
+        },
+        "2": {
+            "split.version": "1",
+            "split.test_fraction": "0.3",
+            "split.validation_fraction": "0.1",
+            "split.max_rows": str(SLICE_ROWS),
+            "split.official_test": "false",
+        },
+    }
+
+
+def registry_client(tmp_path: Path) -> Any:
+    return store_client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+@pytest.mark.audit("M5")
+def test_promote_scores_an_older_version_through_its_own_label_order_and_refuses_other_labels(
+    trained: Trained, exported: ExportResult, tmp_path: Path
+) -> None:
+    _gated(tmp_path, exported.export_dir, trained.paths.data_prepared, _gate_cfg())
+    bundle = OnnxClassifier(exported.export_dir)
+    # The data is prepared again with the labels in the other order (data.labels
+    # reordered): its label_id column no longer follows v1's label order.
+    flipped = reprepare(trained, tmp_path / "flipped", labels=tuple(reversed(bundle.labels)))
+    test = pd.read_parquet(flipped / "test.parquet")
+    assert (test["label_id"].to_numpy() == 1 - _gold(bundle, test)[0]).all()
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = _gate_cfg(floors={"test_accuracy": 0.0}, vs_champion=False)
+    inputs = RegisterInputs(TEXT, cfg, uri, "judged", flipped, tmp_path / "reports")
+    verdict = promote(inputs, "1", "label order drill", force=False)
+    assert verdict is not None
+    gold, predicted = _gold(bundle, test)
+    right = accuracy_score(gold, predicted)
+    wrong = accuracy_score(test["label_id"], predicted)  # what the label_id column gives
+    assert right != wrong
+    assert {c.name: c for c in verdict.checks}["floor:test_accuracy"].value == round(right, 4)
+
+    # Data whose label set differs from the version's: refused, naming both sets.
+    other = Path(shutil.copytree(trained.paths.data_prepared, tmp_path / "three-labels"))
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["labels"] = [*bundle.labels, "neutral"]
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    rows = pd.read_parquet(other / "test.parquet")
+    rows.loc[:2, "label"] = "neutral"
+    rows.to_parquet(other / "test.parquet", index=False)
+    inputs = RegisterInputs(TEXT, cfg, uri, "judged", other, tmp_path / "reports")
+    with pytest.raises(ConfigError) as refused:
+        promote(inputs, "1", "other labels", force=False)
+    assert str(refused.value) == (
+        f"judged v1 has labels {bundle.labels}, but {other / 'manifest.json'} has "
+        f"{manifest['labels']}; it cannot be scored on this data; promote it with --force, "
+        "or prepare data with its labels (data.labels)"
+    )

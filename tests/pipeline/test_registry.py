@@ -68,19 +68,25 @@ def test_a_failing_version_is_only_challenger_and_champion_stays(
     assert aliases(tracking_uri) == {"challenger": "2", "champion": "1"}
 
 
-def test_a_promoted_version_leaves_the_old_champion_as_previous(
+@pytest.mark.audit("D3")
+def test_a_promoted_version_leaves_the_old_champion_as_previous_and_a_rejection_moves_neither(
     tracking_uri: str, tmp_path: Path, exported: ExportResult
 ) -> None:
-    for _ in range(2):
+    for passed in (True, True, False):
         register(
             NAME,
             exported.export_dir,
             TAGS,
-            True,
+            passed,
             new_run(tracking_uri, tmp_path),
             tmp_path / "r.json",
         )
-    assert aliases(tracking_uri) == {"challenger": "2", "champion": "2", "previous": "1"}
+        if passed:
+            promoted = aliases(tracking_uri)
+    assert promoted == {"challenger": "2", "champion": "2", "previous": "1"}
+    # The rejected v3: champion and previous stay; challenger names the newest candidate,
+    # as the README says (MLflow's champion/challenger aliases: the one under evaluation).
+    assert aliases(tracking_uri) == {"challenger": "3", "champion": "2", "previous": "1"}
 
 
 def test_champion_loads_as_pyfunc_and_predicts_on_a_text_column(

@@ -1,10 +1,13 @@
-"""Loading is safe: weights come from safetensors only, pickles are never unpickled and a
-model folder's own code never runs; the server answers errors without paths or
-tracebacks. (That no secret from the environment is recorded is tested on a whole flow
-run: tests/flows/test_training.py::test_no_secret_from_the_environment_is_recorded.)"""
+"""Loading is safe: weights come from safetensors only, pickles are never unpickled, a
+model folder's own code never runs, and a registered champion is opened from its verified
+bundle files, never by running the code stored beside them; the server answers errors
+without paths or tracebacks. (That no secret from the environment is recorded is tested on
+a whole flow run: tests/flows/test_training.py::test_no_secret_from_the_environment_is_recorded.)"""
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import json
 import os
 import pickle
@@ -17,12 +20,18 @@ import pytest
 from fastapi.testclient import TestClient
 
 from pipeline.export import ExportResult
+from pipeline.gate import GateVerdict
+from pipeline.register import RegisterInputs, gate_and_register
+from pipeline.registry import RegistrationResult
 from pipeline.training.modeling import load_classifier
-from tests.conftest import REPO
+from tests.conftest import REPO, TEXT, Trained, store_client, stored_model_dir
 from tests.reliability.conftest import record
+from tuneops.config import GateConfig
 from tuneops.errors import ModelFileError
 from tuneops.runtime import OnnxClassifier
+from tuneops.serving.pull import pull_bundle
 from tuneops.serving.server import Limits, create_app
+from tuneops.tracking import MlflowTracker
 
 
 class _Payload:
@@ -99,6 +108,30 @@ FORBIDDEN = {
 }
 
 
+# Calls that load an MLflow model by running its code: a pyfunc "model from code" executes
+# its logged python_model file and puts its logged code_paths first on sys.path; the other
+# flavours unpickle. Whoever can write the artifact store then runs code in our process.
+MLFLOW_LOADERS = re.compile(
+    r"(^|\.)(pyfunc\.(load_model|load_pyfunc|spark_udf)|models\.Model\.load|"
+    r"(sklearn|pytorch|transformers|onnx|keras|tensorflow)\.load_model)$"
+)
+
+
+def mlflow_model_loads(source: str) -> list[str]:
+    """The calls (and `from mlflow... import load_model` names) in `source` that load an
+    MLflow model through MLflow; read from the syntax tree, so docstrings and comments
+    that show users the pyfunc API do not count."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and MLFLOW_LOADERS.search(ast.unparse(node.func)):
+            found.append(f"line {node.lineno}: {ast.unparse(node.func)}()")
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mlflow"):
+            for alias in node.names:
+                if MLFLOW_LOADERS.search(f"{node.module}.{alias.name}"):
+                    found.append(f"line {node.lineno}: from {node.module} import {alias.name}")
+    return found
+
+
 def test_the_source_has_no_unsafe_loading(record_property: Any) -> None:
     found = [
         f"{path.relative_to(REPO)}: {name}"
@@ -107,16 +140,135 @@ def test_the_source_has_no_unsafe_loading(record_property: Any) -> None:
         for name, pattern in FORBIDDEN.items()
         if pattern.search(path.read_text(encoding="utf-8"))
     ]
+    found += [
+        f"{path.relative_to(REPO)}: {call} (runs code from the artifact store)"
+        for package in ("tuneops", "pipeline", "flows")
+        for path in sorted((REPO / package).rglob("*.py"))
+        for call in mlflow_model_loads(path.read_text(encoding="utf-8"))
+    ]
     record(
         record_property,
         "security",
         "tuneops/, pipeline/ and flows/ scanned for unsafe loading calls",
         "none found" if not found else "FOUND",
-        "; ".join(found) or ", ".join(FORBIDDEN),
+        "; ".join(found)
+        or ", ".join(
+            [*FORBIDDEN, "an MLflow model loaded through MLflow (pyfunc.load_model, ...)"]
+        ),
     )
     assert found == []
     loader = (REPO / "pipeline" / "training" / "modeling.py").read_text(encoding="utf-8")
     assert '"use_safetensors": True, "trust_remote_code": False' in loader
+
+
+@pytest.mark.audit("M19", "D9")
+def test_the_scan_catches_the_champion_loaded_as_a_pyfunc() -> None:
+    """The gate's champion loader at 9fa413e (pipeline/registry.py), which the scan above
+    must find; a docstring showing users the pyfunc API must not count."""
+    old_loader = (
+        "def load_bundle(tracking_uri, model_name, version):\n"
+        '    """`mlflow.pyfunc.load_model("models:/m@champion")` is what users call."""\n'
+        "    import mlflow\n"
+        "    with mlflow_store(tracking_uri):\n"
+        '        model = mlflow.pyfunc.load_model(f"models:/{model_name}/{version}")\n'
+        "    return model.unwrap_python_model().classifier\n"
+    )
+    assert mlflow_model_loads(old_loader) == ["line 5: mlflow.pyfunc.load_model()"]
+    assert mlflow_model_loads("from mlflow.pyfunc import load_model\n") == [
+        "line 1: from mlflow.pyfunc import load_model"
+    ]
+    assert mlflow_model_loads("import mlflow\nmlflow.sklearn.load_model(uri)\n") == [
+        "line 2: mlflow.sklearn.load_model()"
+    ]
+    assert mlflow_model_loads("from mlflow.pyfunc import PythonModel\n") == []
+
+
+@pytest.mark.audit("M19")
+def test_gating_against_the_champion_never_runs_code_from_the_artifact_store(
+    trained: Trained, exported: ExportResult, tmp_path: Path, record_property: Any
+) -> None:
+    uri, name = f"sqlite:///{tmp_path / 'mlflow.db'}", "guarded"
+    _, first = _register(uri, tmp_path, name, trained, exported)
+    # Someone with write access to the artifact store plants code in the champion's files:
+    # the pyfunc's python_model file and its logged copy of tuneops/.
+    marker = tmp_path / "artifact-code-ran"
+    stored = stored_model_dir(uri, name, first.version)
+    planted = [stored / "mlflow_model.py", *sorted((stored / "code").rglob("*.py"))]
+    payload = f"\nimport os\nos.makedirs({str(marker)!r}, exist_ok=True)\n"
+    for path in planted:  # appended: each file still imports, then plants the marker
+        path.write_text(path.read_text() + payload)
+    verdict, second = _register(uri, tmp_path, name, trained, exported)
+    comparison = verdict.comparison
+    record(
+        record_property,
+        "security",
+        "the champion's stored code (its pyfunc python_model and tuneops/ copy) rewritten to "
+        "run on load, then a gate against it",
+        "not run" if not marker.exists() else "RAN",
+        f"{len(planted)} files planted; champion v{first.version} re-scored from its "
+        f"verified bundle with tuneops.runtime: macro-F1 "
+        f"{comparison.champion_metrics['test_macro_f1']:.4f}"
+        if comparison
+        else "not compared",
+    )
+    assert not marker.exists()
+    assert comparison is not None and comparison.champion_version == first.version
+    assert second.version == "2"
+
+
+@pytest.mark.audit("M19")
+def test_a_changed_champion_file_is_refused_naming_the_file_and_both_hashes(
+    trained: Trained, exported: ExportResult, tmp_path: Path, record_property: Any
+) -> None:
+    uri, name = f"sqlite:///{tmp_path / 'mlflow.db'}", "guarded"
+    _, first = _register(uri, tmp_path, name, trained, exported)
+    client = store_client(uri)
+    tags = client.get_model_version(name, first.version).tags
+    files = sorted(p for p in exported.export_dir.iterdir() if p.is_file())
+    assert {k: v for k, v in tags.items() if k.startswith("bundle.sha256.")} == {
+        f"bundle.sha256.{p.name}": hashlib.sha256(p.read_bytes()).hexdigest() for p in files
+    }
+    # The champion's labels swapped in the artifact store: every prediction would flip.
+    labels = stored_model_dir(uri, name, first.version) / "artifacts" / "export" / "labels.json"
+    labels.write_text(json.dumps(list(reversed(json.loads(labels.read_text())))) + "\n")
+    changed = hashlib.sha256(labels.read_bytes()).hexdigest()
+    expected = (
+        f"{name} v1: labels.json has sha256 {changed}, but {tags['bundle.sha256.labels.json']} "
+        "was recorded at registration: the file changed in the artifact store; not opened"
+    )
+    with pytest.raises(ModelFileError) as gated:
+        _register(uri, tmp_path, name, trained, exported)
+    with pytest.raises(ModelFileError) as pulled:
+        pull_bundle(uri, name, "champion", tmp_path / "pulled")
+    record(
+        record_property,
+        "security",
+        "a champion file changed in the artifact store (labels.json reordered), then a gate "
+        "against it and a pull-bundle",
+        "refused" if str(gated.value) == expected else "OPENED",
+        str(gated.value),
+    )
+    assert str(gated.value) == expected and str(pulled.value) == expected
+    assert ModelFileError.exit_code == 8
+    assert not (tmp_path / "pulled").exists()
+    # Nothing registered or moved by the refused gate.
+    assert [str(v.version) for v in client.search_model_versions(f"name='{name}'")] == ["1"]
+    assert {k: str(v) for k, v in client.get_registered_model(name).aliases.items()} == {
+        "challenger": "1",
+        "champion": "1",
+    }
+
+
+def _register(
+    uri: str, tmp_path: Path, name: str, trained: Trained, exported: ExportResult
+) -> tuple[GateVerdict, RegistrationResult]:
+    """The register step for the exported bundle, with the champion comparison on."""
+    cfg = GateConfig(floors={}, beat_baselines=False, per_class=False, bootstrap_resamples=100)
+    tracker = MlflowTracker.start(uri, "tests", (tmp_path / "artifacts").as_uri(), "run", {})
+    reports = tmp_path / "reports"
+    reports.mkdir(exist_ok=True)
+    inputs = RegisterInputs(TEXT, cfg, uri, name, trained.paths.data_prepared, reports)
+    return gate_and_register(inputs, tracker, exported.export_dir, {})
 
 
 class _BrokenClassifier(OnnxClassifier):

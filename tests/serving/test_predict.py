@@ -1,6 +1,7 @@
 """`tuneops predict` on texts and on CSV/JSONL files."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -78,3 +79,29 @@ def test_a_folder_that_is_not_a_bundle_is_a_clear_error(
 ) -> None:
     assert main(["predict", "--bundle", str(tmp_path), "some text"]) == ModelFileError.exit_code
     assert f"{tmp_path / 'bundle.json'}: missing from the bundle" in capsys.readouterr().err
+
+
+def test_model_files_are_plain_names_inside_the_bundle(
+    exported: ExportResult, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tuneops.runtime import BundleError
+
+    bundle = Path(shutil.copytree(exported.export_dir, tmp_path / "bundle"))
+    outside = tmp_path / "elsewhere.onnx"  # a real graph, but not the bundle's
+    shutil.copyfile(bundle / "model.onnx", outside)
+    for given in ("../elsewhere.onnx", str(outside), "sub/model.onnx"):
+        with pytest.raises(BundleError) as refused:
+            OnnxClassifier(bundle, model=given)
+        assert str(refused.value) == (
+            f"{bundle}: --model {given!r} is not a plain file name; a bundle's model files "
+            "are .onnx files inside its folder (e.g. model.int8.onnx)"
+        )
+    meta = json.loads((bundle / "bundle.json").read_text())
+    meta["models"]["fp32"]["file"] = "../elsewhere.onnx"
+    (bundle / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match=r"bundle\.json models\.fp32\.file '\.\./elsewhere"):
+        OnnxClassifier(bundle, model="fp32")
+    # the CLI says so with the model-file exit code; a plain name in the bundle still runs
+    assert main(["predict", "--bundle", str(bundle), "--model", "../x.onnx", "a"]) == 8
+    assert "'../x.onnx' is not a plain file name" in capsys.readouterr().err
+    assert OnnxClassifier(bundle, model="model.onnx").model_file == "model.onnx"

@@ -40,6 +40,8 @@ def pull_bundle(tracking_uri: str, model_name: str, ref: str, out_dir: Path) -> 
         found = sorted(local.glob("artifacts/*/bundle.json"))
         if not found:
             raise ConfigError(f"{stamp['model_uri']}: holds no ONNX bundle (no bundle.json)")
+        where = f"{model_name} v{version.version}"
+        stamp["bundle_verified"] = _verified(found[0].parent, dict(version.tags), where)
         with atomic_dir(out_dir) as tmp:
             shutil.copytree(found[0].parent, tmp, dirs_exist_ok=True)
             files = sorted(path.name for path in tmp.iterdir())
@@ -47,6 +49,18 @@ def pull_bundle(tracking_uri: str, model_name: str, ref: str, out_dir: Path) -> 
             meta["bundle_files"] = files
             (tmp / "bundle.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return stamp
+
+
+def _verified(bundle_dir: Path, tags: dict[str, str], where: str) -> str:
+    """Check the pulled files against the checksums recorded at registration (a changed file
+    raises ModelFileError: a deployment would ship, and run, what the gate never judged)."""
+    from pipeline.registered import recorded_checksums, verify_bundle
+
+    recorded = recorded_checksums(tags)
+    if not recorded:
+        return "no checksums recorded (registered before tuneops recorded them)"
+    verify_bundle(bundle_dir, tags, where)
+    return f"sha256 of {len(recorded)} files as recorded at registration"
 
 
 def _check_replaceable(out_dir: Path) -> None:
