@@ -76,7 +76,14 @@ class GateVerdict:
         against = f" vs champion v{self.champion_version}" if self.champion_version else ""
         who = f"challenger v{self.challenger_version}" if self.challenger_version else "candidate"
         if self.passed:
-            return f"gate passed: {who}{against}, {len(self.checks)} checks"
+            # A champion comparison that ran is shown with its figures: its interval is
+            # what a pass over a champion rests on.
+            compared = [
+                f"; {c.detail}"
+                for c in self.checks
+                if c.name == "no_regression_vs_champion" and c.value is not None
+            ]
+            return f"gate passed: {who}{against}, {len(self.checks)} checks{''.join(compared)}"
         failures = "; ".join(f"{c.name}: {c.detail}" for c in self.checks if not c.passed)
         return f"gate rejected {who}{against}: {failures}"
 

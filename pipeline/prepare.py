@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from pipeline.tasks.base import Task
     from tuneops.config import DataConfig, PrepareConfig
 
+from pipeline.version_data import file_md5s
 from tuneops.paths import atomic_dir
 
 SPLITS = ("train", "validation", "test")
@@ -76,7 +77,11 @@ def prepare(
 ) -> PrepareResult:
     """Write {train,validation,test}.parquet and manifest.json to `prepared_dir` (atomically).
 
-    The task reads, de-duplicates and assigns splits (`task.split`); this writes them."""
+    The task reads, de-duplicates and assigns splits (`task.split`); this writes them.
+    The manifest's `raw_files` ({path under data/raw: md5}) are the files read: the data
+    version tagged on the model is the one that holds them (version_data.verified_version).
+    The caller holds the data lock, so they cannot change while they are read."""
+    read = file_md5s(dataset_dir, dataset_dir.parent)
     found = task.split(data, cfg, labels, dataset_dir)
     frame = found.frame
     gap = found.max_stratification_gap
@@ -93,7 +98,8 @@ def prepare(
         stratification_ok=gap <= cfg.max_stratification_gap,
         dropped_rows=found.dropped_rows,
     )
-    write_prepared(frame, found.columns, result, {"task": task.name} | found.manifest)
+    extra = {"task": task.name, "raw_files": read} | found.manifest
+    write_prepared(frame, found.columns, result, extra)
     return result
 
 
