@@ -1,17 +1,30 @@
-"""The retraining flow: retrain, gate and promote only when the data changed.
+"""The retraining flow: retrain, re-gate or skip, by what the model would be built from.
 
-The current data version (DVC's hash of data/raw, after `dvc add`) is compared with the
-`data.version` tag of the champion (and of the latest challenger, if it was trained with
-the same params and rejected). Equal: the run ends Completed with "no new data since
-version …" and trains nothing. Different (or no champion yet): the training
-flow runs as a subflow, with the full gate against the champion, and its final state
-(Completed, or Failed with the gate's verdict) becomes this run's state.
+First, as in the training flow, validate → prepare → `dvc add`/`dvc push` under the data
+lock (data that validation or prepare refuses never becomes a version). Then the skip key
+of the data as prepared, (this dataset's prepared fingerprint, the build params' hash,
+the code version: `stages.build_key`), is compared with the tags of the champion and of
+the latest challenger:
+
+- same key and same gate params (`params.gate_hash`): skip; training again would rebuild
+  the same model (training is deterministic) and the gate would judge it the same;
+- same key, other gate params (only gate.* or registry.* changed): re-gate that version
+  without training, on the current test split; a pass makes it the champion;
+- otherwise (new prepared rows, build params or code; or no model yet): the training
+  flow runs as a subflow, with the full gate against the champion, and its final state
+  (Completed, or Failed with the gate's verdict) becomes this run's state.
+
+Another dataset of the project getting a batch, or a batch of rows this dataset already
+has (a re-export), changes DVC's version of data/raw but not the prepared fingerprint:
+nothing is trained. The verdict (which, and why) is logged, published as the `retrain`
+artifact and starts the run's final message.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -22,78 +35,171 @@ from flows.training import (
     RunSummary,
     preflight_task,
     training_flow,
-    validate_task,
-    version_task,
+    validated_version,
 )
+from pipeline.gate import GateVerdict, to_markdown
 from pipeline.registry import version_by_alias
+from pipeline.train import read_manifest
 from tuneops import stages
+from tuneops.errors import GateRejected
 from tuneops.runlock import project_lock
 from tuneops.tracking import store_client
 
+# The tags that say what a model was built from (the skip key), and with what it was gated.
+KEY_TAGS = ("data.fingerprint", "params.build_hash", "code.version")
+KEY_NAMES = {
+    "data.fingerprint": "prepared data",
+    "params.build_hash": "build params",
+    "code.version": "code",
+}
 
-@task(name="trained-data-versions", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def trained_task(ctx: stages.Context) -> dict[str, tuple[str, str | None, str | None]]:
-    """alias -> (version, data.version tag, params.hash tag) for champion and challenger."""
+
+@dataclass(frozen=True)
+class Built:
+    """What a model was (or would now be) built from, and the gate params it was judged by."""
+
+    version: str | None  # None: the current project, not a registered version
+    key: tuple[str | None, ...]  # KEY_TAGS' values
+    gate_hash: str | None
+    verdict: str | None = None  # gate.verdict under gate_hash
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Literal["train", "regate", "skip"]
+    reason: str
+    version: str | None = None  # the version re-gated, or the one that made training moot
+
+
+@task(name="trained-models", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def trained_task(ctx: stages.Context) -> dict[str, Built]:
+    """alias -> what the champion and the latest challenger were built from."""
     client = store_client(ctx.tracking_uri)
     found = {}
     for alias in ("champion", "challenger"):
         mv = version_by_alias(client, ctx.params.registry.model_name, alias)
         if mv is not None:
-            found[alias] = (
+            found[alias] = Built(
                 str(mv.version),
-                mv.tags.get("data.version"),
-                mv.tags.get("params.hash"),
+                tuple(mv.tags.get(tag) for tag in KEY_TAGS),
+                mv.tags.get(stages.GATE_KEY),
+                mv.tags.get("gate.verdict"),
             )
     return found
 
 
-def skip_reason(
-    current: str, params_hash: str, trained: dict[str, tuple[str, str | None, str | None]]
-) -> str | None:
-    """Why there is nothing to retrain, or None.
+def current_build(ctx: stages.Context) -> Built:
+    """What a model trained now would be built from (after prepare)."""
+    fingerprint = read_manifest(ctx.paths.data_prepared)["fingerprint"]
+    key = stages.build_key(ctx)
+    return Built(
+        None,
+        (fingerprint, key["params.build_hash"], key["code.version"]),
+        stages.gate_params_hash(ctx),
+    )
 
-    The champion was trained on this data; or the latest challenger was, with the same
-    params, and was rejected: training again would rebuild the same model (training is
-    deterministic) and the gate would reject it again.
-    """
-    if "champion" in trained and trained["champion"][1] == current:
-        return f"no new data since version {current} (champion v{trained['champion'][0]})"
-    if "challenger" in trained and trained["challenger"][1:] == (current, params_hash):
-        return (
-            f"no new data since version {current} (v{trained['challenger'][0]} was trained "
-            f"on it with these params and not promoted; champion "
-            f"v{trained.get('champion', ('none',))[0]})"
+
+def decide(current: Built, trained: dict[str, Built]) -> Decision:
+    """Train, re-gate or skip (see the module docstring), and why, in words."""
+    champion = trained.get("champion")
+    for alias in ("champion", "challenger"):
+        model = trained.get(alias)
+        if model is None or model.key != current.key:
+            continue
+        built = (
+            f"v{model.version} was built from this data (prepared fingerprint "
+            f"{_short(current.key[0])}), these build params and this code"
         )
-    return None
+        if model.gate_hash != current.gate_hash:
+            return Decision(
+                "regate",
+                f"{built}; only the gate params changed (params.gate_hash "
+                f"{_short(model.gate_hash)} -> {_short(current.gate_hash)}): re-gating "
+                f"v{model.version} without training",
+                model.version,
+            )
+        if champion is not None and model.version == champion.version:
+            outcome = f"it is the champion (gate {model.verdict or 'verdict unknown'})"
+        else:
+            outcome = (
+                f"the gate {'rejected' if model.verdict == 'failed' else 'judged'} it with "
+                f"these gate params (champion v{champion.version if champion else 'none'})"
+            )
+        return Decision(
+            "skip",
+            f"{built}, and {outcome}: training again would rebuild the same model",
+            model.version,
+        )
+    against = champion or trained.get("challenger")
+    if against is None:
+        return Decision("train", "no model is registered yet: training")
+    changed = [
+        f"{KEY_NAMES[tag]} ({tag} {_short(old)} -> {_short(new)})"
+        for tag, old, new in zip(KEY_TAGS, against.key, current.key, strict=True)
+        if old != new
+    ]
+    who = "champion" if against is champion else "latest challenger"
+    return Decision(
+        "train", f"{' and '.join(changed)} changed since the {who} v{against.version}: training"
+    )
+
+
+def _short(value: str | None) -> str:
+    return "none" if value is None else value[:12]
+
+
+@task(name="re-gate", cache_policy=NO_CACHE)
+def regate_task(ctx: stages.Context, decision: Decision) -> GateVerdict:
+    from pipeline.register import regate
+
+    assert decision.version is not None
+    verdict = regate(
+        stages.register_inputs(ctx),
+        decision.version,
+        "retrain: only the gate params changed",
+        {stages.GATE_KEY: stages.gate_params_hash(ctx)},
+    )
+    create_markdown_artifact(
+        key="gate", markdown=to_markdown(verdict), description=verdict.summary()
+    )
+    get_run_logger().info(verdict.summary())
+    return verdict
 
 
 @flow(name="tuneops-retrain")
 def retrain_flow(
     root: str = ".", params_file: str | None = None, overrides: dict[str, Any] | None = None
 ) -> State[Any]:
-    """Retrain when data/raw changed since the last model was trained; otherwise skip."""
+    """Retrain when what the model is built from changed; re-gate or skip otherwise."""
     ctx = stages.load_context(Path(root), Path(params_file) if params_file else None, overrides)
     # The whole run, subflow included (re-entrant in this process), under the project lock.
     with project_lock(ctx.paths.root, "the retrain flow (tuneops retrain)"):
         preflight_task(ctx)
-        validate_task(ctx)  # bad data stops here, before `dvc add`/`dvc push` version it
-        current = version_task(ctx)
-        trained = trained_task(ctx)
+        _, data_version = validated_version(ctx)
+        decision = decide(current_build(ctx), trained_task(ctx))
         logger = get_run_logger()
-        reason = skip_reason(current, ctx.params.params_hash(), trained)
-        if reason is not None:
-            message = f"{reason}; nothing trained"
-            logger.info(message)
-            create_markdown_artifact(key="retrain", markdown=message, description=message)
-            return Completed(message=message)
-        logger.info(f"data version {current} is new (trained so far: {trained}): retraining")
+        logger.info(f"retrain verdict: {decision.action}: {decision.reason}")
+        create_markdown_artifact(
+            key="retrain",
+            markdown=f"## Retrain: {decision.action}\n\n{decision.reason} (data version "
+            f"{data_version})",
+            description=decision.reason,
+        )
+        if decision.action == "skip":
+            return Completed(message=f"{decision.reason}; nothing trained")
+        if decision.action == "regate":
+            verdict = regate_task(ctx, decision)
+            message = f"{decision.reason}; {verdict.summary()}"
+            if verdict.passed:
+                return Completed(message=message, data=verdict)
+            return Failed(message=message, data=GateRejected(message))
         state = training_flow(
             root=root, params_file=params_file, overrides=overrides, return_state=True
         )
         # Re-issued, not returned as is: Prefect summarised a returned subflow state as
         # "1/1 states failed."; the training flow's own message (a failed run) or its
-        # summary's gate line (a completed one) is the one-line verdict.
+        # summary's gate line (a completed one) is the one-line verdict, then why it ran.
         outcome = state.result(raise_on_failure=False)
         if isinstance(outcome, RunSummary):
-            return Completed(message=outcome.gate, data=outcome)
-        return Failed(message=state.message, data=outcome)
+            return Completed(message=f"{outcome.gate}; {decision.reason}", data=outcome)
+        return Failed(message=f"{state.message}; {decision.reason}", data=outcome)

@@ -212,11 +212,7 @@ def training_flow(
 def _run_chain(ctx: stages.Context) -> RunSummary:
     preflight_task(ctx)
     fetch_task(ctx)
-    # Validation and preparation (which refuses, e.g., a label that no row hashes into the
-    # test split) both run before `dvc add`/`dvc push`: bad data never becomes a version.
-    validate_task(ctx)
-    rows = prepare_task(ctx)
-    data_version = version_task(ctx)
+    rows, data_version = validated_version(ctx)
     run_id = train_task(ctx)
     metrics = evaluate_task(ctx)
     onnx_path, max_diff, agreement, int8 = export_task(ctx)
@@ -243,6 +239,18 @@ def _run_chain(ctx: stages.Context) -> RunSummary:
         verdict.summary(),
         metric_names(ctx),
     )
+
+
+def validated_version(ctx: stages.Context) -> tuple[dict[str, int], str]:
+    """validate → prepare → version, all under the data lock: validation and preparation
+    (which refuses, e.g., a label that no row hashes into the test split) run before
+    `dvc add`/`dvc push`, so bad data never becomes a version; and no ingest can change
+    data/raw between the reads and `dvc add`, so the version is the data prepared (the
+    train step checks it against the prepared files, recording.prepared_data_version)."""
+    with stages.data_lock(ctx):
+        validate_task(ctx)
+        rows = prepare_task(ctx)
+        return rows, version_task(ctx)
 
 
 def _publish_validation(ctx: stages.Context, result: ValidationResult | None = None) -> None:

@@ -82,7 +82,14 @@ class GateVerdict:
         who = f"challenger v{self.challenger_version}" if self.challenger_version else "candidate"
         if self.passed:
             said = "".join(f"; {note}" for note in self.notes)
-            return f"gate passed: {who}{against}, {len(self.checks)} checks{said}"
+            # A champion comparison that ran is shown with its figures: its interval is
+            # what a pass over a champion rests on.
+            compared = "".join(
+                f"; {c.detail}"
+                for c in self.checks
+                if c.name == "no_regression_vs_champion" and c.value is not None
+            )
+            return f"gate passed: {who}{against}, {len(self.checks)} checks{compared}{said}"
         failures = "; ".join(f"{c.name}: {c.detail}" for c in self.checks if not c.passed)
         return f"gate rejected {who}{against}: {failures}"
 

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from pipeline.tasks.base import Task
     from tuneops.config import DataConfig, PrepareConfig
 
+from pipeline.version_data import file_md5s
 from tuneops.errors import ConfigError
 from tuneops.paths import atomic_dir
 
@@ -90,7 +91,11 @@ def prepare(
 ) -> PrepareResult:
     """Write {train,validation,test}.parquet and manifest.json to `prepared_dir` (atomically).
 
-    The task reads, de-duplicates and assigns splits (`task.split`); this writes them."""
+    The task reads, de-duplicates and assigns splits (`task.split`); this writes them.
+    The manifest's `raw_files` ({path under data/raw: md5}) are the files read: the data
+    version tagged on the model is the one that holds them (version_data.verified_version).
+    The caller holds the data lock, so they cannot change while they are read."""
+    read = file_md5s(dataset_dir, dataset_dir.parent)
     found = task.split(data, cfg, labels, dataset_dir)
     frame = found.frame
     gap = found.max_stratification_gap
@@ -108,7 +113,11 @@ def prepare(
         dropped_rows=found.dropped_rows,
     )
     official = bool(found.manifest.get("official_test_split", False))
-    record = {"task": task.name, "split": split_record(data, cfg, official)} | found.manifest
+    record = {
+        "task": task.name,
+        "split": split_record(data, cfg, official),
+        "raw_files": read,
+    } | found.manifest
     write_prepared(frame, found.columns, result, record)
     return result
 

@@ -136,6 +136,33 @@ def promote(inputs: RegisterInputs, version: str, reason: str, force: bool) -> G
     return verdict
 
 
+def regate(inputs: RegisterInputs, version: str, reason: str, tags: dict[str, str]) -> GateVerdict:
+    """Judge registered `version` again, without training, under the current gate params:
+    re-scored on the current test split as a hand promotion is, against the champion (when
+    it is another version). Its gate.* tags and `tags` record the new verdict; on a pass it
+    becomes the champion (if it is not already). Writes reports/gate.{json,md}."""
+    from pipeline.gate import write_reports
+    from pipeline.registry import move_champion
+
+    client = store_client(inputs.tracking_uri)
+    with registry_lock(client, inputs.model_name):
+        verdict = _gate_version(inputs, client, version)
+        tags = tags | {
+            "gate.verdict": "passed" if verdict.passed else "failed",
+            "gate.failed_checks": ",".join(verdict.failed_checks),
+            "gate.champion_compared": (
+                verdict.comparison.champion_version if verdict.comparison else "none"
+            ),
+        }
+        tags |= audit_tags("regate", reason)
+        for key, value in tags.items():
+            client.set_model_version_tag(inputs.model_name, version, key, value)
+        if verdict.passed and champion_version(client, inputs.model_name) != version:
+            move_champion(client, inputs.model_name, version, audit_tags("promotion", reason))
+    write_reports(verdict, inputs.reports_dir)
+    return verdict
+
+
 def audit_tags(action: str, reason: str, forced: bool = False) -> dict[str, str]:
     """Who did what, when and why: recorded on the versions an action touches."""
     return {

@@ -2,6 +2,9 @@
 
 The data version is DVC's own content hash of data/raw (the `md5` in data/raw.dvc),
 so `dvc checkout` / `dvc pull` of that .dvc file restores exactly those bytes.
+`verified_version` names the version that holds the very files a step read (their md5s,
+recorded by prepare), checked against that version's file list in the DVC cache, so a
+tag never names data other than what was read; it never runs `dvc add`.
 """
 
 from __future__ import annotations
@@ -14,12 +17,12 @@ from pathlib import Path
 
 import yaml
 
-from tuneops.errors import ExternalToolError
+from tuneops.errors import DataValidationError, ExternalToolError
 
 
 @dataclass(frozen=True)
 class DataVersion:
-    version: str  # DVC's md5 of data/raw (".dir" suffix stripped), or "untracked-<sha256>"
+    version: str  # DVC's md5 of data/raw (".dir" suffix stripped), or untracked_version
     dvc_file: Path | None
     pushed: bool
     remote: str | None
@@ -70,7 +73,7 @@ def version_data(
     batch must be pushed, or its data version could never be pulled again).
     """
     if not (root / ".dvc").is_dir():
-        return DataVersion(f"untracked-{_tree_sha256(data_raw)}", None, False, None)
+        return DataVersion(untracked_version(file_md5s(data_raw, data_raw)), None, False, None)
     remote = default_remote(root)
     if push and require_remote and remote is None:
         raise ExternalToolError(
@@ -90,8 +93,84 @@ def read_dvc_md5(dvc_file: Path) -> str:
     return str(outs[0]["md5"]).removesuffix(".dir")
 
 
-def _tree_sha256(folder: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:32]
+def file_md5s(folder: Path, base: Path) -> dict[str, str]:
+    """{path relative to `base`: md5} of every file under `folder` (DVC 3's file hash is the
+    plain md5 of the bytes, so these compare with a DVC version's file list)."""
+    return {
+        path.relative_to(base).as_posix(): hashlib.md5(path.read_bytes()).hexdigest()
+        for path in sorted(p for p in folder.rglob("*") if p.is_file())
+    }
+
+
+def versioned_files(root: Path, version: str) -> dict[str, str] | None:
+    """{path relative to data/raw: md5} of DVC version `version` of data/raw, from the DVC
+    cache's directory listing (None: the listing is not in the local cache)."""
+    from dvc.repo import Repo
+    from dvc_data.hashfile.hash_info import HashInfo
+    from dvc_data.hashfile.tree import Tree
+
+    with Repo(str(root)) as repo:
+        try:
+            tree = Tree.load(repo.cache.local, HashInfo("md5", f"{version}.dir"))
+        except FileNotFoundError:
+            return None
+        return {"/".join(key): str(info.value) for key, _, info in tree}
+
+
+def verified_version(root: Path, data_raw: Path, read: dict[str, str]) -> str:
+    """The data version that holds exactly the files in `read` ({path relative to
+    data/raw: md5}, what a step read), without `dvc add`: in a DVC repository, the md5 in
+    data/raw.dvc once its file list holds those files with those bytes, and no other file
+    of their dataset folders; outside one, "untracked-" and a sha256 of `read`.
+    DataValidationError, naming the files, when data/raw.dvc is missing or holds other data."""
+    if not (root / ".dvc").is_dir():
+        return untracked_version(read)
+    dvc_file = data_raw.with_name(data_raw.name + ".dvc")
+    redo = (
+        f"version the data first (`tuneops stage version-data`: dvc add + push), then "
+        f"prepare again (`tuneops stage prepare`); or restore the versioned files "
+        f"(`dvc checkout {dvc_file.relative_to(root)}`) and prepare again"
+    )
+    if not dvc_file.exists():
+        raise DataValidationError(
+            f"{dvc_file}: missing, so no data version holds the {len(read)} file(s) that were "
+            f"prepared (data/raw is not tracked by DVC); {redo}"
+        )
+    version = read_dvc_md5(dvc_file)
+    held = versioned_files(root, version)
+    if held is None:
+        raise DataValidationError(
+            f"{dvc_file}: version {version}'s file list is not in the local DVC cache, so "
+            f"the prepared files cannot be checked against it; `dvc pull` it, or {redo}"
+        )
+    folders = {path.split("/")[0] + "/" for path in read}
+    held = {p: m for p, m in held.items() if any(p.startswith(f) for f in folders)}
+    differ = [
+        f"{path} ({_what(read.get(path), held.get(path))})"
+        for path in sorted(read.keys() | held.keys())
+        if read.get(path) != held.get(path)
+    ]
+    if differ:
+        raise DataValidationError(
+            f"{dvc_file}: data version {version} does not hold the data that was prepared: "
+            f"{', '.join(differ[:5])}{', ...' if len(differ) > 5 else ''}; expected the "
+            f"same files with the same bytes (data/raw changed without `dvc add`, or after "
+            f"prepare); {redo}"
+        )
+    return version
+
+
+def _what(read: str | None, held: str | None) -> str:
+    if held is None:
+        return "prepared, not in the version"
+    if read is None:
+        return "in the version, not prepared"
+    return f"prepared md5 {read[:8]}, versioned md5 {held[:8]}"
+
+
+def untracked_version(files: dict[str, str]) -> str:
+    """Outside DVC: "untracked-" and a sha256 of {path under data/raw: md5}. version_data
+    lists all of data/raw, the lineage the files prepare read: the same version when
+    data/raw holds that one dataset."""
+    listing = "".join(f"{path}\0{md5}\n" for path, md5 in sorted(files.items()))
+    return f"untracked-{hashlib.sha256(listing.encode()).hexdigest()[:32]}"

@@ -133,10 +133,11 @@ def test_lineage_keys_name_every_lineage_tag(tmp_path: Path) -> None:
 
     from tuneops.context import load_context
     from tuneops.recording import LINEAGE_KEYS, lineage_tags
+    from tuneops.stages import build_key
 
     (tmp_path / "params.yaml").write_text("{}\n")
     prepared = tmp_path / "data" / "prepared"
     prepared.mkdir(parents=True)
-    (prepared / "manifest.json").write_text(json.dumps({"fingerprint": "f"}))
-    (tmp_path / "data" / "raw.dvc").write_text("outs:\n- md5: abc.dir\n  path: raw\n")
-    assert tuple(lineage_tags(load_context(tmp_path))) == LINEAGE_KEYS
+    (prepared / "manifest.json").write_text(json.dumps({"fingerprint": "f", "raw_files": {}}))
+    ctx = load_context(tmp_path)
+    assert tuple(lineage_tags(ctx, pipeline_owned(), build_key(ctx))) == LINEAGE_KEYS

@@ -83,7 +83,10 @@ def _parser() -> argparse.ArgumentParser:
     ingest.set_defaults(handler=_ingest)
 
     sub.add_parser(
-        "retrain", parents=[common], help="run the retraining flow once (skips when no new data)"
+        "retrain",
+        parents=[common],
+        help="run the retraining flow once (trains when the prepared data, build params or "
+        "code changed; re-gates on a gate-only change; else skips)",
     ).set_defaults(handler=_retrain)
     schedule = sub.add_parser(
         "schedule",
@@ -247,7 +250,9 @@ def _retrain(args: argparse.Namespace) -> int:
         return_state=True,
     )
     result = state.result()  # raises GateRejected / DataValidationError on a Failed run
-    print(f"\n{result.text()}" if hasattr(result, "text") else state.message)
+    print(f"retrain: {state.message}")  # the verdict (train, re-gate or skip) and why
+    if hasattr(result, "text"):
+        print(f"\n{result.text()}")
     return 0
 
 

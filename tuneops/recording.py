@@ -11,17 +11,34 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.train import TrainResult, read_manifest
-from pipeline.version_data import read_dvc_md5, version_data
+from pipeline.version_data import read_dvc_md5, verified_version
 from tuneops.context import Context
+from tuneops.errors import DataValidationError
 from tuneops.lineage import git_commit
 from tuneops.tracking import MlflowTracker
 
 
 def current_data_version(ctx: Context) -> str:
+    """The version data/raw.dvc names (what `dvc add` last recorded); never runs `dvc add`."""
     dvc_file = ctx.paths.data_raw.with_name("raw.dvc")
-    if dvc_file.exists():
-        return read_dvc_md5(dvc_file)
-    return version_data(ctx.paths.root, ctx.paths.data_raw, push=False).version
+    if not dvc_file.exists():
+        raise DataValidationError(
+            f"{dvc_file}: missing, so data/raw has no data version; expected one: run "
+            f"`tuneops stage version-data` (dvc add + push)"
+        )
+    return read_dvc_md5(dvc_file)
+
+
+def prepared_data_version(ctx: Context, manifest: dict[str, Any]) -> str:
+    """The data version that holds the files data/prepared was made from (its manifest's
+    raw_files), checked against that version's file list; never runs `dvc add`."""
+    if "raw_files" not in manifest:
+        raise DataValidationError(
+            f"{ctx.paths.data_prepared / 'manifest.json'}: no raw_files (prepared by an older "
+            f"tuneops), so the data it was made from cannot be named; expected them: run "
+            f"prepare again (`tuneops stage prepare`)"
+        )
+    return verified_version(ctx.paths.root, ctx.paths.data_raw, manifest["raw_files"])
 
 
 # The keys of lineage_tags, for readers that only copy them (the register stage copies
@@ -32,22 +49,27 @@ LINEAGE_KEYS = (
     "data.name",
     "git.commit",
     "params.hash",
+    "params.build_hash",
+    "code.version",
     "task",
     "base_model",
     "strategy",
 )
 
 
-def lineage_tags(ctx: Context, owned: Iterable[str] = ()) -> dict[str, str]:
+def lineage_tags(ctx: Context, owned: Iterable[str], build_key: dict[str, str]) -> dict[str, str]:
     """The tags every run and model version carries; `owned`: the pipeline's own files,
-    which do not make `git.commit` dirty (`stages.pipeline_owned()`)."""
+    which do not make `git.commit` dirty (`stages.pipeline_owned()`); `build_key`: the
+    hashes of the build params and code (`stages.build_key`)."""
     manifest = read_manifest(ctx.paths.data_prepared)
     return {
-        "data.version": current_data_version(ctx),
+        "data.version": prepared_data_version(ctx, manifest),
         "data.fingerprint": manifest["fingerprint"],
         "data.name": ctx.params.data.name,
         "git.commit": git_commit(ctx.paths.root, owned),
         "params.hash": ctx.params.params_hash(),
+        "params.build_hash": build_key["params.build_hash"],
+        "code.version": build_key["code.version"],
         "task": ctx.params.task,
         "base_model": ctx.params.model.name_or_path,
         "strategy": ctx.params.train.strategy,

