@@ -129,6 +129,9 @@ def step_train(ctx: Context, callbacks: Sequence[Any] = ()) -> tuple[TrainResult
         tracker.set_tags({f"lib.{k}": v for k, v in library_versions().items()})
         recording.log_datasets(ctx, tracker)
         result = _train(ctx, tracker, {"mlflow_run_id": tracker.run_id} | tags, callbacks)
+        if ctx.params.train.max_length == "auto":  # what auto chose, beside "auto"
+            chosen = recording.training_summary(ctx)["max_length"]
+            tracker.log_params({"train.max_length.chosen": chosen})
         tracker.set_tags(
             {
                 "device": result.device,
@@ -172,6 +175,16 @@ def _train(
     )
 
 
+def window_length(ctx: Context) -> int:
+    """The candidate's window in tokens: train.max_length, or what `auto` chose for it
+    (training_summary.json records it)."""
+    chosen = recording.training_summary(ctx).get("max_length")
+    if chosen is not None:
+        return int(chosen)
+    setting = ctx.params.train.max_length
+    return int(setting) if setting != "auto" else 0
+
+
 def step_evaluate(ctx: Context) -> EvaluationResult:
     tracker = recording.candidate_run(ctx)
     with recording.run_scope(tracker, finish=False):
@@ -179,7 +192,7 @@ def step_evaluate(ctx: Context) -> EvaluationResult:
             ctx.task,
             ctx.params.evaluate,
             ctx.params.model,
-            ctx.params.train.max_length,
+            window_length(ctx),
             ctx.params.train.seed,
             ctx.paths.data_prepared,
             ctx.paths.candidate,
@@ -203,12 +216,14 @@ def step_export(ctx: Context) -> ExportResult:
         "mlflow_run_id": tracker.run_id,
         "data_version": summary.get("data.version"),
         "base_model": ctx.params.model.name_or_path,
+        # What validation let through: `tuneops serve`'s default --max-chars.
+        "max_text_chars": ctx.params.validate_.max_text_chars,
     }
     with recording.run_scope(tracker, finish=False):
         result = export(
             ctx.task,
             ctx.params.export,
-            ctx.params.train.max_length,
+            window_length(ctx),
             ctx.paths.candidate,
             ctx.paths.data_prepared,
             ctx.paths.export,
@@ -363,6 +378,7 @@ STAGES: dict[str, Stage] = {
             params=(
                 "export",
                 "train.max_length",
+                "validate.max_text_chars",
                 "gate.per_class",
                 "gate.per_class_metric",
                 "gate.per_class_floor",
