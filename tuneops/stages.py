@@ -129,9 +129,17 @@ def step_train(ctx: Context, callbacks: Sequence[Any] = ()) -> tuple[TrainResult
         tracker.set_tags({f"lib.{k}": v for k, v in library_versions().items()})
         recording.log_datasets(ctx, tracker)
         result = _train(ctx, tracker, {"mlflow_run_id": tracker.run_id} | tags, callbacks)
+        summary = recording.training_summary(ctx)
         if ctx.params.train.max_length == "auto":  # what auto chose, beside "auto"
-            chosen = recording.training_summary(ctx)["max_length"]
-            tracker.log_params({"train.max_length.chosen": chosen})
+            tracker.log_params({"train.max_length.chosen": summary["max_length"]})
+        # Text classification: per split, texts, windows and texts not read whole.
+        tracker.log_metrics(
+            {
+                f"windows.{split}.{key}": float(value)
+                for split, counts in summary.get("windows", {}).items()
+                for key, value in counts.items()
+            }
+        )
         tracker.set_tags(
             {
                 "device": result.device,

@@ -399,6 +399,11 @@ def test_auto_max_length_is_chosen_from_the_train_split_said_and_recorded(
     run = mlflow.MlflowClient(ctx.tracking_uri).get_run(str(run_id))
     assert run.data.params["train.max_length"] == "auto"
     assert run.data.params["train.max_length.chosen"] == str(chosen)
+    for split, counts in summary["windows"].items():  # per split, texts not read whole
+        assert run.data.metrics[f"windows.{split}.truncated"] == counts["truncated"]
+        assert run.data.metrics[f"windows.{split}.texts"] == counts["texts"]
+    assert summary["windows"]["train"]["texts"] == len(train_texts)
+    assert summary["windows"]["train"]["truncated"] == sum(n > chosen for n in lengths)
     assert stages.window_length(ctx) == chosen
     exported = stages.step_export(ctx)
     meta = json.loads((exported.export_dir / "bundle.json").read_text())
