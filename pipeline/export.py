@@ -71,6 +71,16 @@ def _training_summary(candidate_dir: Path) -> dict[str, Any]:
     return dict(json.loads(path.read_text(encoding="utf-8"))) if path.exists() else {}
 
 
+def _window_meta(candidate_dir: Path, tokenizer: Any, max_length: int) -> dict[str, Any]:
+    from pipeline.tasks.text_classification import candidate_window
+
+    window = candidate_window(candidate_dir, tokenizer, max_length)
+    meta: dict[str, Any] = {"max_length": window.max_length, "long_text": window.long_text}
+    if window.long_text == "chunks":
+        meta |= {"chunk_stride": window.stride, "max_chunks": window.max_chunks}
+    return meta
+
+
 def export(
     task: Task,
     cfg: ExportConfig,
@@ -113,9 +123,9 @@ def export(
         shutil.copyfile(runtime.__file__, tmp / RUNTIME_FILE)
         meta = {
             "task": task.name,
-            "max_length": max_length,
-            # train.long_text of the candidate: how the runtime cuts a longer text.
-            "long_text": _training_summary(candidate_dir).get("long_text", "truncate"),
+            # The candidate's window (train.max_length, auto resolved) and train.long_text:
+            # how the runtime reads a longer text (chunks: its stride and window cap).
+            **_window_meta(candidate_dir, tokenizer, max_length),
             "input_names": input_names,
             "output_names": ["logits"],
             "opset": cfg.opset,

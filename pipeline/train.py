@@ -95,6 +95,7 @@ def train(
     base_path = resolve_model_path(model_cfg.name_or_path)
     tokenizer = load_tokenizer(base_path)
     model = task.load_model(base_path, labels, model_cfg.num_hidden_layers)
+    cfg = task.resolve(cfg, tokenizer, prepared_dir, model.config)  # max_length: auto
     with args.main_process_first(desc="tokenise"):
         splits = _tokenised_splits(
             prepared_dir, cache_dir, task.tokenise(tokenizer, cfg), cfg.max_length
@@ -124,7 +125,7 @@ def train(
         eval_dataset=splits["validation"],
         processing_class=tokenizer,
         data_collator=task.collator(tokenizer),
-        compute_metrics=task.compute_metrics(labels),
+        compute_metrics=task.compute_metrics(labels, splits["validation"]),
         callbacks=[
             EarlyStoppingCallback(cfg.early_stopping_patience),
             _TrackerCallback(tracker),
@@ -231,7 +232,7 @@ def _training_arguments(
 
 
 def _tokenised_splits(
-    prepared_dir: Path, cache_dir: Path, tokenise: Callable[..., Any], max_length: int
+    prepared_dir: Path, cache_dir: Path, tokenise: Callable[..., Any], max_length: int | str
 ) -> Any:
     """HF `datasets` over the parquet splits, tokenised once and cached by fingerprint."""
     files = {s: str(prepared_dir / f"{s}.parquet") for s in ("train", "validation", "test")}

@@ -149,11 +149,21 @@ class TrainConfig(_Section):
     strategy: Literal["full", "freeze", "lora", "bitfit"] = "full"
     freeze: FreezeConfig = FreezeConfig()
     lora: LoraConfig = LoraConfig()
-    max_length: int = Field(64, ge=8, le=4096)
+    # The model's window in tokens; auto (text classification): the train split's 95th
+    # percentile token length rounded up to a multiple of 16, at most the model's limit
+    # (max_position_embeddings); the choice is printed and recorded with the candidate.
+    max_length: Annotated[int, Field(ge=8, le=4096)] | Literal["auto"] = 64
     # Text classification: a text longer than max_length tokens. truncate keeps its first
     # tokens; head_tail its first quarter and last three quarters of the window (Sun et al.
-    # 2019: 128 + 382 at 512), the same in training, evaluation, export and the runtime.
-    long_text: Literal["truncate", "head_tail"] = "truncate"
+    # 2019: 128 + 382 at 512); chunks reads it as overlapping windows, each trained with
+    # the text's label, and predicts the mean of its windows' logits. The same in training,
+    # evaluation, export parity, the runtime, `predict`, `serve` and the pyfunc.
+    long_text: Literal["truncate", "head_tail", "chunks"] = "truncate"
+    # chunks: the share of a window's content tokens that the next window repeats (the
+    # tokenizer's stride), and the most windows read per text (its first ones: a huge text
+    # costs at most max_chunks windows; the rest is not read and the text counts as truncated).
+    chunk_overlap: float = Field(0.25, ge=0, le=0.5)
+    max_chunks: int = Field(8, ge=1, le=256)
     # Text classification: weighted cross-entropy for imbalanced classes. none: unweighted;
     # balanced: n / (classes * count) from the train split (sklearn's compute_class_weight);
     # or {label: weight}, a label left out weighing 1. The validation loss is weighted too.

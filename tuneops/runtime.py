@@ -26,6 +26,9 @@ class Prediction:
     label: str
     score: float
     probabilities: dict[str, float]
+    # Some of the text was not read: beyond the window (truncate, head_tail) or beyond
+    # max_chunks windows (chunks).
+    truncated: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,32 +68,134 @@ def special_ends(special_tokens_mask: list[int]) -> tuple[int, int]:
     return lead, trail
 
 
+@dataclass(frozen=True)
+class Window:
+    """How a text meets the model: `max_length` tokens, a longer text cut by `long_text`.
+
+    truncate keeps the first window; head_tail the first and last tokens (head_tail_window);
+    chunks reads the text as overlapping windows (the tokenizer's own overflowing windows,
+    consecutive ones sharing `stride` tokens), at most `max_chunks` of them (the first),
+    and a text's logits are the mean of its windows' (document_logits). bundle.json and the
+    candidate's training_summary.json record these four; training, evaluation, export
+    parity and this runtime read a text through the same Window."""
+
+    max_length: int
+    long_text: str = "truncate"
+    stride: int = 0  # chunks: tokens a window repeats from the one before it
+    max_chunks: int = 1  # chunks: windows read per text at most
+
+    @classmethod
+    def recorded(cls, meta: dict[str, Any], max_length: int | None = None) -> Window:
+        """The window bundle.json or training_summary.json records (`max_length` when the
+        file predates the key)."""
+        long_text = str(meta.get("long_text", "truncate"))
+        if long_text not in LONG_TEXT:
+            raise BundleError(f"long_text {long_text!r}: expected one of {list(LONG_TEXT)}")
+        return cls(
+            int(meta.get("max_length") or max_length or 0),
+            long_text,
+            int(meta.get("chunk_stride", 0)),
+            int(meta.get("max_chunks", 1)) if long_text == "chunks" else 1,
+        )
+
+
+LONG_TEXT = ("truncate", "head_tail", "chunks")
+# validate.max_text_chars's default (tuneops.config, which this module must not import).
+MAX_TEXT_CHARS = 1_000_000
+
+
+def kept_windows(documents: list[int], max_chunks: int) -> list[int]:
+    """Of windows listed in order with their document's index (the tokenizer's
+    overflow_to_sample_mapping), the positions of those read: each document's first
+    `max_chunks`. The one cap for training, evaluation and this runtime."""
+    kept: list[int] = []
+    seen: dict[int, int] = {}
+    for position, document in enumerate(documents):
+        seen[document] = seen.get(document, 0) + 1
+        if seen[document] <= max_chunks:
+            kept.append(position)
+    return kept
+
+
+def document_logits(
+    window_logits: np.ndarray, documents: np.ndarray | list[int], n_documents: int
+) -> np.ndarray:
+    """Each document's logits (or features): the mean over its windows' rows, in document
+    order. train.long_text=chunks predicts this way in evaluation, export parity, the
+    runtime, `predict`, `serve` and the pyfunc; a one-window document keeps its row."""
+    index = np.asarray(documents, dtype=np.int64)
+    sums = np.zeros((n_documents, window_logits.shape[-1]), np.float64)
+    np.add.at(sums, index, window_logits)
+    counts = np.bincount(index, minlength=n_documents)
+    return (sums / np.maximum(counts, 1)[:, None]).astype(window_logits.dtype)
+
+
+@dataclass
+class Windows:
+    """Texts as the model reads them: one row of inputs per window, its document, and per
+    text whether some of it was not read (cut off by the window or by max_chunks)."""
+
+    inputs: dict[str, list[list[int]]]
+    documents: list[int]
+    truncated: list[bool]
+
+
+INPUT_COLUMNS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def encode_windows(tokenizer: Tokenizer, texts: list[str], window: Window) -> Windows:
+    """`texts` cut by `window` with a tokenizers Tokenizer (what the bundle runs; training
+    does the same with the transformers tokenizer over this library: encode_window)."""
+    if window.long_text == "head_tail":
+        tokenizer.no_truncation()
+    else:  # the tokenizer's own windows: overflowing encodings, `stride` tokens shared
+        tokenizer.enable_truncation(max_length=window.max_length, stride=window.stride)
+    tokenizer.no_padding()
+    found = Windows({name: [] for name in INPUT_COLUMNS}, [], [])
+    for document, encoding in enumerate(tokenizer.encode_batch(texts)):
+        if window.long_text == "head_tail":
+            lead, trail = special_ends(encoding.special_tokens_mask)
+            cut = [head_tail_window(v, window.max_length, lead, trail) for v in _values(encoding)]
+            found.truncated.append(len(encoding.ids) > window.max_length)
+            for name, values in zip(INPUT_COLUMNS, cut, strict=True):
+                found.inputs[name].append(values)
+            found.documents.append(document)
+            continue
+        every = [encoding, *encoding.overflowing]
+        read = every[: window.max_chunks]
+        found.truncated.append(len(every) > len(read))
+        for part in read:
+            for name, values in zip(INPUT_COLUMNS, _values(part), strict=True):
+                found.inputs[name].append(list(values))
+            found.documents.append(document)
+    return found
+
+
+def _values(encoding: Any) -> tuple[list[int], list[int], list[int]]:
+    return encoding.ids, encoding.attention_mask, encoding.type_ids
+
+
+def padded(rows: dict[str, list[list[int]]], pad_id: int) -> dict[str, np.ndarray]:
+    """Rows of unequal length as [rows, longest] int64 arrays (input_ids padded with
+    `pad_id`, the masks with 0)."""
+    width = max((len(row) for row in rows["input_ids"]), default=0)
+    pads = {"input_ids": pad_id}
+    return {
+        name: np.asarray(
+            [row + [pads.get(name, 0)] * (width - len(row)) for row in values], np.int64
+        ).reshape(len(values), width)
+        for name, values in rows.items()
+    }
+
+
 def window_inputs(
     tokenizer: Tokenizer, texts: list[str], max_length: int, long_text: str, pad_id: int
 ) -> dict[str, np.ndarray]:
-    """input_ids, attention_mask, token_type_ids [len(texts), longest] of texts encoded
-    whole by an untruncated, unpadded `tokenizer`, each cut by `long_text` (head_tail)."""
+    """input_ids, attention_mask, token_type_ids [len(texts), longest] of texts cut by
+    head_tail (one row per text)."""
     if long_text != "head_tail":
-        raise BundleError(f"long_text {long_text!r}: expected truncate or head_tail")
-    columns: dict[str, list[list[int]]] = {
-        "input_ids": [],
-        "attention_mask": [],
-        "token_type_ids": [],
-    }
-    for encoding in tokenizer.encode_batch(texts):
-        lead, trail = special_ends(encoding.special_tokens_mask)
-        for name, values in (
-            ("input_ids", encoding.ids),
-            ("attention_mask", encoding.attention_mask),
-            ("token_type_ids", encoding.type_ids),
-        ):
-            columns[name].append(head_tail_window(values, max_length, lead, trail))
-    width = max((len(row) for row in columns["input_ids"]), default=0)
-    pads = {"input_ids": pad_id, "attention_mask": 0, "token_type_ids": 0}
-    return {
-        name: np.asarray([row + [pads[name]] * (width - len(row)) for row in rows], np.int64)
-        for name, rows in columns.items()
-    }
+        raise BundleError(f"long_text {long_text!r}: expected head_tail")
+    return padded(encode_windows(tokenizer, texts, Window(max_length, long_text)).inputs, pad_id)
 
 
 class OnnxBundle:
@@ -107,8 +212,11 @@ class OnnxBundle:
         self.meta: dict[str, Any] = _read_json(self.bundle_dir / "bundle.json")
         self.labels: list[str] = _read_json(self.bundle_dir / "labels.json")
         self.max_length = int(self.meta["max_length"])
-        # How a text longer than max_length tokens is cut (train.long_text when trained).
-        self.long_text = str(self.meta.get("long_text", "truncate"))
+        # How a text longer than max_length tokens is read (train.long_text when trained).
+        self.window = Window.recorded(self.meta)
+        self.long_text = self.window.long_text
+        # What validation let through (validate.max_text_chars): `serve`'s default limit.
+        self.max_text_chars = int(self.meta.get("max_text_chars", MAX_TEXT_CHARS))
         self.input_names: list[str] = list(self.meta["input_names"])
         self.tokenizer = self._load_tokenizer()
         self.model_file = self._model_file(model)
@@ -160,10 +268,8 @@ class OnnxBundle:
             tokenizer = Tokenizer.from_file(str(path))
         except Exception as exc:
             raise BundleError(f"{path}: cannot be loaded as a tokenizers file: {exc}") from exc
-        if self.long_text != "truncate":  # encoded whole, cut and padded by window_inputs
-            tokenizer.no_truncation()  # tokenizer.json may carry the settings it was saved with
-            tokenizer.no_padding()
-            return tokenizer
+        if self.meta.get("task", "text-classification") == "text-classification":
+            return tokenizer  # cut and padded by encode_windows and padded
         tokenizer.enable_truncation(max_length=self.max_length)
         tokenizer.enable_padding(
             pad_id=int(self.meta["pad_token_id"]), pad_token=str(self.meta["pad_token"])
@@ -198,39 +304,54 @@ class OnnxClassifier(OnnxBundle):
     """A text classifier: one label per text."""
 
     def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
-        if self.long_text != "truncate":
-            inputs = window_inputs(
-                self.tokenizer,
-                texts,
-                self.max_length,
-                self.long_text,
-                int(self.meta["pad_token_id"]),
-            )
-            return {name: inputs[name] for name in self.input_names}
-        return self._inputs(self.tokenizer.encode_batch(texts))
+        """The model's inputs for `texts`: one row per window read (encode_windows)."""
+        windows = encode_windows(self.tokenizer, texts, self.window)
+        inputs = padded(windows.inputs, int(self.meta["pad_token_id"]))
+        return {name: inputs[name] for name in self.input_names}
 
-    def logits(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
-        """Logits [len(texts), num_labels], in input order.
+    def read(self, texts: list[str], batch_size: int = 32) -> tuple[np.ndarray, list[bool]]:
+        """Logits [len(texts), num_labels] in input order (a chunked text's: the mean of its
+        windows', document_logits), and per text whether some of it was not read.
 
-        Texts are batched by length (less padding) and put back in order.
+        Texts are batched by length (less padding), their windows run `batch_size` at a
+        time, and the rows are put back in order.
         """
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         result = np.zeros((len(texts), len(self.labels)), np.float32)
+        truncated = [False] * len(texts)
         for start in range(0, len(texts), batch_size):
             rows = order[start : start + batch_size]
-            inputs = self.encode([texts[i] for i in rows])
-            result[rows] = self.session.run(["logits"], inputs)[0]
+            windows = encode_windows(self.tokenizer, [texts[i] for i in rows], self.window)
+            logits = self._run_windows(windows.inputs, batch_size)
+            result[rows] = document_logits(logits, windows.documents, len(rows))
+            for row, cut in zip(rows, windows.truncated, strict=True):
+                truncated[row] = cut
+        return result, truncated
+
+    def _run_windows(self, rows: dict[str, list[list[int]]], batch_size: int) -> np.ndarray:
+        order = sorted(range(len(rows["input_ids"])), key=lambda i: len(rows["input_ids"][i]))
+        result = np.zeros((len(order), len(self.labels)), np.float32)
+        pad_id = int(self.meta["pad_token_id"])
+        for start in range(0, len(order), batch_size):
+            picked = order[start : start + batch_size]
+            inputs = padded({n: [rows[n][i] for i in picked] for n in self.input_names}, pad_id)
+            result[picked] = self.session.run(["logits"], inputs)[0]
         return result
 
+    def logits(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        """Logits [len(texts), num_labels], in input order (see `read`)."""
+        return self.read(texts, batch_size)[0]
+
     def predict(self, texts: list[str], batch_size: int = 32) -> list[Prediction]:
-        probabilities = softmax(self.logits(texts, batch_size))
+        logits, truncated = self.read(texts, batch_size)
         return [
             Prediction(
                 label=self.labels[int(row.argmax())],
                 score=float(row.max()),
                 probabilities={lab: float(p) for lab, p in zip(self.labels, row, strict=True)},
+                truncated=cut,
             )
-            for row in probabilities
+            for row, cut in zip(softmax(logits), truncated, strict=True)
         ]
 
     def record(self, prediction: Prediction) -> dict[str, Any]:
@@ -238,14 +359,17 @@ class OnnxClassifier(OnnxBundle):
             "label": prediction.label,
             "score": round(prediction.score, 6),
             "probabilities": {k: round(v, 6) for k, v in prediction.probabilities.items()},
+            "truncated": prediction.truncated,
         }
 
     def frame_row(self, prediction: Prediction) -> dict[str, Any]:
-        """label, score and one p_<label> column per label (rounded as in `record`)."""
+        """label, score, one p_<label> column per label (rounded as in `record`), truncated."""
         record = self.record(prediction)
-        return {"label": record["label"], "score": record["score"]} | {
-            f"p_{k}": v for k, v in record["probabilities"].items()
-        }
+        return (
+            {"label": record["label"], "score": record["score"]}
+            | {f"p_{k}": v for k, v in record["probabilities"].items()}
+            | {"truncated": record["truncated"]}
+        )
 
 
 class OnnxTokenClassifier(OnnxBundle):

@@ -146,6 +146,17 @@ def step_train(ctx: Context, callbacks: Sequence[Any] = ()) -> tuple[TrainResult
         tracker.set_tags({f"lib.{k}": v for k, v in library_versions().items()})
         recording.log_datasets(ctx, tracker)
         result = _train(ctx, tracker, {"mlflow_run_id": tracker.run_id} | tags, callbacks)
+        summary = recording.training_summary(ctx)
+        if ctx.params.train.max_length == "auto":  # what auto chose, beside "auto"
+            tracker.log_params({"train.max_length.chosen": summary["max_length"]})
+        # Text classification: per split, texts, windows and texts not read whole.
+        tracker.log_metrics(
+            {
+                f"windows.{split}.{key}": float(value)
+                for split, counts in summary.get("windows", {}).items()
+                for key, value in counts.items()
+            }
+        )
         tracker.set_tags(
             {
                 "device": result.device,
@@ -189,6 +200,16 @@ def _train(
     )
 
 
+def window_length(ctx: Context) -> int:
+    """The candidate's window in tokens: train.max_length, or what `auto` chose for it
+    (training_summary.json records it)."""
+    chosen = recording.training_summary(ctx).get("max_length")
+    if chosen is not None:
+        return int(chosen)
+    setting = ctx.params.train.max_length
+    return int(setting) if setting != "auto" else 0
+
+
 def step_evaluate(ctx: Context) -> EvaluationResult:
     tracker = recording.candidate_run(ctx)
     with recording.run_scope(tracker, finish=False):
@@ -196,7 +217,7 @@ def step_evaluate(ctx: Context) -> EvaluationResult:
             ctx.task,
             ctx.params.evaluate,
             ctx.params.model,
-            ctx.params.train.max_length,
+            window_length(ctx),
             ctx.params.train.seed,
             ctx.paths.data_prepared,
             ctx.paths.candidate,
@@ -220,12 +241,14 @@ def step_export(ctx: Context) -> ExportResult:
         "mlflow_run_id": tracker.run_id,
         "data_version": summary.get("data.version"),
         "base_model": ctx.params.model.name_or_path,
+        # What validation let through: `tuneops serve`'s default --max-chars.
+        "max_text_chars": ctx.params.validate_.max_text_chars,
     }
     with recording.run_scope(tracker, finish=False):
         result = export(
             ctx.task,
             ctx.params.export,
-            ctx.params.train.max_length,
+            window_length(ctx),
             ctx.paths.candidate,
             ctx.paths.data_prepared,
             ctx.paths.export,
@@ -380,6 +403,7 @@ STAGES: dict[str, Stage] = {
             params=(
                 "export",
                 "train.max_length",
+                "validate.max_text_chars",
                 "gate.per_class",
                 "gate.per_class_metric",
                 "gate.per_class_floor",

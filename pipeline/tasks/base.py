@@ -163,7 +163,15 @@ class Task(Protocol):
 
     def collator(self, tokenizer: Any) -> Any: ...
 
-    def compute_metrics(self, labels: tuple[str, ...]) -> Callable[[Any], dict[str, float]]: ...
+    def resolve(
+        self, cfg: TrainConfig, tokenizer: Any, prepared_dir: Path, model_config: Any
+    ) -> TrainConfig:
+        """`cfg` with what depends on the data decided (train.max_length: auto)."""
+
+    def compute_metrics(
+        self, labels: tuple[str, ...], validation: Any = None
+    ) -> Callable[[Any], dict[str, float]]:
+        """Validation metrics from the Trainer's predictions on the tokenised `validation`."""
 
     def after_tokenise(self, splits: Any, cfg: TrainConfig) -> tuple[Any, dict[str, Any]]:
         """The tokenised splits ready for the Trainer, and extra training-summary keys."""

@@ -97,6 +97,86 @@ def class_weights(
     return [float(setting.get(label, 1.0)) for label in labels]
 
 
+# train.max_length: auto rounds the train split's 95th-percentile token length up to this.
+AUTO_MULTIPLE = 16
+AUTO_PERCENTILE = 95
+
+
+def auto_max_length(lengths: list[int], limit: int) -> tuple[int, int]:
+    """(the window, the 95th percentile) for texts of these token lengths: the percentile
+    rounded up to a multiple of 16, at least 16 and at most `limit` (the model's)."""
+    p95 = int(np.ceil(np.percentile(lengths, AUTO_PERCENTILE))) if lengths else AUTO_MULTIPLE
+    rounded = -(-p95 // AUTO_MULTIPLE) * AUTO_MULTIPLE
+    return max(AUTO_MULTIPLE, min(rounded, limit)), p95
+
+
+def model_limit(model_config: Any, tokenizer: Any) -> int:
+    """The longest input the model takes: its max_position_embeddings, or the tokenizer's
+    model_max_length when that is smaller (RoBERTa's 514 positions take 512 tokens)."""
+    limit = int(getattr(model_config, "max_position_embeddings", 512) or 512)
+    declared = getattr(tokenizer, "model_max_length", None)
+    if isinstance(declared, int) and 0 < declared < limit:
+        limit = declared
+    return limit
+
+
+def train_window(cfg: TrainConfig, tokenizer: Any) -> Any:
+    """The Window that train.max_length, long_text, chunk_overlap and max_chunks describe."""
+    assert isinstance(cfg.max_length, int), "train.max_length: resolve auto first"
+    return make_window(tokenizer, cfg.max_length, cfg.long_text, cfg.chunk_overlap, cfg.max_chunks)
+
+
+def make_window(
+    tokenizer: Any, max_length: int, long_text: str, chunk_overlap: float, max_chunks: int
+) -> Any:
+    """A tuneops.runtime.Window; chunks: chunk_overlap becomes the tokenizer's stride, that
+    share of a window's content tokens (the window less the tokenizer's special tokens).
+    Training, evaluation and export (bundle.json's chunk_stride) all build it here."""
+    from tuneops.runtime import Window
+
+    if long_text != "chunks":
+        return Window(max_length, long_text)
+    content = max_length - tokenizer.num_special_tokens_to_add()
+    return Window(max_length, "chunks", int(chunk_overlap * content), max_chunks)
+
+
+def candidate_window(candidate_dir: Path, tokenizer: Any, max_length: int) -> Any:
+    """The window the candidate trained with (training_summary.json; `max_length` and
+    truncate for a candidate that predates those keys)."""
+    import json
+
+    path = candidate_dir / "training_summary.json"
+    summary = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    return make_window(
+        tokenizer,
+        int(summary.get("max_length") or max_length),
+        str(summary.get("long_text", "truncate")),
+        float(summary.get("chunk_overlap", 0.0)),
+        int(summary.get("max_chunks", 1)),
+    )
+
+
+def window_positions(documents: list[int]) -> list[int]:
+    """Each window's place in its text: 0, 1, ... for consecutive windows of one text."""
+    positions, previous, count = [], None, 0
+    for document in documents:
+        count = count + 1 if document == previous else 0
+        positions.append(count)
+        previous = document
+    return positions
+
+
+def window_counts(part: Any) -> dict[str, int]:
+    """A tokenised split's texts, windows, and texts not read whole."""
+    firsts = np.asarray(part["window"]) == 0
+    cut = np.asarray(part["cut"])
+    return {
+        "texts": int(firsts.sum()),
+        "windows": len(part),
+        "truncated": int((cut[firsts] == 1).sum()),
+    }
+
+
 class TextClassification:
     name = "text-classification"
     row_unit = "rows"
@@ -156,15 +236,38 @@ class TextClassification:
 
         return load_classifier(path, labels, num_hidden_layers, attn_implementation)
 
+    def resolve(
+        self, cfg: TrainConfig, tokenizer: Any, prepared_dir: Path, model_config: Any
+    ) -> TrainConfig:
+        """train.max_length: auto as a number of tokens, from the train split's texts."""
+        if cfg.max_length != "auto":
+            return cfg
+        limit = model_limit(model_config, tokenizer)
+        texts = pd.read_parquet(prepared_dir / "train.parquet", columns=["text"])["text"]
+        lengths = [len(ids) for ids in tokenizer(texts.tolist(), verbose=False)["input_ids"]]
+        chosen, p95 = auto_max_length(lengths, limit)
+        print(
+            f"train.max_length: auto chose {chosen} tokens (the train split's 95th percentile "
+            f"is {p95} tokens over {len(lengths)} texts; rounded up to a multiple of "
+            f"{AUTO_MULTIPLE}, at most the model's {limit})",
+            flush=True,
+        )
+        return cfg.model_copy(update={"max_length": chosen})
+
     def tokenise(self, tokenizer: Any, cfg: TrainConfig) -> Callable[..., dict[str, Any]]:
         from pipeline.training.modeling import encode_window
 
+        window = train_window(cfg, tokenizer)
+
         def tokenise(batch: dict[str, list[Any]]) -> dict[str, Any]:
-            encoded: dict[str, Any] = encode_window(
-                tokenizer, batch["text"], cfg.max_length, cfg.long_text
-            )
+            windows = encode_window(tokenizer, batch["text"], window)
+            encoded: dict[str, Any] = dict(windows.inputs)
             encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
-            encoded["labels"] = batch["label_id"]
+            # Every window of a text trains with the text's label.
+            encoded["labels"] = [batch["label_id"][d] for d in windows.documents]
+            # Its place in the text (0: the first), to put validation windows back together.
+            encoded["window"] = window_positions(windows.documents)
+            encoded["cut"] = [int(windows.truncated[d]) for d in windows.documents]
             return encoded
 
         return tokenise
@@ -174,19 +277,47 @@ class TextClassification:
 
         return DataCollatorWithPadding(tokenizer)
 
-    def compute_metrics(self, labels: tuple[str, ...]) -> Callable[[Any], dict[str, float]]:
-        """Validation accuracy and macro-F1: `score`, the test metric, on the validation split."""
+    def compute_metrics(
+        self, labels: tuple[str, ...], validation: Any = None
+    ) -> Callable[[Any], dict[str, float]]:
+        """Validation accuracy and macro-F1: `score`, the test metric, on the validation
+        split, per text (a chunked text's logits: the mean of its windows')."""
+        from tuneops.runtime import document_logits
+
+        firsts = None
+        if validation is not None and "window" in validation.column_names:
+            firsts = np.asarray(validation["window"]) == 0
 
         def compute(prediction: Any) -> dict[str, float]:
             logits, label_ids = prediction
+            if firsts is not None and len(firsts) == len(label_ids):
+                documents = np.cumsum(firsts) - 1
+                logits = document_logits(np.asarray(logits), documents, int(firsts.sum()))
+                label_ids = np.asarray(label_ids)[firsts]
             scores = score(label_ids, np.argmax(logits, axis=-1), len(labels))
             return {"accuracy": scores["test_accuracy"], "macro_f1": scores["test_macro_f1"]}
 
         return compute
 
     def after_tokenise(self, splits: Any, cfg: TrainConfig) -> tuple[Any, dict[str, Any]]:
-        # Recorded with the candidate: evaluate and export read its texts the same way.
-        return splits, {"long_text": cfg.long_text}
+        """The window, recorded with the candidate (evaluate and export read its texts the
+        same way), and per split how many texts were longer than it; warned about."""
+        counts = {name: window_counts(part) for name, part in splits.items()}
+        summary: dict[str, Any] = {
+            "max_length": cfg.max_length,
+            "long_text": cfg.long_text,
+            "windows": counts,
+        }
+        if cfg.long_text == "chunks":
+            summary |= {"chunk_overlap": cfg.chunk_overlap, "max_chunks": cfg.max_chunks}
+        cut = {name: c["truncated"] for name, c in counts.items() if c["truncated"]}
+        if cut:
+            print(
+                f"train.long_text={cfg.long_text}: texts not read whole at max_length="
+                f"{cfg.max_length} tokens per split: {cut}",
+                flush=True,
+            )
+        return splits.remove_columns("cut"), summary
 
     def class_weights(
         self, splits: Any, cfg: TrainConfig, labels: tuple[str, ...]
@@ -212,9 +343,8 @@ class TextClassification:
         from pipeline.training.modeling import predict_logits
 
         texts = test["text"].tolist()
-        reference = predict_logits(
-            model, tokenizer, texts, max_length, batch_size=64, long_text=bundle.long_text
-        )
+        # The window bundle.json records (export wrote it from the candidate's).
+        reference = predict_logits(model, tokenizer, texts, bundle.window, batch_size=64)
         return reference, bundle.logits(texts, batch_size=64)
 
     def describe(self, labels: list[str]) -> str:

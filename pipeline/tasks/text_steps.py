@@ -281,8 +281,8 @@ def evaluate(
 ) -> Evaluation:
     """The candidate and three baselines (majority class, TF-IDF + logistic regression,
     the frozen base encoder) on the same test rows."""
-    from pipeline.tasks.text_classification import per_class_report, score
-    from pipeline.training.modeling import load_tokenizer, predict_logits
+    from pipeline.tasks.text_classification import candidate_window, per_class_report, score
+    from pipeline.training.modeling import load_tokenizer, predict_windows
 
     train = pd.read_parquet(prepared_dir / "train.parquet")
     test = pd.read_parquet(prepared_dir / "test.parquet")
@@ -291,17 +291,17 @@ def evaluate(
 
     model = task.load_model(candidate_dir)
     tokenizer = load_tokenizer(candidate_dir)
-    long_text = long_text_of(candidate_dir)
-    logits = predict_logits(
-        model, tokenizer, test["text"].tolist(), max_length, cfg.batch_size, long_text=long_text
+    window = candidate_window(candidate_dir, tokenizer, max_length)
+    logits, truncated = predict_windows(
+        model, tokenizer, test["text"].tolist(), window, cfg.batch_size
     )
     predicted = logits.argmax(axis=1)
 
     metrics: dict[str, Any] = score(y_test, predicted, len(labels))
     metrics["test_rows"] = len(test)
-    window = (max_length, long_text)
     baselines = _baselines(task, cfg, base, window, seed, train, test, len(labels))
     predictions = _predictions(test, logits, labels)
+    predictions["truncated"] = truncated  # some of the text was not read
     for name, (scores, baseline_ids) in baselines.items():
         metrics[name] = scores
         predictions[baseline_column(name)] = [labels[i] for i in baseline_ids]
@@ -313,19 +313,11 @@ def evaluate(
     )
 
 
-def long_text_of(candidate_dir: Path) -> str:
-    """The candidate's train.long_text (training_summary.json; truncate before it existed)."""
-    summary = candidate_dir / "training_summary.json"
-    if not summary.exists():
-        return "truncate"
-    return str(json.loads(summary.read_text(encoding="utf-8")).get("long_text", "truncate"))
-
-
 def _baselines(
     task: TextClassification,
     cfg: EvaluateConfig,
     base: ModelConfig,
-    window: tuple[int, str],
+    window: Any,
     seed: int,
     train: pd.DataFrame,
     test: pd.DataFrame,
@@ -360,7 +352,7 @@ def _frozen_encoder_baseline(
     task: TextClassification,
     cfg: EvaluateConfig,
     base: ModelConfig,
-    window: tuple[int, str],
+    window: Any,
     seed: int,
     train: pd.DataFrame,
     test: pd.DataFrame,
@@ -380,17 +372,8 @@ def _frozen_encoder_baseline(
     path = resolve_model_path(base.name_or_path)
     model = task.load_model(path, tuple(str(i) for i in range(n_labels)), base.num_hidden_layers)
     tokenizer = load_tokenizer(path)
-    max_length, long_text = window  # the texts read as the candidate reads them
-    x_train, x_test = (
-        predict_logits(
-            model,
-            tokenizer,
-            part["text"].tolist(),
-            max_length,
-            cfg.batch_size,
-            features=True,
-            long_text=long_text,
-        )
+    x_train, x_test = (  # the texts read as the candidate reads them (its window)
+        predict_logits(model, tokenizer, part["text"].tolist(), window, cfg.batch_size, True)
         for part in (sample, test)
     )
     # Standardising first keeps it a linear head (the scaling folds into its weights) but

@@ -136,6 +136,11 @@ class TokenClassification:
                 f"train.long_text: {params.train.long_text!r} is for text classification; "
                 f"{self.name} cuts a sentence at train.max_length (set it to truncate)"
             )
+        if params.train.max_length == "auto":
+            raise ConfigError(
+                f"train.max_length: auto is for text classification; {self.name} takes a "
+                "number of tokens (e.g. 128)"
+            )
         if params.train.class_weights != "none":
             raise ConfigError(
                 f"train.class_weights: {params.train.class_weights!r} is for text "
@@ -199,7 +204,14 @@ class TokenClassification:
 
         return DataCollatorForTokenClassification(tokenizer)
 
-    def compute_metrics(self, labels: tuple[str, ...]) -> Callable[[Any], dict[str, float]]:
+    def resolve(
+        self, cfg: TrainConfig, tokenizer: Any, prepared_dir: Path, model_config: Any
+    ) -> TrainConfig:
+        return cfg  # check() refuses train.max_length: auto for this task
+
+    def compute_metrics(
+        self, labels: tuple[str, ...], validation: Any = None
+    ) -> Callable[[Any], dict[str, float]]:
         """Validation entity P/R/F1 and token accuracy: `entity_scores`, the test metric."""
         id2label = list(labels)
 

@@ -13,6 +13,15 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 from transformers.utils import logging as hf_logging
 
 from tuneops.errors import ConfigError, ModelFileError
+from tuneops.runtime import (
+    INPUT_COLUMNS,
+    Window,
+    Windows,
+    document_logits,
+    head_tail_window,
+    kept_windows,
+    special_ends,
+)
 
 # The per-key load report (e.g. "classifier.weight MISSING" for a new head) is expected
 # for every base model and would bury the run's own log lines.
@@ -171,24 +180,44 @@ def check_weights(folder: Path) -> None:
             ) from exc
 
 
-def encode_window(
-    tokenizer: Any, texts: list[str], max_length: int, long_text: str = "truncate"
-) -> dict[str, list[list[int]]]:
-    """Each text's model inputs (unpadded) within `max_length` tokens, by train.long_text:
-    truncate keeps the first tokens; head_tail encodes the whole text and keeps its first
-    and last tokens (tuneops.runtime.head_tail_window, what the ONNX runtime runs)."""
-    if long_text == "truncate":
-        return dict(tokenizer(texts, truncation=True, max_length=max_length))
-    from tuneops.runtime import head_tail_window, special_ends
-
-    encoded = tokenizer(texts, truncation=False, return_special_tokens_mask=True, verbose=False)
-    masks = encoded.pop("special_tokens_mask")
-    cut: dict[str, list[list[int]]] = {name: [] for name in encoded}
-    for row, mask in enumerate(masks):
-        lead, trail = special_ends(mask)
-        for name in encoded:
-            cut[name].append(head_tail_window(encoded[name][row], max_length, lead, trail))
-    return cut
+def encode_window(tokenizer: Any, texts: list[str], window: Window | int) -> Windows:
+    """`texts` as the model reads them by train.long_text (tuneops.runtime.Window): one
+    row of unpadded inputs per window, with its text's index and, per text, whether some
+    of it was not read. truncate and chunks take the tokenizer's own overflowing windows
+    (`stride` tokens shared), the first one or the first `max_chunks`; head_tail encodes
+    the whole text and keeps its first and last tokens. The same cuts as the runtime's
+    encode_windows (the transformers tokenizer runs the same tokenizers library)."""
+    window = window if isinstance(window, Window) else Window(window)
+    names = list(INPUT_COLUMNS)
+    if window.long_text == "head_tail":
+        encoded = tokenizer(texts, truncation=False, return_special_tokens_mask=True, verbose=False)
+        masks = encoded.pop("special_tokens_mask")
+        names = [n for n in names if n in encoded]
+        cut: dict[str, list[list[int]]] = {name: [] for name in names}
+        for row, mask in enumerate(masks):
+            lead, trail = special_ends(mask)
+            for name in names:
+                cut[name].append(
+                    head_tail_window(encoded[name][row], window.max_length, lead, trail)
+                )
+        too_long = [len(ids) > window.max_length for ids in encoded["input_ids"]]
+        return Windows(cut, list(range(len(texts))), too_long)
+    encoded = tokenizer(
+        texts,
+        truncation=True,
+        max_length=window.max_length,
+        stride=window.stride,
+        return_overflowing_tokens=True,
+    )
+    documents = list(encoded.pop("overflow_to_sample_mapping"))
+    kept = kept_windows(documents, window.max_chunks)
+    names = [n for n in names if n in encoded]
+    counts = np.bincount(np.asarray(documents, dtype=np.int64), minlength=len(texts))
+    return Windows(
+        {name: [encoded[name][i] for i in kept] for name in names},
+        [documents[i] for i in kept],
+        [bool(n > window.max_chunks) for n in counts],
+    )
 
 
 @torch.inference_mode()
@@ -196,16 +225,29 @@ def predict_logits(
     model: PreTrainedModel,
     tokenizer: Any,
     texts: list[str],
-    max_length: int,
+    window: Window | int,
     batch_size: int,
     features: bool = False,
-    long_text: str = "truncate",
 ) -> np.ndarray:
-    """Logits [n, num_labels] (or, with `features`, the head's input [n, hidden]) in input order.
+    """Logits [n, num_labels] (or, with `features`, the head's input [n, hidden]) in input
+    order; `window` (a Window, or max_length for truncate) says how a text is read. A
+    chunked text's row is the mean over its windows' rows (tuneops.runtime.document_logits).
 
-    Texts are batched by length to keep padding small; the result is put back in order.
-    A text longer than `max_length` tokens is cut by `long_text` (encode_window).
+    Windows are batched by length to keep padding small; the result is put back in order.
     """
+    return predict_windows(model, tokenizer, texts, window, batch_size, features)[0]
+
+
+@torch.inference_mode()
+def predict_windows(
+    model: PreTrainedModel,
+    tokenizer: Any,
+    texts: list[str],
+    window: Window | int,
+    batch_size: int,
+    features: bool = False,
+) -> tuple[np.ndarray, list[bool]]:
+    """predict_logits' rows, and per text whether some of it was not read."""
     model.eval()
     device = next(model.parameters()).device
     captured: list[torch.Tensor] = []
@@ -213,22 +255,15 @@ def predict_logits(
     if features:
         head = model.get_submodule("classifier")
         hook = head.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
-    order = np.argsort([len(t) for t in texts], kind="stable")
+    windows = encode_window(tokenizer, texts, window)
+    rows = windows.inputs["input_ids"]
+    order = np.argsort([len(ids) for ids in rows], kind="stable")
     outputs: list[np.ndarray] = []
     try:
-        for start in range(0, len(texts), batch_size):
-            batch_texts = [texts[i] for i in order[start : start + batch_size]]
-            if long_text == "truncate":
-                batch = tokenizer(
-                    batch_texts,
-                    truncation=True,
-                    max_length=max_length,
-                    padding=True,
-                    return_tensors="pt",
-                ).to(device)
-            else:
-                encoded = encode_window(tokenizer, batch_texts, max_length, long_text)
-                batch = tokenizer.pad(encoded, return_tensors="pt").to(device)
+        for start in range(0, len(order), batch_size):
+            picked = order[start : start + batch_size]
+            part = {name: [values[i] for i in picked] for name, values in windows.inputs.items()}
+            batch = tokenizer.pad(part, return_tensors="pt").to(device)
             logits = model(**batch).logits
             if features:
                 head_input = captured.pop()
@@ -240,7 +275,9 @@ def predict_logits(
     finally:
         if hook is not None:
             hook.remove()
-    stacked = np.concatenate(outputs) if outputs else np.zeros((0, model.config.num_labels or 0))
-    result = np.empty_like(stacked)
-    result[order] = stacked
-    return result
+    width = outputs[0].shape[-1] if outputs else (model.config.num_labels or 0)
+    stacked = np.concatenate(outputs) if outputs else np.zeros((0, width), np.float32)
+    per_window = np.empty_like(stacked)
+    per_window[order] = stacked
+    documents = np.asarray(windows.documents, dtype=np.int64)
+    return document_logits(per_window, documents, len(texts)), windows.truncated

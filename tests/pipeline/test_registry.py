@@ -98,7 +98,7 @@ def test_champion_loads_as_pyfunc_and_predicts_on_a_text_column(
     with mlflow_store(tracking_uri):  # scoped: MLflow's global URI is restored after
         model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
     out = model.predict(pd.DataFrame({"text": ["lovely", "awful", "fine"]}))
-    assert list(out.columns) == ["label", "score", "p_negative", "p_positive"]
+    assert list(out.columns) == ["label", "score", "p_negative", "p_positive", "truncated"]
     assert len(out) == 3
     assert ((out["p_negative"] + out["p_positive"]).round(5) == 1.0).all()
     with pytest.raises(MlflowException):

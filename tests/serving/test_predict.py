@@ -33,7 +33,8 @@ def test_csv_in_csv_out_keeps_columns_and_adds_probabilities(
     argv += ["--text-column", "review", "--output", str(out), "--batch-size", "2"]
     assert main(argv) == 0
     frame = pd.read_csv(out, keep_default_na=False)
-    assert list(frame.columns) == ["id", "review", "label", "score", "p_negative", "p_positive"]
+    columns = ["id", "review", "label", "score", "p_negative", "p_positive", "truncated"]
+    assert list(frame.columns) == columns
     assert frame["review"].tolist() == TEXTS  # quoted newline and commas survive
     assert list(zip(frame["label"], frame["score"], strict=True)) == expected(exported.export_dir)
 

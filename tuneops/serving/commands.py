@@ -34,7 +34,13 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--max-texts", type=int, default=64, help="texts per request (else 413)")
-    serve.add_argument("--max-chars", type=int, default=10_000, help="per text (else 422)")
+    serve.add_argument(
+        "--max-chars",
+        type=int,
+        default=None,
+        help="per text (else 422; default: what validation allowed, bundle.json's "
+        "max_text_chars, validate.max_text_chars)",
+    )
     serve.add_argument("--max-body-bytes", type=int, default=1_000_000, help="else 413")
     serve.add_argument(
         "--batch-wait-ms",
@@ -102,13 +108,23 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve_limits(args: argparse.Namespace, classifier: Any) -> Any:
+    """The request limits: --max-chars defaults to what validation allowed the training
+    data (audit M13: the server took texts validation would have refused)."""
+    from tuneops.serving.server import Limits
+
+    max_chars = args.max_chars if args.max_chars is not None else classifier.max_text_chars
+    return Limits(args.max_texts, max_chars, args.max_body_bytes)
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from tuneops.serving.server import Limits, create_app
+    from tuneops.serving.server import create_app
 
-    limits = Limits(args.max_texts, args.max_chars, args.max_body_bytes)
-    app = create_app(_classifier(args), limits, args.batch_wait_ms, args.max_batch)
+    classifier = _classifier(args)
+    limits = serve_limits(args, classifier)
+    app = create_app(classifier, limits, args.batch_wait_ms, args.max_batch)
     print(
         f"serving {args.bundle} ({args.model or 'default model'}) on http://{args.host}:{args.port}"
         f" (POST /predict, GET /health, GET /metadata); Ctrl-C stops"
