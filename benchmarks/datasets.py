@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -290,13 +291,25 @@ def run_one(dataset: Dataset, scratch: Path) -> dict[str, Any]:
     env = os.environ | {"PYTHONPATH": str(project)}
     env.pop("MLFLOW_TRACKING_URI", None)
     log = project / "run.log"
+    load_before, cpu_before = os.getloadavg()[0], _children_cpu_s()
     started = time.perf_counter()
     with log.open("w", encoding="utf-8") as out:
         done = subprocess.run(
             ["nice", "-n", "10", *command], cwd=project, env=env, stdout=out, stderr=out
         )
     wall = time.perf_counter() - started
-    return collect(dataset, project, done.returncode, wall)
+    # On a shared machine the wall time says as much about the neighbours as about the
+    # run: the CPU seconds it used and the 1-minute load average say which.
+    contention = {
+        "cpu_s": round(_children_cpu_s() - cpu_before, 1),
+        "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+    }
+    return collect(dataset, project, done.returncode, wall) | contention
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def collect(dataset: Dataset, project: Path, exit_code: int, wall: float) -> dict[str, Any]:
@@ -384,7 +397,7 @@ def _f(value: Any) -> str:
 def table(results: list[dict[str, Any]]) -> str:
     head = (
         "| dataset | rows | classes (smallest) | chars p50/p95/max | tokens p50/p95 | "
-        "max_length / long_text | model | TF-IDF | before FT | champion | wall |\n"
+        "max_length / long_text | model | TF-IDF | before FT | champion | wall (CPU) |\n"
         "| --- | ---: | --- | --- | --- | --- | ---: | ---: | ---: | --- | ---: |\n"
     )
     lines = []
@@ -408,7 +421,8 @@ def table(results: list[dict[str, Any]]) -> str:
             f"{chars.get('p50', '-')}/{chars.get('p95', '-')}/{chars.get('max', '-')} | "
             f"{tokens.get('p50', '-')}/{tokens.get('p95', '-')} | {window} | "
             f"{_f(r.get('test_macro_f1'))} | {_f(r.get('tfidf_macro_f1'))} | "
-            f"{_f(r.get('before_finetuning_macro_f1'))} | {verdict} | {r['wall_s'] / 60:.1f} min |"
+            f"{_f(r.get('before_finetuning_macro_f1'))} | {verdict} | {r['wall_s'] / 60:.1f} min"
+            + (f" ({r['cpu_s'] / 60:.1f}) |" if r.get("cpu_s") else " |")
         )
     return head + "\n".join(lines) + "\n"
 
@@ -450,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
             before = results[name]
             project = args.scratch / f"ds-{name}"
             result = collect(DATASETS[name], project, before["exit_code"], before["wall_s"])
-            result |= {k: before[k] for k in meta}
+            kept = [*meta, "cpu_s", "load_average"]
+            result |= {k: before[k] for k in kept if k in before}
         else:
             result = run_one(DATASETS[name], args.scratch) | meta
         results[name] = result
