@@ -104,16 +104,19 @@ def step_prepare(ctx: Context) -> PrepareResult:
     )
 
 
-def step_train(ctx: Context, callbacks: Sequence[Any] = ()) -> tuple[TrainResult, str | None]:
+def step_train(
+    ctx: Context, callbacks: Sequence[Any] = (), log: Any = None
+) -> tuple[TrainResult, str | None]:
     """Start the MLflow run, log params, tags and datasets, then fine-tune.
 
     Under torchrun / accelerate launch only rank 0 does all that; the other processes
     train their share of each batch and record nothing (their run id is None). A resumed
     run (the last one was killed) is tagged `train.resumed_from`; the killed run, left
-    RUNNING by its process, is marked KILLED. `callbacks`: extra Trainer callbacks.
+    RUNNING by its process, is marked KILLED. `callbacks`: extra Trainer callbacks; `log`:
+    where the progress lines go (None: stderr).
     """
     if process_rank() != 0:
-        return _train(ctx, NullTracker(), {}, callbacks), None
+        return _train(ctx, NullTracker(), {}, callbacks, log), None
     check_tracking_server(ctx.tracking_uri)  # fail before compute, not after it
     tags = recording.lineage_tags(ctx, pipeline_owned()) | {"seed": str(ctx.params.train.seed)}
     tracker = MlflowTracker.start(
@@ -128,13 +131,14 @@ def step_train(ctx: Context, callbacks: Sequence[Any] = ()) -> tuple[TrainResult
         recording.log_resolved_params(ctx, tracker)
         tracker.set_tags({f"lib.{k}": v for k, v in library_versions().items()})
         recording.log_datasets(ctx, tracker)
-        result = _train(ctx, tracker, {"mlflow_run_id": tracker.run_id} | tags, callbacks)
+        result = _train(ctx, tracker, {"mlflow_run_id": tracker.run_id} | tags, callbacks, log)
         tracker.set_tags(
             {
                 "device": result.device,
                 "precision": result.precision,
                 "world_size": result.world_size,
                 "global_batch_size": ctx.params.train.batch_size * result.world_size,
+                "train.stopped_by": result.stopped_by,
             }
         )
         if result.resumed_from:
@@ -147,7 +151,10 @@ def step_train(ctx: Context, callbacks: Sequence[Any] = ()) -> tuple[TrainResult
                 "total_params": result.total_params,
                 "trainable_fraction": result.trainable_params / max(result.total_params, 1),
                 "peak_memory_mb": result.peak_memory_mb,
+                "epochs_run": result.epochs_run,
+                "epochs_planned": result.epochs_planned,
             }
+            | ({"best_epoch": result.best_epoch} if result.best_epoch is not None else {})
             | {f"best_validation_{k}": v for k, v in result.best_validation.items()}
         )
         if result.adapter_dir is not None:  # the LoRA adapter alone, before the merge
@@ -156,7 +163,11 @@ def step_train(ctx: Context, callbacks: Sequence[Any] = ()) -> tuple[TrainResult
 
 
 def _train(
-    ctx: Context, tracker: Tracker, extra_summary: dict[str, Any], callbacks: Sequence[Any]
+    ctx: Context,
+    tracker: Tracker,
+    extra_summary: dict[str, Any],
+    callbacks: Sequence[Any],
+    log: Any = None,
 ) -> TrainResult:
     return train(
         ctx.task,
@@ -169,6 +180,7 @@ def _train(
         tracker,
         extra_summary=extra_summary,
         callbacks=callbacks,
+        log=log,
     )
 
 
@@ -186,6 +198,7 @@ def step_evaluate(ctx: Context) -> EvaluationResult:
             ctx.paths.reports,
         )
         tracker.log_metrics(result.flat_metrics())
+        tracker.set_tags(result.flat_tags())
         for path in (
             result.metrics_path,
             result.report_path,
