@@ -84,6 +84,8 @@ class RunSummary:
 
 BASELINE_NAMES = {
     "before_finetuning": "before fine-tuning",
+    "before_finetuning_pooler": "before fine-tuning, pooler features",
+    "before_finetuning_mean_pooled": "before fine-tuning, mean-pooled features",
     "tfidf": "TF-IDF + logistic regression",
     "majority": "majority class",
     "most_frequent_tag": "most frequent tag per word",
@@ -148,7 +150,8 @@ def prepare_task(ctx: stages.Context) -> dict[str, int]:
 
 @task(name="train", cache_policy=NO_CACHE)
 def train_task(ctx: stages.Context) -> str:
-    result, run_id = stages.step_train(ctx)
+    # Progress lines (every train.logging_steps steps, each epoch) to the Prefect run log.
+    result, run_id = stages.step_train(ctx, log=get_run_logger())
     assert run_id is not None  # one process: the CLI runs only `stage train` data-parallel
     get_run_logger().info(
         f"trained on {result.device} in {result.train_runtime_s:.0f}s "

@@ -50,6 +50,13 @@ class EvaluationResult:
 
     def flat_metrics(self) -> dict[str, float]:
         """MLflow names: test_macro_f1, tfidf.test_macro_f1, ... (as `dvc metrics show`)."""
+        return {k: v for k, v in self._flat().items() if not isinstance(v, str)}
+
+    def flat_tags(self) -> dict[str, str]:
+        """The text entries (before_finetuning.features: which probe it is), as MLflow tags."""
+        return {k: v for k, v in self._flat().items() if isinstance(v, str)}
+
+    def _flat(self) -> dict[str, Any]:
         flat = {k: v for k, v in self.metrics.items() if not isinstance(v, dict)}
         for name, baseline in self.metrics.items():
             if isinstance(baseline, dict):

@@ -8,6 +8,7 @@ was killed is resumed from its last complete checkpoint (see checkpoints.py).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -17,6 +18,7 @@ from typing import Any
 from datasets import load_dataset
 from transformers import (
     EarlyStoppingCallback,
+    PrinterCallback,
     TrainerCallback,
     TrainingArguments,
     set_seed,
@@ -27,6 +29,7 @@ from pipeline.training import checkpoints
 from pipeline.training.devices import resolve_precision, trainer_options, world_size
 from pipeline.training.memory import peak_memory
 from pipeline.training.modeling import load_tokenizer, pick_device, resolve_model_path
+from pipeline.training.progress import ProgressLog, TimeBudget, duration, stderr_logger
 from pipeline.training.schedules import ScheduledTrainer, trainer_scheduler_type
 from pipeline.training.strategies import apply_strategy, count_parameters, merged, save_adapter
 from tuneops.config import ModelConfig, TrainConfig
@@ -56,6 +59,11 @@ class TrainResult:
     # Data-parallel processes (torchrun / accelerate launch); the global batch is
     # batch_size x world_size, and the token counts are over all of them.
     world_size: int = 1
+    # What ended training: early_stopping (no validation gain for the patience), max_epochs
+    # (train.epochs: auto) or epochs (a number), max_steps, max_minutes (the time budget).
+    stopped_by: str = "epochs"
+    best_epoch: float | None = None  # the epoch whose checkpoint was kept
+    epochs_planned: float = 1.0  # train.epochs, or train.max_epochs under auto
 
 
 def read_manifest(prepared_dir: Path) -> dict[str, Any]:
@@ -73,6 +81,7 @@ def train(
     tracker: Tracker | None = None,
     extra_summary: dict[str, Any] | None = None,
     callbacks: Sequence[TrainerCallback] = (),
+    log: logging.Logger | logging.LoggerAdapter[Any] | None = None,
 ) -> TrainResult:
     """Fine-tune on train, select on validation (early stopping, best checkpoint kept).
 
@@ -81,7 +90,8 @@ def train(
     torchrun / accelerate launch every process trains its share of each batch; only rank 0
     writes checkpoints and the candidate (pass it the tracker, the others none).
     An interrupted run with the same config and data resumes from its last checkpoint
-    (on CPU it ends with the same weights as an uninterrupted run).
+    (on CPU it ends with the same weights as an uninterrupted run). Progress lines go to
+    `log` (default: stderr; the flow passes Prefect's run logger).
     """
     tracker = tracker or NullTracker()
     set_seed(cfg.seed)
@@ -118,6 +128,12 @@ def train(
     callbacks = [checkpoints.EpochStartRng(resume.checkpoint if resume else None), *callbacks]
     if cfg.checkpoint_steps:
         callbacks = [checkpoints.StepCheckpoints(cfg.checkpoint_steps), *callbacks]
+    early = EarlyStoppingCallback(cfg.early_stopping_patience)
+    budget = TimeBudget(cfg.max_minutes) if cfg.max_minutes else None
+    log = log or stderr_logger()
+    progress = ProgressLog(
+        cfg.logging_steps, planned_epochs(cfg), budget.budget_s if budget else None, log
+    )
     trainer = ScheduledTrainer(
         model=trained_model,
         args=args,
@@ -127,13 +143,17 @@ def train(
         data_collator=task.collator(tokenizer),
         compute_metrics=task.compute_metrics(labels, splits["validation"]),
         callbacks=[
-            EarlyStoppingCallback(cfg.early_stopping_patience),
+            early,
+            *([budget] if budget else []),
             _TrackerCallback(tracker),
+            progress,
             *callbacks,
         ],
         train_cfg=cfg,
         class_weights=class_weights,
     )
+    # Our progress lines replace the dict the Trainer prints per log when tqdm is off.
+    trainer.remove_callback(PrinterCallback)
     started = time.perf_counter()
     with peak_memory(device) as memory:
         output = trainer.train(resume_from_checkpoint=str(resume.checkpoint) if resume else None)
@@ -141,6 +161,13 @@ def train(
     epochs_run = float(trainer.state.epoch or 0.0)
     train_tokens = int(sum(splits["train"]["length"]) * epochs_run)
     best = _best_evaluation(trainer.state.log_history, cfg.metric_for_best_model)
+    stopped_by = _stopped_by(cfg, int(output.global_step), early, budget)
+    log.info(
+        f"training stopped by {stopped_by} after {epochs_run:.2f} epochs "
+        f"({output.global_step} steps, {duration(time.perf_counter() - started)}); kept the "
+        f"checkpoint of epoch {best.get('epoch', epochs_run):.2f} (validation "
+        f"{cfg.metric_for_best_model} {best.get(cfg.metric_for_best_model, float('nan')):.4f})"
+    )
     result = TrainResult(
         model_dir=candidate_dir,
         base_model=model_cfg.name_or_path,
@@ -160,6 +187,9 @@ def train(
         resumed_from=resume.checkpoint.name if resume else None,
         resumed_run_id=resume.run_id if resume else None,
         world_size=processes,
+        stopped_by=stopped_by,
+        best_epoch=best.get("epoch"),
+        epochs_planned=planned_epochs(cfg),
     )
     if not trainer.is_world_process_zero():
         return result
@@ -177,6 +207,23 @@ def train(
         (tmp / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     checkpoints.finish(checkpoints_dir)
     return result
+
+
+def planned_epochs(cfg: TrainConfig) -> float:
+    """train.epochs, or train.max_epochs when it is auto (early stopping ends it sooner)."""
+    return float(cfg.max_epochs) if cfg.epochs == "auto" else float(cfg.epochs)
+
+
+def _stopped_by(
+    cfg: TrainConfig, steps: int, early: EarlyStoppingCallback, budget: TimeBudget | None
+) -> str:
+    if budget is not None and budget.spent:
+        return "max_minutes"
+    if early.early_stopping_patience_counter >= cfg.early_stopping_patience:
+        return "early_stopping"
+    if 0 < cfg.max_steps <= steps:
+        return "max_steps"
+    return "max_epochs" if cfg.epochs == "auto" else "epochs"
 
 
 def _best_evaluation(history: list[dict[str, Any]], metric: str) -> dict[str, float]:
@@ -200,7 +247,7 @@ def _training_arguments(
     greater = cfg.metric_for_best_model != "loss"
     return TrainingArguments(
         output_dir=str(output_dir),
-        num_train_epochs=cfg.epochs,
+        num_train_epochs=planned_epochs(cfg),
         max_steps=cfg.max_steps,
         learning_rate=cfg.learning_rate,
         per_device_train_batch_size=cfg.batch_size,
@@ -217,6 +264,7 @@ def _training_arguments(
         greater_is_better=greater,
         logging_strategy="steps",
         logging_steps=cfg.logging_steps,
+        include_num_input_tokens_seen="non_padding",  # the progress lines' tokens/s
         seed=cfg.seed,
         data_seed=cfg.seed,
         bf16=precision == "bf16",

@@ -120,16 +120,19 @@ def step_prepare(ctx: Context) -> PrepareResult:
     )
 
 
-def step_train(ctx: Context, callbacks: Sequence[Any] = ()) -> tuple[TrainResult, str | None]:
+def step_train(
+    ctx: Context, callbacks: Sequence[Any] = (), log: Any = None
+) -> tuple[TrainResult, str | None]:
     """Start the MLflow run, log params, tags and datasets, then fine-tune.
 
     Under torchrun / accelerate launch only rank 0 does all that; the other processes
     train their share of each batch and record nothing (their run id is None). A resumed
     run (the last one was killed) is tagged `train.resumed_from`; the killed run, left
-    RUNNING by its process, is marked KILLED. `callbacks`: extra Trainer callbacks.
+    RUNNING by its process, is marked KILLED. `callbacks`: extra Trainer callbacks; `log`:
+    where the progress lines go (None: stderr).
     """
     if process_rank() != 0:
-        return _train(ctx, NullTracker(), {}, callbacks), None
+        return _train(ctx, NullTracker(), {}, callbacks, log), None
     check_tracking_server(ctx.tracking_uri)  # fail before compute, not after it
     tags = recording.lineage_tags(ctx, pipeline_owned(), build_key(ctx))
     tags |= {"seed": str(ctx.params.train.seed)}
@@ -145,7 +148,7 @@ def step_train(ctx: Context, callbacks: Sequence[Any] = ()) -> tuple[TrainResult
         recording.log_resolved_params(ctx, tracker)
         tracker.set_tags({f"lib.{k}": v for k, v in library_versions().items()})
         recording.log_datasets(ctx, tracker)
-        result = _train(ctx, tracker, {"mlflow_run_id": tracker.run_id} | tags, callbacks)
+        result = _train(ctx, tracker, {"mlflow_run_id": tracker.run_id} | tags, callbacks, log)
         summary = recording.training_summary(ctx)
         if ctx.params.train.max_length == "auto":  # what auto chose, beside "auto"
             tracker.log_params({"train.max_length.chosen": summary["max_length"]})
@@ -163,6 +166,7 @@ def step_train(ctx: Context, callbacks: Sequence[Any] = ()) -> tuple[TrainResult
                 "precision": result.precision,
                 "world_size": result.world_size,
                 "global_batch_size": ctx.params.train.batch_size * result.world_size,
+                "train.stopped_by": result.stopped_by,
             }
         )
         if result.resumed_from:
@@ -175,7 +179,10 @@ def step_train(ctx: Context, callbacks: Sequence[Any] = ()) -> tuple[TrainResult
                 "total_params": result.total_params,
                 "trainable_fraction": result.trainable_params / max(result.total_params, 1),
                 "peak_memory_mb": result.peak_memory_mb,
+                "epochs_run": result.epochs_run,
+                "epochs_planned": result.epochs_planned,
             }
+            | ({"best_epoch": result.best_epoch} if result.best_epoch is not None else {})
             | {f"best_validation_{k}": v for k, v in result.best_validation.items()}
         )
         if result.adapter_dir is not None:  # the LoRA adapter alone, before the merge
@@ -184,7 +191,11 @@ def step_train(ctx: Context, callbacks: Sequence[Any] = ()) -> tuple[TrainResult
 
 
 def _train(
-    ctx: Context, tracker: Tracker, extra_summary: dict[str, Any], callbacks: Sequence[Any]
+    ctx: Context,
+    tracker: Tracker,
+    extra_summary: dict[str, Any],
+    callbacks: Sequence[Any],
+    log: Any = None,
 ) -> TrainResult:
     return train(
         ctx.task,
@@ -197,6 +208,7 @@ def _train(
         tracker,
         extra_summary=extra_summary,
         callbacks=callbacks,
+        log=log,
     )
 
 
@@ -224,6 +236,7 @@ def step_evaluate(ctx: Context) -> EvaluationResult:
             ctx.paths.reports,
         )
         tracker.log_metrics(result.flat_metrics())
+        tracker.set_tags(result.flat_tags())
         for path in (
             result.metrics_path,
             result.report_path,

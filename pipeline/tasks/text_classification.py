@@ -31,7 +31,14 @@ if TYPE_CHECKING:
         ValidateConfig,
     )
 
-BASELINES = ("majority", "tfidf", "before_finetuning")
+# before_finetuning is the stronger of the two frozen-encoder probes (text_steps.py).
+BASELINES = (
+    "majority",
+    "tfidf",
+    "before_finetuning",
+    "before_finetuning_pooler",
+    "before_finetuning_mean_pooled",
+)
 
 
 def score(y_true: np.ndarray, y_pred: np.ndarray, n_labels: int) -> dict[str, float]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -74,6 +75,18 @@ def test_flow_run_completes_and_returns_the_summary(flow_run: dict[str, Any]) ->
     assert summary.aliases == ["challenger", "champion"]
     assert sum(summary.rows.values()) == REAL_SLICE["data.max_rows"]
     assert "tuneops ui" in summary.text()
+
+
+def test_training_progress_reaches_the_prefect_run_log(flow_run: dict[str, Any]) -> None:
+    """Issue 17 item 7 (audit X1): the train task's run logger carries a line every
+    train.logging_steps steps and each epoch's validation metrics; no progress bars."""
+    log = flow_run["log"]
+    steps = re.findall(r"Task run 'train-\w+' - train step (\d+)/\d+ \(epoch [\d.]+/3\)", log)
+    assert steps and all(int(step) % 20 == 0 for step in steps)  # logging_steps: 20
+    epochs = re.findall(r"Task run 'train-\w+' - epoch ([\d.]+)/3 validation: ", log)
+    assert epochs[:2] == ["1.00", "2.00"]
+    assert re.search(r"Task run 'train-\w+' - training stopped by \w+ after", log)
+    assert "%|" not in log and "{'loss'" not in log
 
 
 @pytest.mark.audit("M10")

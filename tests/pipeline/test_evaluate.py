@@ -119,3 +119,48 @@ def test_evaluate_and_export_refuse_data_prepared_with_another_label_order(
         export(TEXT, p.export, p.train.max_length, trained.paths.candidate, flipped, tmp_path / "b")
     assert str(evaluated.value) == str(exported.value) == expected
     assert not (tmp_path / "reports").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.audit("M15")
+def test_mean_pooled_features_average_only_the_real_tokens(trained: Trained) -> None:
+    """Batched with padding, each text's mean_pooled feature is the mean of its own last
+    hidden states (padding masked out), and pooler is what the head reads (BERT's pooler)."""
+    import numpy as np
+    import torch
+
+    from pipeline.training.modeling import load_tokenizer
+    from pipeline.training.probe import encoder_features
+
+    model = TEXT.load_model(trained.params.model.name_or_path, ("a", "b"))
+    tokenizer = load_tokenizer(trained.params.model.name_or_path)
+    texts = ["short", "a much longer text, padded least of all in its batch", "mid length"]
+    found = encoder_features(model, tokenizer, texts, 32, batch_size=3)
+    for i, text in enumerate(texts):
+        with torch.inference_mode():
+            alone = model.bert(**tokenizer([text], return_tensors="pt"))
+        np.testing.assert_allclose(
+            found["mean_pooled"][i], alone.last_hidden_state[0].mean(dim=0).numpy(), atol=1e-5
+        )
+        np.testing.assert_allclose(found["pooler"][i], alone.pooler_output[0].numpy(), atol=1e-5)
+
+
+@pytest.mark.audit("M15")
+def test_before_finetuning_reports_both_probes_and_is_the_stronger(evaluation, trained) -> None:  # type: ignore[no-untyped-def]
+    metrics = json.loads((trained.paths.reports / "metrics.json").read_text())
+    pooler, mean = metrics["before_finetuning_pooler"], metrics["before_finetuning_mean_pooled"]
+    stronger = "mean_pooled" if mean["test_macro_f1"] >= pooler["test_macro_f1"] else "pooler"
+    chosen = metrics["before_finetuning"]
+    assert chosen.pop("features") == stronger
+    assert chosen == metrics[f"before_finetuning_{stronger}"]
+    predictions = pd.read_parquet(trained.paths.reports / "test_predictions.parquet")
+    assert (
+        predictions["before_finetuning_predicted"]
+        == predictions[f"before_finetuning_{stronger}_predicted"]
+    ).all()
+    flat = evaluation.flat_metrics()
+    assert {
+        "before_finetuning_pooler.test_macro_f1",
+        "before_finetuning_mean_pooled.test_macro_f1",
+    } <= set(flat)
+    assert "before_finetuning.features" not in flat  # text: an MLflow tag, not a metric
+    assert evaluation.flat_tags() == {"before_finetuning.features": stronger}
