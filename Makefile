@@ -35,8 +35,9 @@ lint: setup
 	$(BIN)/ruff format --check tuneops pipeline flows tests benchmarks
 	$(BIN)/mypy
 
+# The JUnit file feeds docs/reliability.md's tables (tests/reliability/table.py).
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest --junitxml=reports/junit.xml
 
 repro: setup
 	$(BIN)/tuneops fetch-data
