@@ -60,7 +60,21 @@ def store_client(tracking_uri: str) -> Any:
     """
     from mlflow import MlflowClient
 
+    quiet_run_links(tracking_uri)
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def quiet_run_links(tracking_uri: str) -> None:
+    """Stop MLflow printing "View run ... at: <URL>" when `tracking_uri` holds credentials.
+
+    On a tracking server MLflow writes that line to stdout whenever a run ends, the URL built
+    from the tracking URI as given, user:password@ included (mlflow 3.17
+    `TrackingServiceClient._log_url`). Set for the whole process, not around each call: the
+    flag is read from os.environ, and Prefect runs tasks in threads. tuneops names the run
+    and the (redacted) store itself (flows/training.py).
+    """
+    if redact_uri(tracking_uri) != tracking_uri:
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
 
 
 class MlflowTracker:
@@ -171,6 +185,7 @@ def mlflow_store(uri: str) -> Iterator[None]:
     import mlflow
 
     saved = {name: os.environ.get(name) for name in _URI_VARIABLES}
+    quiet_run_links(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
