@@ -75,7 +75,7 @@ def test_the_ner_flow_registers_a_gated_version_with_entity_metrics(
     assert "best_validation_entity_f1" in run.data.metrics
 
 
-@pytest.mark.audit("C2", "T10")
+@pytest.mark.audit("C2", "T10", "D10")
 def test_reproduce_rebuilds_v1_and_finds_the_entity_f1_identical(
     ner_run: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
