@@ -152,3 +152,33 @@ def test_tune_runs_token_classification_trials(tmp_path: Path, tiny_model_dir: P
     (child,) = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert child.data.params["task"] == "token-classification"
     assert child.data.metrics["best_validation_entity_f1"] == pytest.approx(trial.value)
+
+
+@pytest.mark.audit("M17")
+def test_tune_prepares_again_when_the_prepared_data_is_another_dataset_s_or_params_file_s(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """A data/prepared/ left by `tuneops stage prepare` or by other params is not reused;
+    the folder tune prepared itself, for these params and files, is."""
+    import json
+
+    from tuneops.stages import step_fetch, step_prepare, step_validate
+    from tuneops.tune import _ensure_prepared
+
+    write_params(tmp_path, tiny_overrides(tiny_model_dir) | {"data.max_rows": 200})
+    ctx = load_context(tmp_path)
+    for step in (step_fetch, step_validate, step_prepare):  # not tune's: no key
+        step(ctx)
+    manifest = ctx.paths.data_prepared / "manifest.json"
+    stale = manifest.stat().st_mtime_ns
+    _ensure_prepared(ctx)
+    assert manifest.stat().st_mtime_ns != stale  # prepared again, for tune
+    kept = manifest.stat().st_mtime_ns
+    _ensure_prepared(load_context(tmp_path))
+    assert manifest.stat().st_mtime_ns == kept  # same params and files: reused
+    write_params(
+        tmp_path,
+        tiny_overrides(tiny_model_dir) | {"data.max_rows": 200, "prepare.test_fraction": 0.2},
+    )
+    _ensure_prepared(load_context(tmp_path))
+    assert json.loads(manifest.read_text())["split"]["test_fraction"] == 0.2

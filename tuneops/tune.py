@@ -13,6 +13,7 @@ The best trial's values are written, over the whole resolved config, to
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import warnings
@@ -27,7 +28,7 @@ from transformers import TrainerCallback
 from tuneops.config import Params, SearchDimension, validate_params
 from tuneops.errors import ConfigError
 from tuneops.paths import atomic_write_text
-from tuneops.stages import Context, step_fetch, step_prepare, step_validate
+from tuneops.stages import STAGES, Context, params_hash, step_fetch, step_prepare, step_validate
 from tuneops.tracking import MlflowTracker, check_tracking_server, redact_uri
 
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
@@ -166,12 +167,43 @@ def tune(ctx: Context, trials: int) -> TuneResult:
 
 
 def _ensure_prepared(ctx: Context) -> None:
-    """fetch → validate → prepare once, under a lock (parallel workers share the data)."""
+    """fetch → validate → prepare, under a lock (parallel workers share the data), unless
+    data/prepared/ already holds this dataset's files prepared with this task and these
+    data/validate/prepare params (audit M17: a prepared folder left by another dataset or
+    params file would otherwise train every trial)."""
     with FileLock(ctx.paths.root / "data" / "prepare.lock", timeout=1800):
-        if not (ctx.paths.data_prepared / "manifest.json").exists():
+        if not _prepared_is_current(ctx):
             step_fetch(ctx)
             step_validate(ctx)
             step_prepare(ctx)
+            _prepared_key(ctx).write_text(_wanted_key(ctx), encoding="utf-8")
+
+
+def _prepared_key(ctx: Context) -> Path:
+    # Inside data/prepared/: a prepare run by another command replaces the folder, and the
+    # key with it, so tune prepares again rather than trust a folder it did not make.
+    return ctx.paths.data_prepared / "tune-key.txt"
+
+
+def _wanted_key(ctx: Context) -> str:
+    keys = ("task", *STAGES["validate"].params, *STAGES["prepare"].params)
+    return params_hash(ctx, keys)
+
+
+def _prepared_is_current(ctx: Context) -> bool:
+    from pipeline.version_data import file_md5s
+
+    manifest_path = ctx.paths.data_prepared / "manifest.json"
+    key = _prepared_key(ctx)
+    if not (manifest_path.exists() and key.exists()):
+        return False
+    if key.read_text(encoding="utf-8") != _wanted_key(ctx):
+        return False
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    dataset = ctx.paths.raw_dataset(ctx.params.data.name)
+    return bool(dataset.is_dir()) and manifest.get("raw_files") == file_md5s(
+        dataset, dataset.parent
+    )
 
 
 def _parent_run(ctx: Context, study: Any, storage: str) -> MlflowTracker:
