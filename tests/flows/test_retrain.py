@@ -19,7 +19,7 @@ import pytest
 from sklearn.metrics import f1_score
 
 from flows.retrain import Built, decide
-from pipeline.registry import load_bundle
+from pipeline.registered import open_version
 from pipeline.version_data import read_dvc_md5
 from tests.conftest import (
     REPO,
@@ -124,7 +124,7 @@ def test_weekly_retraining_trains_on_new_data_skips_without_it_and_rebuilds_v1(
         f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}], lower bound must be >= -0.02"
     )
     test = pd.read_parquet(root / "data" / "prepared" / "test.parquet")
-    v1 = load_bundle(f"sqlite:///{root / 'mlflow.db'}", MODEL, "1")
+    v1 = open_version(f"sqlite:///{root / 'mlflow.db'}", MODEL, "1")
     v1_labels = [p.label for p in v1.predict(test["text"].tolist())]
     expected = f1_score(
         test["label"],
