@@ -64,12 +64,15 @@ class RunSummary:
     def text(self) -> str:
         accuracy, f1, label = self.metric_names
         rows = comparison_rows(self.metrics)
-        table = "\n".join(f"  {name:<30} {r[accuracy]:>8.4f} {r[f1]:>9.4f}" for name, r in rows)
+        width = max([30, *(len(name) for name, _ in rows)])
+        table = "\n".join(
+            f"  {name:<{width}} {r[accuracy]:>8.4f} {r[f1]:>9.4f}" for name, r in rows
+        )
         return (
             f"data version      {self.data_version}\n"
             f"rows              train {self.rows['train']}, validation "
             f"{self.rows['validation']}, test {self.rows['test']}\n"
-            f"test metrics        {'model':<28} {'accuracy':>8} {label:>9}\n{table}\n"
+            f"test metrics\n  {'model':<{width}} {'accuracy':>8} {label:>9}\n{table}\n"
             f"gate              {self.gate}\n"
             f"registered        {self.model_name} version {self.model_version} "
             f"(aliases: {', '.join(self.aliases) or 'none'}; champion is "
