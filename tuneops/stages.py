@@ -102,7 +102,9 @@ def step_validate(ctx: Context) -> ValidationResult:
     )
     result.raise_for_failures()
     if result.label_source == "inferred":
-        with FileLock(ctx.paths.data_lock, timeout=600):
+        # The flows' data lock object (re-entrant): they hold it around validate already,
+        # and a second lock object on the same file would wait for the first one forever.
+        with data_lock(ctx):
             freeze_labels(dataset_dir, result.labels)
     return result
 
