@@ -248,6 +248,7 @@ def test_retraining_keys_on_the_prepared_data_build_params_and_code(
     # again (every field quoted: other bytes, same rows).
     versions_seen = [read_dvc_md5(dvc_file)]
     other = stages.load_context(root, overrides={"data.name": "other_reviews"})
+    stages.step_validate(other)  # freezes its labels.json, which ingest requires (M9)
     stages.step_ingest(other, reviews(tmp_path / "other.csv", "more other", 24))
     versions_seen.append(read_dvc_md5(dvc_file))
     again = tmp_path / "re-export.csv"
