@@ -296,7 +296,8 @@ def test_reports_hold_every_check_the_verdict_and_both_versions(tmp_path: Path) 
         (
             "gate.baselines=[tfidf, bm25]",
             "gate.baselines: unknown baseline(s) ['bm25'] for text-classification; expected "
-            "some of ['majority', 'tfidf', 'before_finetuning']",
+            "some of ['majority', 'tfidf', 'before_finetuning', 'before_finetuning_pooler', "
+            "'before_finetuning_mean_pooled']",
         ),
     ],
 )
