@@ -181,7 +181,7 @@ def test_class_weights_on_a_token_task_are_a_config_error() -> None:
         {
             "task": "token-classification",
             "train": {"class_weights": "balanced", "metric_for_best_model": "entity_f1"},
-            "gate": {"baselines": ["before_finetuning"]},
+            "gate": {"baselines": ["before_finetuning"], "floors": {"test_entity_f1": 0.5}},
         }
     )
     with pytest.raises(ConfigError, match=r"train\.class_weights: 'balanced' is for text class"):
