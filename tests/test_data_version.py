@@ -45,14 +45,14 @@ def test_data_changed_without_dvc_add_is_refused_before_training_not_tagged_old(
     project: stages.Context,
 ) -> None:
     ctx = project
+    stages.step_validate(ctx)  # the flows' order: validate (which freezes labels.json), version
     stages.step_version_data(ctx)
-    stages.step_validate(ctx)
     stages.step_prepare(ctx)
     version = read_dvc_md5(ctx.paths.data_raw.with_name("raw.dvc"))
     manifest = read_manifest(ctx.paths.data_prepared)
-    assert manifest["raw_files"] == {
-        "reviews/batch-0000.csv": versioned_files(ctx.paths.root, version)["reviews/batch-0000.csv"]
-    }
+    held = versioned_files(ctx.paths.root, version)
+    assert sorted(held) == ["reviews/batch-0000.csv", "reviews/labels.json"]
+    assert manifest["raw_files"] == held
     assert recording.prepared_data_version(ctx, manifest) == version
 
     # A new file, no `dvc add`: data/raw.dvc still names the old version.

@@ -110,7 +110,7 @@ def test_token_classification_refuses_head_tail_before_any_compute() -> None:
         {
             "task": "token-classification",
             "train": {"long_text": "head_tail", "metric_for_best_model": "entity_f1"},
-            "gate": {"baselines": ["before_finetuning"]},
+            "gate": {"baselines": ["before_finetuning"], "floors": {"test_entity_f1": 0.5}},
         },
         "params.yaml",
     )
@@ -423,7 +423,7 @@ def test_token_classification_refuses_auto_max_length() -> None:
         {
             "task": "token-classification",
             "train": {"max_length": "auto", "metric_for_best_model": "entity_f1"},
-            "gate": {"baselines": ["before_finetuning"]},
+            "gate": {"baselines": ["before_finetuning"], "floors": {"test_entity_f1": 0.5}},
         },
         "params.yaml",
     )

@@ -1,6 +1,7 @@
 """`tuneops serve` started for real on 127.0.0.1, driven over HTTP."""
 
 import json
+import shutil
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from pipeline.export import ExportResult
-from tests.conftest import free_port, local_server, tool_env
+from tests.conftest import Trained, free_port, local_server, tool_env
 from tuneops.runtime import OnnxClassifier
 
 
@@ -94,19 +95,78 @@ def test_metadata_describes_the_model_without_local_paths(
     assert str(Path.home()) not in json.dumps(meta)
 
 
+CONCURRENT_TEXTS = [
+    f"review {i}: " + ("great " if i % 2 else "bad ") * (i // 2 + 1) for i in range(24)
+]
+
+
+@pytest.fixture(scope="module")
+def spread_bundle(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> ExportResult:
+    """The trained tiny model with its head scaled and re-centred on CONCURRENT_TEXTS, exported.
+
+    The tiny model answers every text within about 1e-4 of (0.511, 0.489), so a swapped
+    answer could not be told from a right one. Scaling the classifier's weights spreads
+    the answers (its bias re-centred so that they do not saturate) without changing what
+    the server does with them."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from pipeline import tasks
+    from pipeline.export import export
+
+    root = tmp_path_factory.mktemp("spread")
+    candidate = root / "candidate"
+    shutil.copytree(trained.paths.candidate, candidate)
+    model = AutoModelForSequenceClassification.from_pretrained(candidate)
+    batch = AutoTokenizer.from_pretrained(candidate)(
+        CONCURRENT_TEXTS, padding=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        model.classifier.weight.mul_(2e3)
+        model.classifier.bias.sub_(model(**batch).logits.mean(0))
+    model.save_pretrained(candidate)
+    p = trained.params
+    return export(
+        tasks.get(p.task),
+        p.export,
+        p.train.max_length,
+        candidate,
+        trained.paths.data_prepared,
+        root / "export",
+    )
+
+
 @pytest.mark.audit("T9")
 def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(
-    server: str, exported: ExportResult
+    spread_bundle: ExportResult, tmp_path: Path
 ) -> None:
     """24 one-text requests, 8 at a time: fewer model calls than requests (the server's own
     count), every text scored once, and each answer is its own text's, told apart from the
-    others' (texts of different lengths, so the tiny model's answers differ)."""
-    texts = [f"review {i}: " + ("great " if i % 2 else "bad ") * (i // 2 + 1) for i in range(24)]
-    expected = OnnxClassifier(exported.export_dir, model="fp32").predict(texts)
+    others' (a model whose answers to these texts are at least 1e-4 apart)."""
+    texts = CONCURRENT_TEXTS
+    expected = OnnxClassifier(spread_bundle.export_dir, model="fp32").predict(texts)
     wanted = np.array([[p.probabilities[k] for k in sorted(p.probabilities)] for p in expected])
     apart = np.abs(wanted[:, None, :] - wanted[None, :, :]).max(axis=2)
     np.fill_diagonal(apart, np.inf)
     assert apart.min() > 1e-4  # a swapped answer would be seen at the 1e-5 tolerance
+
+    port = free_port()
+    server = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "tuneops.cli", "serve", "--bundle"]
+    argv += [str(spread_bundle.export_dir), "--model", "fp32", "--port", str(port)]
+    argv += ["--batch-wait-ms", "20", "--max-batch", "16"]
+    with local_server(argv, tool_env(), f"{server}/health", tmp_path / "serve.log", timeout=60):
+        answers, before, after = _ask_concurrently(server, texts)
+    assert after["texts"] - before["texts"] == len(texts)
+    assert after["model_calls"] - before["model_calls"] < len(texts), (before, after)
+    assert after["largest_call"] > 1
+    for got, want in zip(answers, expected, strict=True):
+        assert got["label"] == want.label
+        assert got["probabilities"] == pytest.approx(want.probabilities, abs=1e-5)
+
+
+def _ask_concurrently(server: str, texts: list[str]) -> tuple[list[dict], dict, dict]:
+    """Each text in its own request, 8 in flight; the answers and /stats before and after."""
 
     def ask(text: str) -> dict:
         response = httpx.post(f"{server}/predict", json={"texts": [text]}, timeout=30)
@@ -116,10 +176,4 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(
     before = httpx.get(f"{server}/stats").json()
     with ThreadPoolExecutor(max_workers=8) as pool:
         answers = list(pool.map(ask, texts))
-    after = httpx.get(f"{server}/stats").json()
-    assert after["texts"] - before["texts"] == len(texts)
-    assert after["model_calls"] - before["model_calls"] < len(texts), (before, after)
-    assert after["largest_call"] > 1
-    for got, want in zip(answers, expected, strict=True):
-        assert got["label"] == want.label
-        assert got["probabilities"] == pytest.approx(want.probabilities, abs=1e-5)
+    return answers, before, httpx.get(f"{server}/stats").json()
