@@ -7,6 +7,7 @@ needs nothing else. Keep its imports to the standard library and those three.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -375,8 +376,10 @@ class OnnxClassifier(OnnxBundle):
 class OnnxTokenClassifier(OnnxBundle):
     """A token classifier (NER, slot filling): IOB2 tags per word, entities as spans.
 
-    A word's tag is read at its first sub-token, as in training. Words are the
-    tokenizer's pre-tokenizer words for raw text, or the given tokens when pre-split.
+    A word's tag is read at its first sub-token, as in training. Words are the given
+    tokens when pre-split, and a raw text's whitespace-separated runs otherwise: the
+    training files' unit (the test split's texts are its tokens joined by spaces), so a
+    served text is tagged word for word as the gate scored its tokens (audit M16).
     """
 
     def word_logits(self, sentences: list[list[str]], batch_size: int = 32) -> list[np.ndarray]:
@@ -397,15 +400,19 @@ class OnnxTokenClassifier(OnnxBundle):
         return tags_from_rows(self.word_logits(sentences, batch_size), self.labels)
 
     def predict(self, texts: list[str], batch_size: int = 32) -> list[list[Entity]]:
-        """Entities in each raw text, with character offsets into that text."""
-        results: list[list[Entity]] = []
-        for start in range(0, len(texts), batch_size):
-            batch = texts[start : start + batch_size]
-            encodings = self.tokenizer.encode_batch(batch)
-            probabilities = softmax(self.run(encodings))
-            for i, (encoding, text) in enumerate(zip(encodings, batch, strict=True)):
-                results.append(entities_in(encoding, probabilities[i], self.labels, text))
-        return results
+        """Entities in each raw text, with character offsets into that text.
+
+        Punctuation attached to a word stays in it ("st." of "st. louis" is one word, as in
+        ATIS; "Paris," is one word too): send it apart ("Paris , France"), or pre-split
+        tokens to predict_words, when the training data's tokens split it off.
+        """
+        spans = [words_in(text) for text in texts]
+        sentences = [[text[a:b] for a, b in s] for text, s in zip(texts, spans, strict=True)]
+        rows = self.word_logits(sentences, batch_size)
+        return [
+            word_entities(text, s, r, self.labels)
+            for text, s, r in zip(texts, spans, rows, strict=True)
+        ]
 
     def record(self, prediction: list[Entity]) -> dict[str, Any]:
         return {"entities": [asdict(e) | {"score": round(e.score, 6)} for e in prediction]}
@@ -415,35 +422,27 @@ class OnnxTokenClassifier(OnnxBundle):
         return {"entities": json.dumps(self.record(prediction)["entities"], ensure_ascii=False)}
 
 
-def entities_in(
-    encoding: Any, probabilities: np.ndarray, labels: list[str], text: str
-) -> list[Entity]:
-    """Entities of one encoded text from per-sub-token tag probabilities [tokens, tags].
+_WORD = re.compile(r"\S+")
 
-    A word (the pre-tokenizer's: punctuation, hyphens and digits runs are words of
-    their own) takes the tag of its first sub-token; its character span runs from that
-    sub-token's start to its last sub-token's end, so "##" pieces merge back into the
-    word, and an entity spans from its first word's start to its last word's end.
-    """
-    spans: dict[int, list[int]] = {}  # word -> [first sub-token, last char end]
-    for position, word in enumerate(encoding.word_ids):
-        if word is None:
-            continue
-        end = encoding.offsets[position][1]
-        if word not in spans:
-            spans[word] = [position, end]
-        spans[word][1] = end
-    words = sorted(spans)
-    tags, scores = [], []
-    for word in words:
-        row = probabilities[spans[word][0]]
-        tags.append(labels[int(row.argmax())])
-        scores.append(float(row.max()))
+
+def words_in(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each whitespace-separated word of a raw text."""
+    return [m.span() for m in _WORD.finditer(text)]
+
+
+def word_entities(
+    text: str, spans: list[tuple[int, int]], logits: np.ndarray, labels: list[str]
+) -> list[Entity]:
+    """Entities of one text from per-word tag logits [words, tags] (a NaN row: a word cut
+    off by max_length, tagged O) and each word's (start, end) in the text. An entity spans
+    from its first word's start to its last word's end; its score is the mean of its
+    words' tag probabilities."""
+    tags = tags_from_rows([logits], labels)[0]
     found = []
     for kind, first, last in iob2_entities(tags):
-        begin = encoding.offsets[spans[words[first]][0]][0]
-        end = spans[words[last - 1]][1]
-        found.append(Entity(kind, begin, end, text[begin:end], float(np.mean(scores[first:last]))))
+        begin, end = spans[first][0], spans[last - 1][1]
+        score = float(np.mean([softmax(row).max() for row in logits[first:last]]))
+        found.append(Entity(kind, begin, end, text[begin:end], score))
     return found
 
 

@@ -117,3 +117,35 @@ def test_the_bundle_predicts_spans_with_offsets(
     assert all(text[e["start"] : e["end"]] == e["text"] for e in record["entities"])
     assert ("fromloc.city_name", "boston") in spans
     assert ("toloc.city_name", "denver") in spans
+
+
+@pytest.mark.audit("M16")
+def test_served_text_is_tagged_word_for_word_as_the_test_split_was_scored(
+    ner_run: dict[str, Any],
+) -> None:
+    """`predict`, `serve` and the pyfunc tag raw text (OnnxTokenClassifier.predict); the
+    evaluation and the gate scored the test split's own words (predict_words). Each test
+    sentence sent as its words joined by spaces gets exactly the entities the gate scored,
+    words with punctuation in them ("st. louis", "i'd") included: before, the served text
+    was split by BERT's pre-tokenizer, and "st." became two words, the second one never
+    supervised in training."""
+    import pandas as pd
+
+    from tuneops.runtime import OnnxTokenClassifier, iob2_entities
+
+    root: Path = ner_run["root"]
+    bundle = OnnxTokenClassifier(root / "models/export", model="fp32")
+    test = pd.read_parquet(root / "data/prepared/test.parquet")
+    sentences = [list(tokens) for tokens in test["tokens"]]
+    assert any("." in w or "'" in w for s in sentences for w in s)  # the case that differed
+    scored = bundle.predict_words(sentences)
+    texts = [" ".join(words) for words in sentences]
+    served = bundle.predict(texts)
+    for words, tags, text, entities in zip(sentences, scored, texts, served, strict=True):
+        starts = [sum(len(w) + 1 for w in words[:i]) for i in range(len(words))]
+        want = [
+            (kind, starts[first], starts[last - 1] + len(words[last - 1]))
+            for kind, first, last in iob2_entities(tags)
+        ]
+        assert [(e.type, e.start, e.end) for e in entities] == want, text
+        assert all(text[e.start : e.end] == e.text for e in entities)

