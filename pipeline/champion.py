@@ -26,14 +26,19 @@ if TYPE_CHECKING:
 
 
 def compare_with_champion(
-    inputs: RegisterInputs, version: str, split: TestSplit, challenger_pred: Any
+    inputs: RegisterInputs,
+    version: str,
+    split: TestSplit,
+    challenger_pred: Any,
+    role: str = "champion",
 ) -> tuple[ChampionComparison | None, str | None]:
-    """The champion re-scored on the rows of `split` that were test rows under its own
-    split too, and the paired bootstrap on those rows; or (None, why not comparable).
+    """The champion (or the best champion so far: `role` names it in messages) re-scored
+    on the rows of `split` that were test rows under its own split too, and the paired
+    bootstrap on those rows; or (None, why not comparable).
 
     A champion file that differs from its recorded checksum raises ModelFileError."""
     cfg = inputs.cfg
-    whose = f"champion v{version}"
+    whose = f"{role} v{version}"
     tags = version_tags(inputs, version)
     if not recorded_checksums(tags):
         return None, (

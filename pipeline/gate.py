@@ -1,11 +1,18 @@
 """gate: decide, check by check, whether a challenger may replace the champion.
 
-Pure: it takes the numbers (GateInputs: the shipped model file's metrics, the champion
-and baseline comparisons, latency) and returns a verdict. ONNX parity is not a gate
+Pure: it takes the numbers (GateInputs: the shipped model file's metrics, the champion,
+best-champion and baseline comparisons, latency) and returns a verdict. ONNX parity is not a gate
 check: the export step raises ExportParityError before a bundle exists, so in the flow
 it could not fail.
 Re-scoring the champion, reading the baselines' per-row predictions and moving aliases
 happen in `pipeline.register`; every comparison's paired bootstrap is `pipeline.bootstrap`.
+
+The champion comparison is a non-inferiority test: a challenger may lose up to
+gate.champion_tolerance against the champion. Against the current champion alone that
+ratchets (each promotion may lose another tolerance), so the challenger is also compared,
+by the same rule, with the anchor: the registry alias `best` (pipeline.registry.BEST), the
+champion with the best primary-metric point estimate so far. `best_after` says where that
+alias goes when a challenger is promoted.
 """
 
 from __future__ import annotations
@@ -68,6 +75,10 @@ class GateVerdict:
     challenger_version: str | None = None
     champion_version: str | None = None
     comparison: ChampionComparison | None = None
+    # The anchor (alias `best`) when it was compared on its own: another version than the
+    # champion and the challenger.
+    best_version: str | None = None
+    best_comparison: ChampionComparison | None = None
     # What a reader of a passed verdict must also know: rows left out of the champion's
     # score, an interval too wide for gate.champion_tolerance.
     notes: list[str] = field(default_factory=list)
@@ -79,6 +90,8 @@ class GateVerdict:
     def summary(self) -> str:
         """One line: the verdict and, for a rejection, each failed check with its numbers."""
         against = f" vs champion v{self.champion_version}" if self.champion_version else ""
+        if self.best_version:
+            against += f" and best champion v{self.best_version}"
         who = f"challenger v{self.challenger_version}" if self.challenger_version else "candidate"
         if self.passed:
             said = "".join(f"; {note}" for note in self.notes)
@@ -87,7 +100,7 @@ class GateVerdict:
             compared = "".join(
                 f"; {c.detail}"
                 for c in self.checks
-                if c.name == "no_regression_vs_champion" and c.value is not None
+                if c.name in (CHAMPION_CHECK, BEST_CHECK) and c.value is not None
             )
             return f"gate passed: {who}{against}, {len(self.checks)} checks{compared}{said}"
         failures = "; ".join(f"{c.name}: {c.detail}" for c in self.checks if not c.passed)
@@ -110,6 +123,11 @@ class GateInputs:
     comparison: ChampionComparison | None = None
     not_comparable: str | None = None
     champion: str | None = None
+    # The same for the best champion so far (alias `best`), given only when it is another
+    # version than the champion and the challenger; None and None: no separate anchor.
+    best: ChampionComparison | None = None
+    best_not_comparable: str | None = None
+    best_champion: str | None = None
     latency_p95_ms: float | None = None
     # One per gate.baselines entry: the bootstrap against the baseline's per-row test
     # predictions (reports/test_predictions.parquet), or why it could not be compared.
@@ -123,6 +141,8 @@ def gate(cfg: GateConfig, inputs: GateInputs) -> GateVerdict:
         checks += _baselines(cfg, inputs)
     if cfg.vs_champion:
         checks.append(_champion(cfg, inputs))
+        if inputs.best is not None or inputs.best_not_comparable is not None:
+            checks.append(_best(cfg, inputs))
     if cfg.per_class:
         checks.append(per_class_check(cfg, inputs.per_class, inputs.labels))
     if cfg.latency:
@@ -139,16 +159,39 @@ def gate(cfg: GateConfig, inputs: GateInputs) -> GateVerdict:
             )
         )
     comparison = inputs.comparison
-    notes = []
-    if comparison is not None and cfg.vs_champion:
-        notes = [n for n in (comparison.note, champion_interval_warning(cfg, comparison)) if n]
+    notes: list[str] = []
+    best, best_version = None, None
+    if cfg.vs_champion:
+        best = inputs.best
+        if best is not None or inputs.best_not_comparable is not None:
+            best_version = best.champion_version if best else inputs.best_champion
+        for c in (comparison, best):
+            if c is not None:
+                notes += [n for n in (c.note, champion_interval_warning(cfg, c)) if n]
     return GateVerdict(
         passed=all(c.passed for c in checks),
         checks=checks,
         champion_version=comparison.champion_version if comparison else inputs.champion,
         comparison=comparison,
+        best_version=best_version,
+        best_comparison=best,
         notes=notes,
     )
+
+
+def best_after(verdict: GateVerdict, best: str | None) -> str | None:
+    """Where alias `best` goes once the passed verdict's challenger is the champion: to the
+    challenger when its paired point estimate against the anchor is > 0, or when there is
+    no anchor at all (the first champion); else to the anchor. The anchor is `best`, or,
+    where it is unset (a registry from before it) or is the champion, the champion itself.
+    None: leave `best` as it is (nothing was compared: the challenger was the champion)."""
+    challenger = verdict.challenger_version
+    if best is not None and best == challenger:
+        return best
+    anchor = verdict.best_comparison or verdict.comparison
+    if anchor is None:
+        return challenger if verdict.champion_version is None else None
+    return challenger if anchor.observed_diff > 0 else anchor.champion_version
 
 
 def _floors(cfg: GateConfig, metrics: dict[str, Any]) -> list[GateCheck]:
@@ -210,15 +253,30 @@ def _baseline_check(cfg: GateConfig, c: BaselineComparison, label: str) -> GateC
     )
 
 
+CHAMPION_CHECK, BEST_CHECK = "no_regression_vs_champion", "vs_best_champion"
+
+
 def _champion(cfg: GateConfig, inputs: GateInputs) -> GateCheck:
     if inputs.not_comparable is not None:
-        return GateCheck("no_regression_vs_champion", False, None, None, inputs.not_comparable)
+        return GateCheck(CHAMPION_CHECK, False, None, None, inputs.not_comparable)
     if inputs.comparison is None:
-        return GateCheck("no_regression_vs_champion", True, None, None, "no champion")
-    c = inputs.comparison
+        return GateCheck(CHAMPION_CHECK, True, None, None, "no champion")
+    return _non_inferior(cfg, CHAMPION_CHECK, "champion", inputs.comparison, inputs)
+
+
+def _best(cfg: GateConfig, inputs: GateInputs) -> GateCheck:
+    """The same non-inferiority rule against the anchor, the best champion so far."""
+    if inputs.best is None:
+        return GateCheck(BEST_CHECK, False, None, None, str(inputs.best_not_comparable))
+    return _non_inferior(cfg, BEST_CHECK, "best champion", inputs.best, inputs)
+
+
+def _non_inferior(
+    cfg: GateConfig, name: str, whom: str, c: ChampionComparison, inputs: GateInputs
+) -> GateCheck:
     notes = [n for n in (c.note, champion_interval_warning(cfg, c)) if n]
     return GateCheck(
-        "no_regression_vs_champion",
+        name,
         c.ci_low >= -cfg.champion_tolerance,
         {
             "diff": round(c.observed_diff, 4),
@@ -226,7 +284,7 @@ def _champion(cfg: GateConfig, inputs: GateInputs) -> GateCheck:
             "ci_high": round(c.ci_high, 4),
         },
         -cfg.champion_tolerance,
-        f"{inputs.primary_metric_label} diff vs champion v{c.champion_version} "
+        f"{inputs.primary_metric_label} diff vs {whom} v{c.champion_version} "
         f"{c.observed_diff:+.4f}, "
         f"{c.confidence:.0%} CI [{c.ci_low:+.4f}, {c.ci_high:+.4f}], lower bound must be "
         f">= {-cfg.champion_tolerance}" + "".join(f"; {n}" for n in notes),
@@ -312,7 +370,9 @@ def to_markdown(verdict: GateVerdict) -> str:
     return (
         f"## Gate: {'PASSED' if verdict.passed else 'REJECTED'}\n\n"
         f"challenger: {verdict.challenger_version or 'unregistered'}; champion compared: "
-        f"{verdict.champion_version or 'none'}\n\n"
+        f"{verdict.champion_version or 'none'}"
+        + (f"; best champion compared: {verdict.best_version}" if verdict.best_version else "")
+        + "\n\n"
         f"| result | check | value | threshold | detail |\n| --- | --- | --- | --- | --- |\n"
         f"{rows}\n\n{verdict.summary()}\n"
         + ("\n" + "".join(f"- {note}\n" for note in verdict.notes) if verdict.notes else "")

@@ -1,7 +1,8 @@
 """register: re-score the champion, gate, register the challenger, move aliases.
 
-Everything that reads or moves `champion` runs under the registry lock, so the champion
-a challenger was compared with is the champion it replaces: two flows finishing at once
+Everything that reads or moves `champion` (and `best`, the best champion so far, which a
+challenger is also compared with) runs under the registry lock, so the champion a
+challenger was compared with is the champion it replaces: two flows finishing at once
 are serialised, and the second one is compared with the first one's result. The verdict
 itself is pure (`pipeline.gate`); the task says how its test split is re-scored.
 """
@@ -23,16 +24,21 @@ from pipeline.gate import (
     BaselineComparison,
     GateInputs,
     GateVerdict,
+    best_after,
     gate,
 )
 from pipeline.prepare import current_split, split_tags
 from pipeline.registered import open_version
 from pipeline.registry import (
+    BEST,
     RegistrationResult,
+    best_version,
     champion_version,
     log_bundle,
+    move_best,
     register,
     registry_lock,
+    write_registration,
 )
 from pipeline.tasks.base import Task, TestSplit, baseline_column, require_same_labels
 from tuneops.config import GateConfig
@@ -73,7 +79,9 @@ def gate_and_register(
 
     with registry_lock(tracker.client, inputs.model_name):
         current = champion_version(tracker.client, inputs.model_name)
-        verdict = _judge(inputs, split, challenger_pred, judged, current, current)
+        best = best_version(tracker.client, inputs.model_name)
+        anchor = best if best != current else None
+        verdict = _judge(inputs, split, challenger_pred, judged, current, current, anchor)
         verdict_tags = {
             "gate.verdict": "passed" if verdict.passed else "failed",
             "gate.failed_checks": ",".join(verdict.failed_checks),
@@ -81,30 +89,57 @@ def gate_and_register(
         registered = register(
             inputs.model_name,
             export_dir,
-            tags | verdict_tags | {"gate.champion_compared": current or "none"},
+            tags | verdict_tags | _compared_tags(verdict, current),
             verdict.passed,
             tracker,
             reports_dir / "registry.json",
             logged,
         )
         verdict.challenger_version = registered.version
+        if verdict.passed and _move_best(inputs, tracker.client, verdict, best):
+            registered.aliases = sorted(
+                tracker.client.get_model_version(inputs.model_name, registered.version).aliases
+            )
+            write_registration(registered, reports_dir / "registry.json")
         # The run's record of the verdict, written with the version's: under the same lock.
         tracker.log_metrics(_verdict_metrics(verdict, latency))
         tracker.set_tags(verdict_tags)
     return verdict, registered
 
 
+def _compared_tags(verdict: GateVerdict, champion: str | None) -> dict[str, str]:
+    """Which champion and which best champion (`best`, when compared on its own) the
+    verdict compared the version with."""
+    return {
+        "gate.champion_compared": champion or "none",
+        "gate.best_compared": verdict.best_version or "none",
+    }
+
+
+def _move_best(inputs: RegisterInputs, client: Any, verdict: GateVerdict, best: str | None) -> bool:
+    """After the verdict's challenger was promoted: move alias `best` as
+    `pipeline.gate.best_after` says (only with the champion comparison on: without it
+    nothing was compared). True if it now names the challenger."""
+    if not inputs.cfg.vs_champion:
+        return False
+    new = best_after(verdict, best)
+    if new is not None:
+        move_best(client, inputs.model_name, new)
+    return new is not None and new == verdict.challenger_version
+
+
 def _verdict_metrics(verdict: GateVerdict, latency: float | None) -> dict[str, float]:
-    """The champion's re-scored test_* (champion.*), the interval and the verdict as run
-    metrics, beside the challenger's own test_* in the MLflow compare view."""
+    """The champion's re-scored test_* (champion.*), the best champion's when it was
+    compared on its own (best.*), the intervals and the verdict as run metrics, beside the
+    challenger's own test_* in the MLflow compare view."""
     metrics = {"gate.passed": float(verdict.passed)}
-    comparison = verdict.comparison
-    if comparison is not None:
-        metrics |= {f"champion.{k}": v for k, v in comparison.champion_metrics.items()}
-        metrics |= {
-            "gate.champion_diff_ci_low": comparison.ci_low,
-            "gate.champion_diff_ci_high": comparison.ci_high,
-        }
+    for prefix, comparison in (("champion", verdict.comparison), (BEST, verdict.best_comparison)):
+        if comparison is not None:
+            metrics |= {f"{prefix}.{k}": v for k, v in comparison.champion_metrics.items()}
+            metrics |= {
+                f"gate.{prefix}_diff_ci_low": comparison.ci_low,
+                f"gate.{prefix}_diff_ci_high": comparison.ci_high,
+            }
     if latency is not None:
         metrics["gate.latency_p95_ms"] = latency
     return metrics
@@ -132,7 +167,10 @@ def promote(inputs: RegisterInputs, version: str, reason: str, force: bool) -> G
         tags = audit_tags("promotion", reason, force)
         if verdict is not None:
             tags |= {"gate.verdict": "passed", "gate.failed_checks": ""}
+        best = best_version(client, inputs.model_name)
         move_champion(client, inputs.model_name, version, tags)
+        if verdict is not None:  # forced: not re-scored, so `best` stays where it was
+            _move_best(inputs, client, verdict, best)
     return verdict
 
 
@@ -147,18 +185,23 @@ def regate(inputs: RegisterInputs, version: str, reason: str, tags: dict[str, st
     client = store_client(inputs.tracking_uri)
     with registry_lock(client, inputs.model_name):
         verdict = _gate_version(inputs, client, version)
-        tags = tags | {
-            "gate.verdict": "passed" if verdict.passed else "failed",
-            "gate.failed_checks": ",".join(verdict.failed_checks),
-            "gate.champion_compared": (
-                verdict.comparison.champion_version if verdict.comparison else "none"
-            ),
-        }
+        tags = (
+            tags
+            | {
+                "gate.verdict": "passed" if verdict.passed else "failed",
+                "gate.failed_checks": ",".join(verdict.failed_checks),
+            }
+            | _compared_tags(
+                verdict, verdict.comparison.champion_version if verdict.comparison else None
+            )
+        )
         tags |= audit_tags("regate", reason)
         for key, value in tags.items():
             client.set_model_version_tag(inputs.model_name, version, key, value)
         if verdict.passed and champion_version(client, inputs.model_name) != version:
+            best = best_version(client, inputs.model_name)
             move_champion(client, inputs.model_name, version, audit_tags("promotion", reason))
+            _move_best(inputs, client, verdict, best)
     write_reports(verdict, inputs.reports_dir)
     return verdict
 
@@ -206,8 +249,10 @@ def _gate_version(inputs: RegisterInputs, client: Any, version: str) -> GateVerd
     predicted = split.rescore(bundle)
     champion = champion_version(client, inputs.model_name)
     other = champion if champion != version else None
+    best = best_version(client, inputs.model_name)
+    anchor = best if best not in (champion, version) else None
     judged = _inputs(inputs, split, predicted, None, keep)
-    verdict = _judge(inputs, split, predicted, judged, other, champion)
+    verdict = _judge(inputs, split, predicted, judged, other, champion, anchor)
     verdict.challenger_version = version
     if note:
         verdict.notes.insert(0, note)
@@ -297,13 +342,35 @@ def _judge(
     judged: GateInputs,
     compare_with: str | None,
     champion: str | None,
+    best: str | None = None,
 ) -> GateVerdict:
     """The gate on `predicted`; with another champion (`compare_with`), that champion is
-    re-scored on the same `split` first (for the flow's challenger and a hand promotion)."""
+    re-scored on the same `split` first (for the flow's challenger and a hand promotion),
+    and so is the best champion so far (`best`: alias `best`, when it is neither that
+    champion nor the version judged), by the same rule and on the same rows."""
     comparison, not_comparable = None, None
     if compare_with is not None and inputs.cfg.vs_champion:
         comparison, not_comparable = compare_with_champion(inputs, compare_with, split, predicted)
+    best_comparison, best_not_comparable = None, None
+    if best is not None and inputs.cfg.vs_champion:
+        best_comparison, best_not_comparable = compare_with_champion(
+            inputs, best, split, predicted, role="best champion"
+        )
+        if best_not_comparable is not None:
+            best_not_comparable += (
+                f"; v{best} is alias {BEST!r} (the best champion so far, which every "
+                f"challenger is also compared with): point {BEST!r} at a version that can be "
+                f"compared, or delete it (MlflowClient set_registered_model_alias / "
+                f"delete_registered_model_alias on {inputs.model_name!r}), and the current "
+                "champion is the anchor"
+            )
     judged = replace(
-        judged, comparison=comparison, not_comparable=not_comparable, champion=champion
+        judged,
+        comparison=comparison,
+        not_comparable=not_comparable,
+        champion=champion,
+        best=best_comparison,
+        best_not_comparable=best_not_comparable,
+        best_champion=best,
     )
     return gate(inputs.cfg, judged)

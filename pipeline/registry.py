@@ -4,7 +4,9 @@ Every candidate becomes a new version with alias `challenger`, its lineage tags 
 sha256 of each bundle file (set at creation, so no version exists without them; opened
 again only through `pipeline.registered`, which checks them and runs no stored code).
 `champion` moves only when the gate passes; the version it leaves gets `previous`.
-Aliases are set last.
+`best` names the champion with the best primary-metric point estimate so far, the anchor
+every challenger is also compared with (audit M6; moved by `pipeline.register` through
+`move_best`, by the rule `pipeline.gate.best_after`). Aliases are set last.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from tuneops.paths import atomic_write_text
 from tuneops.tracking import MlflowTracker, mlflow_store
 
 CHALLENGER, CHAMPION, PREVIOUS = "challenger", "champion", "previous"
+# The best champion so far: with the champion comparison on, a challenger must also be
+# non-inferior to it, so quality cannot drift down one tolerance per promotion.
+BEST = "best"
 
 
 @dataclass
@@ -89,8 +94,13 @@ def register(
         promote,
         f"models:/{model_name}/{version}",
     )
-    atomic_write_text(record, json.dumps(asdict(result), indent=2) + "\n")
+    write_registration(result, record)
     return result
+
+
+def write_registration(result: RegistrationResult, record: Path) -> None:
+    """reports/registry.json: the version, its aliases and the champion after registering."""
+    atomic_write_text(record, json.dumps(asdict(result), indent=2) + "\n")
 
 
 def version_by_alias(client: Any, model_name: str, alias: str) -> Any | None:
@@ -308,6 +318,16 @@ def _end(client: Any, lock_name: str, token: str | None) -> bool:
 
 def champion_version(client: Any, model_name: str) -> str | None:
     return _alias_version(client, model_name, CHAMPION)
+
+
+def best_version(client: Any, model_name: str) -> str | None:
+    return _alias_version(client, model_name, BEST)
+
+
+def move_best(client: Any, model_name: str, version: str) -> None:
+    """best -> `version` (overwritten in one call, as `champion` is); under the registry lock."""
+    if _alias_version(client, model_name, BEST) != version:
+        client.set_registered_model_alias(model_name, BEST, version)
 
 
 def move_champion(client: Any, model_name: str, version: str, tags: dict[str, str]) -> str | None:

@@ -91,7 +91,8 @@ def test_two_flows_finishing_at_once_leave_one_champion_compared_with_the_other(
     first_champion = next(i for i, s in enumerate(snapshots) if "champion" in s)
     assert all("champion" in s for s in snapshots[first_champion:])
     aliases = {k: str(v) for k, v in client.get_registered_model(NAME).aliases.items()}
-    assert aliases == {"champion": "2", "challenger": "2", "previous": "1"}
+    # v2 equals v1 (the same bundle): no gain over the anchor, so `best` stays on v1.
+    assert aliases == {"champion": "2", "challenger": "2", "previous": "1", "best": "1"}
     # Serialised: the second registration was gated against the first, not against "none".
     compared = {v: client.get_model_version(NAME, v).tags["gate.champion_compared"] for v in "12"}
     assert compared == {"1": "none", "2": "1"}

@@ -72,7 +72,7 @@ def test_flow_run_completes_and_returns_the_summary(flow_run: dict[str, Any]) ->
     assert state.is_completed(), state.message
     summary: RunSummary = state.result()
     assert summary.model_version == "1"
-    assert summary.aliases == ["challenger", "champion"]
+    assert summary.aliases == ["best", "challenger", "champion"]
     assert sum(summary.rows.values()) == REAL_SLICE["data.max_rows"]
     assert "tuneops ui" in summary.text()
 
@@ -220,8 +220,8 @@ def _latest_flow_run_state() -> Any:
 
 
 def test_a_worse_challenger_is_rejected_and_every_alias_stays(history: dict[str, Any]) -> None:
-    assert history["after_first"] == {"challenger": "1", "champion": "1"}
-    assert history["after_rejected"] == {"challenger": "2", "champion": "1"}
+    assert history["after_first"] == {"challenger": "1", "champion": "1", "best": "1"}
+    assert history["after_rejected"] == {"challenger": "2", "champion": "1", "best": "1"}
     gate = history["rejected_gate"]
     assert (gate["passed"], gate["challenger_version"], gate["champion_version"]) == (
         False,
@@ -270,7 +270,13 @@ def test_an_equally_good_challenger_is_promoted_and_the_old_champion_becomes_pre
     assert state.result().gate.startswith("gate passed: challenger v3 vs champion v1")
     gate = history["promoted_gate"]
     assert gate["passed"] and gate["comparison"]["ci_low"] >= -0.02
-    assert history["after_promoted"] == {"challenger": "3", "champion": "3", "previous": "1"}
+    # v3 retrains v1 bit for bit (seeded, on CPU): no gain, so the anchor `best` stays on v1.
+    assert history["after_promoted"] == {
+        "challenger": "3",
+        "champion": "3",
+        "previous": "1",
+        "best": "1",
+    }
 
 
 def test_the_verdict_is_a_prefect_markdown_artifact(history: dict[str, Any]) -> None:
@@ -301,24 +307,25 @@ def test_promote_rollback_and_compare_by_hand(
     refused = cli(root, "promote", "2", "--reason", "try the worse one")
     assert refused.returncode == 4, refused.stderr
     assert "tuneops: GateRejected: gate rejected challenger v2 vs champion v3" in refused.stderr
-    assert aliases(root) == {"challenger": "3", "champion": "3", "previous": "1"}
+    assert aliases(root) == {"challenger": "3", "champion": "3", "previous": "1", "best": "1"}
 
     forced = cli(root, "promote", "2", "--reason", "incident drill", "--force")
     assert forced.returncode == 0, forced.stderr
-    assert aliases(root) == {"challenger": "3", "champion": "2", "previous": "3"}
+    assert aliases(root) == {"challenger": "3", "champion": "2", "previous": "3", "best": "1"}
     tags = client.get_model_version(MODEL, "2").tags
     assert (tags["promotion.reason"], tags["promotion.forced"]) == ("incident drill", "true")
 
     # Gated promotion of the better model back over the worse champion.
     gated = cli(root, "promote", "3", "--reason", "drill over")
     assert gated.returncode == 0, gated.stderr
-    assert "gate passed: challenger v3 vs champion v2" in gated.stdout
-    assert aliases(root) == {"challenger": "3", "champion": "3", "previous": "2"}
+    # re-scored against the champion (v2, forced in) and the anchor, best champion v1
+    assert "gate passed: challenger v3 vs champion v2 and best champion v1" in gated.stdout
+    assert aliases(root) == {"challenger": "3", "champion": "3", "previous": "2", "best": "1"}
     assert client.get_model_version(MODEL, "3").tags["promotion.forced"] == "false"
 
     rolled = cli(root, "rollback", "--reason", "bad predictions in prod")
     assert rolled.returncode == 0, rolled.stderr
-    assert aliases(root) == {"challenger": "3", "champion": "2", "previous": "3"}
+    assert aliases(root) == {"challenger": "3", "champion": "2", "previous": "3", "best": "1"}
     assert client.get_model_version(MODEL, "2").tags["rollback.reason"] == (
         "bad predictions in prod"
     )
@@ -326,6 +333,6 @@ def test_promote_rollback_and_compare_by_hand(
     table = cli(root, "compare", "1", "2")
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
-    assert lines[0].split() == ["v1", "(no", "alias)", "v2", "(champion)"]
+    assert lines[0].split() == ["v1", "(best)", "v2", "(champion)"]
     assert any(line.split()[:1] == ["train.max_steps"] for line in lines), table.stdout
     assert any(line.startswith("test_macro_f1") and line.endswith("*") for line in lines)

@@ -346,3 +346,64 @@ def test_promote_scores_an_older_version_through_its_own_label_order_and_refuses
         f"{manifest['labels']}; it cannot be scored on this data; promote it with --force, "
         "or prepare data with its labels (data.labels)"
     )
+
+
+@pytest.mark.audit("M6")
+def test_best_names_the_anchor_each_gate_compares_with_and_moves_only_on_a_gain(
+    trained: Trained, exported: ExportResult, tmp_path: Path
+) -> None:
+    """Every version is the same bundle, so every paired difference is 0: `best` moves to
+    the first champion, never to an equal one, and a later challenger is re-scored against
+    it as well as against the champion."""
+    prepared, cfg, client = trained.paths.data_prepared, _gate_cfg(), registry_client(tmp_path)
+
+    def aliases() -> dict[str, str]:
+        return {k: str(v) for k, v in client.get_registered_model("judged").aliases.items()}
+
+    _, v1 = _gated(tmp_path, exported.export_dir, prepared, cfg)
+    assert aliases() == {"challenger": "1", "champion": "1", "best": "1"}
+    record = json.loads((tmp_path / "reports" / "registry.json").read_text())
+    assert v1.aliases == record["aliases"] == ["best", "challenger", "champion"]
+    second, _ = _gated(tmp_path, exported.export_dir, prepared, cfg)
+    # best is the champion: compared once, as the champion; an equal one does not take it
+    assert second.passed and second.best_version is None
+    assert [c.name for c in second.checks] == ["no_regression_vs_champion"]
+    assert aliases() == {"challenger": "2", "champion": "2", "previous": "1", "best": "1"}
+
+    third, v3 = _gated(tmp_path, exported.export_dir, prepared, cfg)
+    assert third.passed, third.summary()
+    assert (third.champion_version, third.best_version) == ("2", "1")
+    best = {c.name: c for c in third.checks}["vs_best_champion"]
+    assert best.value == {"diff": 0.0, "ci_low": 0.0, "ci_high": 0.0}
+    assert best.detail.startswith("macro-F1 diff vs best champion v1 +0.0000")
+    assert third.summary().startswith(
+        "gate passed: challenger v3 vs champion v2 and best champion v1, 2 checks"
+    )
+    assert aliases() == {"challenger": "3", "champion": "3", "previous": "2", "best": "1"}
+    version = client.get_model_version("judged", "3")
+    assert (version.tags["gate.champion_compared"], version.tags["gate.best_compared"]) == (
+        "2",
+        "1",
+    )
+    run = client.get_run(version.run_id).data.metrics
+    assert third.best_comparison is not None
+    scored = third.best_comparison.champion_metrics["test_macro_f1"]
+    assert run["best.test_macro_f1"] == run["champion.test_macro_f1"] == scored
+    assert (run["gate.best_diff_ci_low"], run["gate.best_diff_ci_high"]) == (0.0, 0.0)
+    assert v3.aliases == ["challenger", "champion"]
+
+    # A registry from before `best`: the champion is the anchor, and becomes `best`.
+    client.delete_registered_model_alias("judged", "best")
+    fourth, _ = _gated(tmp_path, exported.export_dir, prepared, cfg)
+    assert fourth.passed and fourth.best_version is None
+    assert aliases() == {"challenger": "4", "champion": "4", "previous": "3", "best": "3"}
+
+    # A hand promotion re-scores against the champion and `best`; an equal one leaves it.
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    inputs = RegisterInputs(TEXT, cfg, uri, "judged", prepared, tmp_path / "reports")
+    promoted = promote(inputs, "2", "drill", force=False)
+    assert promoted is not None and (promoted.champion_version, promoted.best_version) == (
+        "4",
+        "3",
+    )
+    assert aliases() == {"challenger": "4", "champion": "2", "previous": "4", "best": "3"}

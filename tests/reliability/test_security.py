@@ -256,6 +256,7 @@ def test_a_changed_champion_file_is_refused_naming_the_file_and_both_hashes(
     assert {k: str(v) for k, v in client.get_registered_model(name).aliases.items()} == {
         "challenger": "1",
         "champion": "1",
+        "best": "1",
     }
 
 
