@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -222,62 +223,59 @@ def encode_window(tokenizer: Any, texts: list[str], window: Window | int) -> Win
 
 @torch.inference_mode()
 def predict_logits(
-    model: PreTrainedModel,
-    tokenizer: Any,
-    texts: list[str],
-    window: Window | int,
-    batch_size: int,
-    features: bool = False,
+    model: PreTrainedModel, tokenizer: Any, texts: list[str], window: Window | int, batch_size: int
 ) -> np.ndarray:
-    """Logits [n, num_labels] (or, with `features`, the head's input [n, hidden]) in input
-    order; `window` (a Window, or max_length for truncate) says how a text is read. A
-    chunked text's row is the mean over its windows' rows (tuneops.runtime.document_logits).
+    """Logits [n, num_labels] in input order; `window` (a Window, or max_length for
+    truncate) says how a text is read. A chunked text's row is the mean over its windows'
+    rows (tuneops.runtime.document_logits)."""
+    return predict_windows(model, tokenizer, texts, window, batch_size)[0]
 
-    Windows are batched by length to keep padding small; the result is put back in order.
-    """
-    return predict_windows(model, tokenizer, texts, window, batch_size, features)[0]
+
+def predict_windows(
+    model: PreTrainedModel, tokenizer: Any, texts: list[str], window: Window | int, batch_size: int
+) -> tuple[np.ndarray, list[bool]]:
+    """predict_logits' rows, and per text whether some of it was not read."""
+    rows, truncated = read_windows(
+        model,
+        tokenizer,
+        texts,
+        window,
+        batch_size,
+        read=lambda batch: {"logits": model(**batch).logits},
+        widths={"logits": model.config.num_labels or 0},
+    )
+    return rows["logits"], truncated
 
 
 @torch.inference_mode()
-def predict_windows(
+def read_windows(
     model: PreTrainedModel,
     tokenizer: Any,
     texts: list[str],
     window: Window | int,
     batch_size: int,
-    features: bool = False,
-) -> tuple[np.ndarray, list[bool]]:
-    """predict_logits' rows, and per text whether some of it was not read."""
+    read: Callable[[Any], dict[str, torch.Tensor]],
+    widths: dict[str, int],
+) -> tuple[dict[str, np.ndarray], list[bool]]:
+    """Per name in `widths`, one row per text of what `read` returns [batch, width] for each
+    padded batch of windows; and per text whether some of it was not read. Windows are
+    batched by length to keep padding small and the rows put back in input order; a chunked
+    text's row is the mean over its windows' (document_logits)."""
     model.eval()
     device = next(model.parameters()).device
-    captured: list[torch.Tensor] = []
-    hook = None
-    if features:
-        head = model.get_submodule("classifier")
-        hook = head.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
     windows = encode_window(tokenizer, texts, window)
-    rows = windows.inputs["input_ids"]
-    order = np.argsort([len(ids) for ids in rows], kind="stable")
-    outputs: list[np.ndarray] = []
-    try:
-        for start in range(0, len(order), batch_size):
-            picked = order[start : start + batch_size]
-            part = {name: [values[i] for i in picked] for name, values in windows.inputs.items()}
-            batch = tokenizer.pad(part, return_tensors="pt").to(device)
-            logits = model(**batch).logits
-            if features:
-                head_input = captured.pop()
-                # Heads that take the whole sequence (e.g. RoBERTa's) read its first token.
-                value = head_input[:, 0] if head_input.dim() == 3 else head_input
-            else:
-                value = logits
-            outputs.append(value.float().cpu().numpy())
-    finally:
-        if hook is not None:
-            hook.remove()
-    width = outputs[0].shape[-1] if outputs else (model.config.num_labels or 0)
-    stacked = np.concatenate(outputs) if outputs else np.zeros((0, width), np.float32)
-    per_window = np.empty_like(stacked)
-    per_window[order] = stacked
+    order = np.argsort([len(ids) for ids in windows.inputs["input_ids"]], kind="stable")
+    found: dict[str, list[np.ndarray]] = {name: [] for name in widths}
+    for start in range(0, len(order), batch_size):
+        picked = order[start : start + batch_size]
+        part = {name: [values[i] for i in picked] for name, values in windows.inputs.items()}
+        for name, value in read(tokenizer.pad(part, return_tensors="pt").to(device)).items():
+            found[name].append(value.float().cpu().numpy())
     documents = np.asarray(windows.documents, dtype=np.int64)
-    return document_logits(per_window, documents, len(texts)), windows.truncated
+    result = {}
+    for name, parts in found.items():
+        stacked = np.concatenate(parts) if parts else np.zeros((0, widths[name]), np.float32)
+        per_window = np.empty_like(stacked)
+        per_window[order] = stacked
+        result[name] = document_logits(per_window, documents, len(texts))
+    return result, windows.truncated
