@@ -3,9 +3,11 @@
 The task decides the unit (a text, a sentence) and reads the rows; the split of a row
 depends only on its normalised unit, never on row order or on the other rows, so
 appending data later never moves an existing row between splits, and
-a test row can never leak into a later training set. One exception, never touching
-test: text classification moves a train row into validation for a label that no row
-hashes there (the manifest's moved_to_validation).
+a test row can never leak into a later training set. One exception: text classification
+moves a train row into validation, then one into test, for a label that no row hashes
+there (the manifest's moved_to_validation, moved_to_test; the label's lowest-hash train
+rows, so appending data picks the same row again or a new one, never a row a model
+trained on while the fractions stay; text_steps._fill_split).
 
 That holds while the split itself stays: changing prepare.test_fraction or
 validation_fraction (or the split function, SPLIT_VERSION) moves rows. So the manifest

@@ -149,7 +149,7 @@ def split(
     data: DataConfig, cfg: PrepareConfig, labels: tuple[str, ...], dataset_dir: Path
 ) -> SplitFrame:
     """Normalised, de-duplicated rows, each in the split its text hashes to; a label that
-    no row hashes into validation gets one of its train rows there (_fill_validation)."""
+    no row hashes into validation or test gets one of its train rows there (_fill_split)."""
     frame = read_raw_in(data, dataset_dir)
     frame["text"] = frame["text"].astype(str).map(normalise_text)
     frame["label"] = frame["label"].astype(str)
@@ -162,7 +162,10 @@ def split(
     frame["split"] = [
         split_of(t, cfg.validation_fraction, cfg.test_fraction) for t in frame["text"]
     ]
-    moved = _fill_validation(frame, labels, data.label_column)
+    moved = {
+        f"moved_to_{name}": _fill_split(frame, labels, data.label_column, name)
+        for name in ("validation", "test")  # in this order: validation takes the lowest hash
+    }
     label_ids = {label: i for i, label in enumerate(labels)}
     frame["label_id"] = frame["label"].map(label_ids).astype("int64")
     counts = {s: _label_counts(frame[frame["split"] == s], labels) for s in SPLITS}
@@ -176,27 +179,30 @@ def split(
         conflicts=conflicts,
         max_stratification_gap=_stratification_gap(frame, labels),
         dropped_rows=dropped,
-        manifest={"moved_to_validation": moved},
+        manifest=moved,
     )
 
 
-def _fill_validation(
-    frame: pd.DataFrame, labels: tuple[str, ...], label_column: str
+def _fill_split(
+    frame: pd.DataFrame, labels: tuple[str, ...], label_column: str, name: str
 ) -> list[dict[str, str]]:
-    """Every label in validation: a label with train rows to spare (two or more) but none
-    hashed into validation gets one, its train row nearest the validation bucket (the
-    lowest hash_bucket among its train rows: independent of row order). Only train rows
-    move, so a test row never does; the moved rows are returned for the manifest."""
+    """Every label in split `name`: a label with train rows to spare (two or more) but none
+    hashed into `name` gets one, its train row nearest the held-out buckets (the lowest
+    hash_bucket among its train rows: independent of row order). Only train rows move, so
+    a test row never leaves test, and a row moved into test hashes to train: a champion is
+    never re-scored on it after a change of split (pipeline.prepare.held_out_under). With
+    data appended and the fractions kept, the row picked is the one the champion's data
+    picked too, or a new row. The moved rows are returned for the manifest."""
     moved = []
     for label in labels:
         of_label = frame["label"] == label
-        if (of_label & (frame["split"] == "validation")).any():
+        if (of_label & (frame["split"] == name)).any():
             continue
         train = frame.index[of_label & (frame["split"] == "train")]
         if len(train) < 2:  # moving the only one would starve train; the check names it
             continue
         pick = min(train, key=lambda i: hash_bucket(frame.at[i, "text"]))
-        frame.at[pick, "split"] = "validation"
+        frame.at[pick, "split"] = name
         moved.append(
             {"source": str(frame.at[pick, "source"]), "from": "train", label_column: label}
         )
@@ -236,10 +242,11 @@ def _require_every_label(
                 if name == "train"
                 else f"raise prepare.{name}_fraction"
             )
+            few = "; a label needs three rows or more, one per split" if len(rows) < 3 else ""
             raise DataValidationError(
                 f"the {name} split has no rows of label(s) {empty}; expected every label in "
                 f"{name}: the {len(rows)} row(s) of {empty[0]!r} ({shown}) all hash to other "
-                f"splits (add data for those labels, or {key})"
+                f"splits (add data for those labels, or {key}){few}"
             )
 
 

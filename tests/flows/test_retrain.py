@@ -310,7 +310,8 @@ def test_data_that_prepare_refuses_never_becomes_a_version_in_a_retrain(
     tmp_path: Path, tiny_model_dir: Path, prefect_server: None
 ) -> None:
     """A git + DVC project with a pushed data version; a dataset that validates but that
-    prepare refuses (no negative row hashes into test): the retrain run fails naming it,
+    prepare refuses (two negative rows, neither hashing into test, under
+    validate.min_examples_per_class: 2): the retrain run fails naming it,
     and data/raw.dvc and the DVC remote are byte for byte as they were."""
     from tests.data.bad.corpus import split_starved
     from tests.reliability.conftest import tree_hash
@@ -325,9 +326,8 @@ def test_data_that_prepare_refuses_never_becomes_a_version_in_a_retrain(
     dataset = root / "data" / "raw" / "mine"
     dataset.mkdir()
     (dataset / "batch-0000.csv").write_bytes(split_starved())
-    write_params(
-        root, tiny_overrides(tiny_model_dir) | {"data.source": "files", "data.name": "mine"}
-    )
+    starved = {"data.source": "files", "data.name": "mine", "validate.min_examples_per_class": 2}
+    write_params(root, tiny_overrides(tiny_model_dir) | starved)
     watched = (root / "data" / "raw.dvc", tmp_path / "dvc-remote")
     before = tree_hash(*watched)
 

@@ -148,6 +148,44 @@ def test_a_label_no_row_hashes_into_validation_gets_its_lowest_hash_train_row(
     )
 
 
+def test_a_label_no_row_hashes_into_test_gets_a_train_row_there_after_validation(
+    tmp_path: Path,
+) -> None:
+    """Every class in every split (issue 17: a rare class of a real dataset, e.g. R8's,
+    had no test row and prepare refused the data). Four neutral texts all hash to train:
+    validation gets the lowest-hash one, test the next; train keeps two."""
+    neutral = [(f"a neutral review {i}", "neutral") for i in (0, 4, 27, 29)]
+    assert {split_of(t, 0.1, 0.1) for t, _ in neutral} == {"train"}
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    frame = pd.DataFrame([*make_rows(300), *neutral], columns=["review", "sentiment"])
+    frame.to_csv(folder / "batch-0000.csv", index=False)
+    data = DataConfig(text_column="review", label_column="sentiment")
+    result = prepare(TEXT, data, PrepareConfig(), (*LABELS, "neutral"), folder, tmp_path / "out")
+    by_split = {
+        name: pd.read_parquet(tmp_path / "out" / f"{name}.parquet")
+        for name in ("train", "validation", "test")
+    }
+    picked = {
+        name: split.loc[split["label"] == "neutral", "text"].tolist()
+        for name, split in by_split.items()
+    }
+    # hash buckets: review 4 0.301, review 0 0.324, then 29 and 27
+    assert picked == {
+        "train": ["a neutral review 27", "a neutral review 29"],
+        "validation": ["a neutral review 4"],
+        "test": ["a neutral review 0"],
+    }
+    assert [result.label_counts[s]["neutral"] for s in ("train", "validation", "test")] == [2, 1, 1]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["moved_to_validation"] == [
+        {"source": "batch-0000.csv:302", "from": "train", "sentiment": "neutral"}
+    ]
+    assert manifest["moved_to_test"] == [
+        {"source": "batch-0000.csv:301", "from": "train", "sentiment": "neutral"}
+    ]
+
+
 def test_a_label_with_a_single_train_row_and_none_in_validation_is_named(tmp_path: Path) -> None:
     # Moving the only train row would starve train: the error names validation.
     neutral = [("a neutral text 17", "neutral"), ("a neutral text 15", "neutral")]
