@@ -221,12 +221,43 @@ def min_examples_check(frame: pd.DataFrame, labels: tuple[str, ...], minimum: in
     )
 
 
+def is_missing(value: Any) -> bool:
+    """A missing cell (None, NaN, pandas' NA); a list or a dict is a value, not missing (and
+    pd.isna of a list is an array, not a truth value)."""
+    return not isinstance(value, list | dict) and bool(pd.isna(value))
+
+
+def single_label_check(frame: pd.DataFrame) -> CheckResult:
+    """One label per row: a JSONL list (or object) label is multi-label data, which
+    str() would silently make one class per combination of labels."""
+    several = [
+        (source, value)
+        for source, value in zip(frame["source"], frame["label"], strict=True)
+        if isinstance(value, list | dict)
+    ]
+    return CheckResult(
+        name="expect_label_values_to_be_single",
+        column="label",
+        per_row=True,
+        success=not several,
+        expected="one label per row (a string or a number)",
+        observed=f"{len(several)} row(s) with a list of labels" if several else "one per row",
+        unexpected_count=len(several),
+        examples=[{"source": source, "value": repr(value)} for source, value in several[:5]],
+        fix=(
+            "text classification takes one label per row; a list of labels is multi-label "
+            "classification, which tuneops does not train yet: give each row one label"
+        ),
+    )
+
+
 def label_type_check(frame: pd.DataFrame) -> CheckResult:
     """Labels all strings, or all numbers: a mix (1 next to "1", or "positive") is a sign of
-    a broken export, and str() would silently make 1.0 and "1" different labels."""
+    a broken export, and str() would silently make 1.0 and "1" different labels. Lists are
+    single_label_check's."""
     kinds: dict[str, tuple[str, Any]] = {}  # kind -> (source, value) of its first row
     for source, value in zip(frame["source"], frame["label"], strict=True):
-        if not pd.isna(value):
+        if not is_missing(value) and not isinstance(value, list | dict):
             kinds.setdefault(_kind(value), (source, value))
     mixed = len(kinds) > 1
     return CheckResult(

@@ -21,9 +21,11 @@ from pipeline.validate import (
     conflicting_labels_check,
     dropped_rows,
     duplicate_rows_check,
+    is_missing,
     label_type_check,
     min_examples_check,
     repeated_rows,
+    single_label_check,
     two_labels_check,
 )
 from tuneops.errors import DataValidationError
@@ -56,8 +58,8 @@ def read_raw_in(data: DataConfig, dataset_dir: Path) -> pd.DataFrame:
 
 def validation_input(data: DataConfig, cfg: ValidateConfig, dataset_dir: Path) -> ValidationInput:
     frame = read_raw_in(data, dataset_dir)
-    label_types = label_type_check(frame)
-    frame["label"] = frame["label"].map(lambda v: v if pd.isna(v) else str(v))
+    label_checks = [single_label_check(frame), label_type_check(frame)]
+    frame["label"] = frame["label"].map(lambda v: v if is_missing(v) else str(v))
     labels, label_source = _label_set(data, dataset_dir, frame)
     counts = frame["label"].value_counts().reindex(list(labels), fill_value=0)
     repeats = repeated_rows(frame)
@@ -70,7 +72,7 @@ def validation_input(data: DataConfig, cfg: ValidateConfig, dataset_dir: Path) -
         label_source=label_source,
         label_counts={str(k): int(v) for k, v in counts.items()},
         checks=[
-            label_types,
+            *label_checks,
             min_examples_check(frame, labels, cfg.min_examples_per_class),
             two_labels_check(labels),
             conflicting_labels_check(repeats, len(frame), cfg),

@@ -200,6 +200,23 @@ CASES: tuple[Case, ...] = (
         ),
     ),
     Case(
+        "list_label.jsonl",
+        "text",
+        "a list of labels in a row (multi-label data) for single-label text classification",
+        jsonl_bytes(
+            [
+                *records(good_rows("ml")),
+                {"text": "a long and moving film", "label": ["long", "moving"]},
+            ]
+        ),
+        (
+            "expect_label_values_to_be_single column 'label'",
+            "list_label.jsonl:25 (\"['long', 'moving']\")",
+            "one label per row",
+            "multi-label",
+        ),
+    ),
+    Case(
         "non_utf8.csv",
         "text",
         "non-UTF-8 bytes (Latin-1 text)",
