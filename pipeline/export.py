@@ -22,6 +22,7 @@ import torch
 from transformers import PreTrainedModel
 
 from pipeline import quantize
+from pipeline.calibration import ECE_BINS
 from pipeline.gate import per_class_check
 from pipeline.tasks.base import Scores, Task, TestSplit, require_candidate_labels
 from pipeline.training.modeling import load_tokenizer
@@ -143,6 +144,7 @@ def export(
         fp32_scores = _scores(task, split, fp32_pred)
         meta["models"]["fp32"] |= {"bytes": (tmp / FP32_FILE).stat().st_size}
         meta["models"]["fp32"] |= fp32_scores.figures | {"per_class": fp32_scores.per_class}
+        _calibrate(task, meta["models"]["fp32"], fp32, prepared_dir)
         meta["parity"] = parity
         meta["test_examples"] = len(test)
 
@@ -151,6 +153,7 @@ def export(
         meta["models"]["int8"] = int8
         if int8["kept"]:
             meta["default_model"] = "int8"
+            _calibrate(task, int8, load_bundle(tmp, model=INT8_FILE), prepared_dir)
         _write_meta(tmp, meta)
         result = ExportResult(
             export_dir=export_dir,
@@ -173,6 +176,14 @@ def export(
         card_text = _model_card(meta, task.describe(labels))
         (tmp / "README.md").write_text(card_text, encoding="utf-8")
     return result
+
+
+def _calibrate(task: Task, entry: dict[str, Any], bundle: OnnxBundle, prepared_dir: Path) -> None:
+    """bundle.json's calibration of one model file (its own logits: int8's differ from
+    fp32's), which the runtime applies to the probabilities it serves."""
+    figures = task.calibrate(bundle, prepared_dir)
+    if figures is not None:
+        entry["calibration"] = figures
 
 
 def _optimize(config: Any, src: Path, dst: Path) -> bool:
@@ -321,6 +332,19 @@ def _model_card(meta: dict[str, Any], description: str) -> str:
         f"{'yes' if name == 'fp32' or m.get('kept') else 'no: ' + m['reason']} |"
         for name, m in models.items()
     ]
+    calibrated = [
+        f"- {name}: temperature {c['temperature']:.3f} (fitted on {c['validation_rows']} "
+        f"validation rows); test ECE {c['test_ece']:.4f} -> {c['test_ece_calibrated']:.4f}, "
+        f"Brier {c['test_brier']:.4f} -> {c['test_brier_calibrated']:.4f}\n"
+        for name, m in models.items()
+        if (c := m.get("calibration"))
+    ]
+    calibration = (
+        "Served probabilities are softmax(logits / temperature) "
+        f"(ECE over {ECE_BINS} equal-mass bins):\n\n" + "".join(calibrated) + "\n"
+        if calibrated
+        else ""
+    )
     facts = {k: v for k, v in meta.items() if k not in ("models", "parity")}
     fact_rows = "\n".join(f"| {k} | {v} |" for k, v in facts.items())
     return (
@@ -335,8 +359,8 @@ def _model_card(meta: dict[str, Any], description: str) -> str:
         "| --- | --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n\n"
         f"ONNX vs PyTorch on {meta['parity']['examples']} test examples: max |logit diff| "
         f"{meta['parity']['max_abs_diff']:.2e}, label agreement "
-        f"{meta['parity']['label_agreement']:.2%}.\n\n"
-        f"| fact | value |\n| --- | --- |\n{fact_rows}\n"
+        f"{meta['parity']['label_agreement']:.2%}.\n\n" + calibration + "| fact | value |\n"
+        f"| --- | --- |\n{fact_rows}\n"
     )
 
 

@@ -302,7 +302,18 @@ class OnnxBundle:
 
 
 class OnnxClassifier(OnnxBundle):
-    """A text classifier: one label per text."""
+    """A text classifier: one label per text. Its probabilities are softmax(logits / T),
+    T the temperature bundle.json records for the model file (fitted on the validation
+    split at export, pipeline.calibration; 1 for a bundle from before calibration)."""
+
+    def __init__(
+        self, bundle_dir: str | Path, threads: int | None = None, model: str | None = None
+    ) -> None:
+        super().__init__(bundle_dir, threads, model)
+        self.temperature = 1.0
+        for entry in self.meta.get("models", {}).values():
+            if entry.get("file") == self.model_file and "calibration" in entry:
+                self.temperature = float(entry["calibration"]["temperature"])
 
     def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
         """The model's inputs for `texts`: one row per window read (encode_windows)."""
@@ -352,7 +363,7 @@ class OnnxClassifier(OnnxBundle):
                 probabilities={lab: float(p) for lab, p in zip(self.labels, row, strict=True)},
                 truncated=cut,
             )
-            for row, cut in zip(softmax(logits), truncated, strict=True)
+            for row, cut in zip(softmax(logits / self.temperature), truncated, strict=True)
         ]
 
     def record(self, prediction: Prediction) -> dict[str, Any]:

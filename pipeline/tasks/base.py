@@ -197,6 +197,11 @@ class Task(Protocol):
     ) -> tuple[np.ndarray, np.ndarray]:
         """(PyTorch, onnxruntime) logits on real test examples, one row per prediction."""
 
+    def calibrate(self, bundle: Any, prepared_dir: Path) -> dict[str, Any] | None:
+        """A bundle model file's calibration (pipeline.calibration.calibration_figures: a
+        temperature fitted on the validation split, test ECE and Brier before and after),
+        or None where the task has no calibrated score."""
+
     def describe(self, labels: list[str]) -> str:
         """One sentence for the model card."""
 

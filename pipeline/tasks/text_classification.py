@@ -354,6 +354,19 @@ class TextClassification:
         reference = predict_logits(model, tokenizer, texts, bundle.window, batch_size=64)
         return reference, bundle.logits(texts, batch_size=64)
 
+    def calibrate(self, bundle: Any, prepared_dir: Path) -> dict[str, Any]:
+        """The temperature of `bundle`'s model file, fitted on the validation split, and
+        the test split's ECE and Brier before and after it (pipeline.calibration)."""
+        from pipeline.calibration import calibration_figures
+
+        ids = {label: i for i, label in enumerate(bundle.labels)}
+        rows = []
+        for name in ("validation", "test"):
+            split = pd.read_parquet(prepared_dir / f"{name}.parquet")
+            logits = bundle.logits(split["text"].tolist(), batch_size=64)
+            rows.append((logits, split["label"].map(ids).to_numpy(dtype=np.int64)))
+        return calibration_figures(rows[0], rows[1])
+
     def describe(self, labels: list[str]) -> str:
         return f"Text classifier over {len(labels)} labels: {', '.join(labels)}."
 

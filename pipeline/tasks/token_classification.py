@@ -266,6 +266,9 @@ class TokenClassification:
         reference = _stack(word_outputs(model, tokenizer, sentences, max_length, 64))
         return reference, _stack(bundle.word_logits(sentences, batch_size=64))
 
+    def calibrate(self, bundle: Any, prepared_dir: Path) -> None:
+        return None  # entity scores are not calibrated (yet): issue 19 is for classifiers
+
     def describe(self, labels: list[str]) -> str:
         return f"Token classifier (IOB2) over {len(labels)} tags."
 
