@@ -29,17 +29,7 @@ def wrong_on(gold: np.ndarray, rows: slice) -> np.ndarray:
 
 
 def judged(gold: np.ndarray, challenger: np.ndarray, champion: np.ndarray) -> tuple:
-    observed, low, high = paired_bootstrap(
-        row_counts(gold, challenger, 2),
-        row_counts(gold, champion, 2),
-        CFG.bootstrap_resamples,
-        CFG.bootstrap_confidence,
-        CFG.bootstrap_seed,
-    )
-    champion_f1 = f1_score(gold, champion, average="macro")
-    comparison = ChampionComparison(
-        "1", {"test_macro_f1": champion_f1}, observed, low, high, CFG.bootstrap_confidence, 1
-    )
+    comparison = compared(gold, challenger, champion, "1")
     inputs = GateInputs(
         metrics={"test_macro_f1": f1_score(gold, challenger, average="macro")},
         per_class={},
@@ -48,7 +38,8 @@ def judged(gold: np.ndarray, challenger: np.ndarray, champion: np.ndarray) -> tu
         primary_metric_label="macro-F1",
         comparison=comparison,
     )
-    return observed, low, high, gate(CFG, inputs)
+    verdict = gate(CFG, inputs)
+    return comparison.observed_diff, comparison.ci_low, comparison.ci_high, verdict
 
 
 @pytest.mark.audit("T3")
