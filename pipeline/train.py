@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -111,6 +112,7 @@ def train(
             prepared_dir, cache_dir, task.tokenise(tokenizer, cfg), cfg.max_length
         )
     splits, task_summary = task.after_tokenise(splits, cfg)
+    args.max_steps = step_budget(cfg, len(splits["train"]), processes)
     class_weights = task.class_weights(splits, cfg, labels)
     if class_weights is not None:
         task_summary = task_summary | {
@@ -214,6 +216,20 @@ def planned_epochs(cfg: TrainConfig) -> float:
     return float(cfg.max_epochs) if cfg.epochs == "auto" else float(cfg.epochs)
 
 
+def step_budget(cfg: TrainConfig, train_rows: int, processes: int = 1) -> int:
+    """The `max_steps` the Trainer gets: train.max_steps when the planned epochs would take
+    more optimiser steps, else -1 (the epochs decide). train.max_steps is a budget, the first
+    of the two limits to be reached ends training; transformers' own `max_steps > 0`
+    replaces `num_train_epochs` instead, and would train a small split for many more epochs
+    than planned."""
+    if cfg.max_steps <= 0:
+        return -1
+    batches = math.ceil(train_rows / (cfg.batch_size * processes))
+    per_epoch = max(math.ceil(batches / cfg.gradient_accumulation_steps), 1)
+    planned = math.ceil(planned_epochs(cfg) * per_epoch)
+    return cfg.max_steps if cfg.max_steps < planned else -1
+
+
 def _stopped_by(
     cfg: TrainConfig, steps: int, early: EarlyStoppingCallback, budget: TimeBudget | None
 ) -> str:
@@ -248,7 +264,7 @@ def _training_arguments(
     return TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=planned_epochs(cfg),
-        max_steps=cfg.max_steps,
+        max_steps=-1,  # set by step_budget once the train split is tokenised
         learning_rate=cfg.learning_rate,
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.eval_batch_size,

@@ -129,6 +129,20 @@ def test_max_steps_caps_auto(trained: Trained, tmp_path: Path) -> None:
     assert (summary["global_steps"], summary["stopped_by"]) == (3, "max_steps")
 
 
+def test_max_steps_is_a_budget_the_epochs_stay_within(trained: Trained, tmp_path: Path) -> None:
+    # A budget above what the epochs need changes nothing: one epoch stays one epoch.
+    # (transformers' own max_steps replaces the epochs instead: it would train 100 steps,
+    # several epochs of this slice, so the 500-step default budget would make every small
+    # dataset train for 500 steps.)
+    per_epoch = steps_per_epoch(trained)
+    assert per_epoch < 100
+    summary = train_with(trained, tmp_path, epochs=1, max_steps=100)
+    assert (summary["global_steps"], summary["stopped_by"]) == (per_epoch, "epochs")
+    auto = train_with(trained, tmp_path / "auto", epochs="auto", max_epochs=2, max_steps=100)
+    assert auto["global_steps"] <= 2 * per_epoch
+    assert auto["stopped_by"] in ("max_epochs", "early_stopping")
+
+
 def test_a_spent_time_budget_stops_and_evaluates_the_partial_epoch(
     trained: Trained, tmp_path: Path
 ) -> None:
