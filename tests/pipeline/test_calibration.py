@@ -211,3 +211,17 @@ def test_the_export_stage_logs_calibration_metrics_and_the_diagram_and_compare_s
         "*",
     ]
     assert rows["export.fp32_calibration_temperature"][0] == f"{fp32['temperature']:.4f}"
+
+
+def test_reports_lose_a_stale_reliability_diagram_when_the_bundle_has_none(tmp_path: Path) -> None:
+    from pipeline.export import RELIABILITY_FILE, _copy_diagram
+
+    bundle, reports = tmp_path / "bundle", tmp_path / "reports"
+    bundle.mkdir()
+    reports.mkdir()
+    (reports / RELIABILITY_FILE).write_bytes(b"an older run's diagram")
+    assert _copy_diagram(bundle, reports, written=False) is None  # a token task's bundle
+    assert not (reports / RELIABILITY_FILE).exists()
+    (bundle / RELIABILITY_FILE).write_bytes(b"this bundle's")
+    assert _copy_diagram(bundle, reports, written=True) == reports / RELIABILITY_FILE
+    assert (reports / RELIABILITY_FILE).read_bytes() == b"this bundle's"
