@@ -186,7 +186,14 @@ def export_task(ctx: stages.Context) -> tuple[str, float, float, str]:
         )
     else:
         int8 = result.int8_reason
-    get_run_logger().info(f"ONNX bundle {result.export_dir}; int8: {int8}")
+    shipped = result.calibration.get("int8" if result.int8_kept else "fp32")
+    calibrated = (
+        f"; calibration T {shipped['temperature']:.3f}, test ECE {shipped['test_ece']:.4f} -> "
+        f"{shipped['test_ece_calibrated']:.4f} (reports/reliability_diagram.png)"
+        if shipped
+        else ""
+    )
+    get_run_logger().info(f"ONNX bundle {result.export_dir}; int8: {int8}{calibrated}")
     return str(result.onnx_path), result.parity_max_abs_diff, result.parity_label_agreement, int8
 
 

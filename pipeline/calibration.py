@@ -15,6 +15,8 @@ of answers that are right, and a temperature that brings it closer (issue 19).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
@@ -43,6 +45,27 @@ def expected_calibration_error(
     return float(total / len(labels))
 
 
+def reliability_bins(
+    probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS
+) -> list[dict[str, float | int]]:
+    """The equal-mass bins expected_calibration_error averages over, each as its mean top
+    probability (`confidence`), the share of its rows that are right (`accuracy`) and its
+    row count: the points of a reliability diagram (pipeline.plots)."""
+    if len(labels) == 0:
+        return []
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    order = np.argsort(confidence, kind="stable")
+    return [
+        {
+            "confidence": float(confidence[part].mean()),
+            "accuracy": float(correct[part].mean()),
+            "rows": len(part),
+        }
+        for part in np.array_split(order, min(bins, len(order)))
+    ]
+
+
 def brier_score(probabilities: np.ndarray, labels: np.ndarray) -> float:
     """Multi-class Brier score: mean squared distance to the one-hot label. (scikit-learn's
     brier_score_loss gives half of it for two classes: it scores the positive class only.)"""
@@ -69,9 +92,10 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
 def calibration_figures(
     validation: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]
-) -> dict[str, float | int]:
+) -> dict[str, Any]:
     """The temperature fitted on `validation` (logits, label ids) and the test split's ECE
-    and Brier score before and after it, for bundle.json."""
+    and Brier score before and after it, with the reliability diagram's bins before
+    (`uncalibrated`) and after (`calibrated`) it, for bundle.json."""
     temperature = fit_temperature(*validation)
     logits, labels = test
     before, after = softmax(logits, axis=1), softmax(logits / temperature, axis=1)
@@ -83,4 +107,8 @@ def calibration_figures(
         "test_brier": brier_score(before, labels),
         "test_brier_calibrated": brier_score(after, labels),
         "ece_bins": ECE_BINS,
+        "reliability": {
+            "uncalibrated": reliability_bins(before, labels),
+            "calibrated": reliability_bins(after, labels),
+        },
     }

@@ -3,7 +3,9 @@
 The bundle (models/export/) needs only onnxruntime + tokenizers + numpy to run:
 model.onnx (fp32, graph-optimised), model.int8.onnx (when it keeps its accuracy),
 tokenizer.json, labels.json, bundle.json (what it is, where it came from, how it
-scored), a model card (README.md) and tuneops_runtime.py, the runtime as one file.
+scored), a model card (README.md) and tuneops_runtime.py, the runtime as one file; for a
+calibrated classifier also reliability_diagram.png (the default model's, before and after
+temperature scaling; the card shows it), copied to reports/ when a reports folder is given.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +26,17 @@ from transformers import PreTrainedModel
 from pipeline import quantize
 from pipeline.calibration import ECE_BINS
 from pipeline.gate import per_class_check
+from pipeline.plots import write_reliability_diagram
 from pipeline.tasks.base import Scores, Task, TestSplit, require_candidate_labels
 from pipeline.training.modeling import load_tokenizer
 from tuneops import runtime
 from tuneops.config import ExportConfig, GateConfig
 from tuneops.errors import ExportParityError
-from tuneops.paths import atomic_dir
+from tuneops.paths import atomic_dir, atomic_file
 from tuneops.runtime import OnnxBundle, load_bundle
 
 FP32_FILE, INT8_FILE, RUNTIME_FILE = "model.onnx", "model.int8.onnx", "tuneops_runtime.py"
+RELIABILITY_FILE = "reliability_diagram.png"
 
 
 @dataclass
@@ -53,6 +57,10 @@ class ExportResult:
     int8_accuracy: float | None = None
     int8_f1: float | None = None
     int8_label_agreement: float | None = None
+    # bundle.json's calibration per bundled model file (fp32, and int8 when kept), without
+    # the reliability bins; {} for a task without calibrated scores.
+    calibration: dict[str, dict[str, Any]] = field(default_factory=dict)
+    reliability_diagram: Path | None = None  # reports/reliability_diagram.png when written
 
 
 class _LogitsOnly(torch.nn.Module):
@@ -91,13 +99,16 @@ def export(
     export_dir: Path,
     card: dict[str, Any] | None = None,
     gate: GateConfig | None = None,
+    reports_dir: Path | None = None,
 ) -> ExportResult:
     """Write the bundle atomically; on a parity mismatch raise ExportParityError.
 
     Each model file is scored on the whole test split (the split the gate uses) and
     bundle.json records its figures and per-class report. int8 becomes the default
     only when it passes `quantize.decide`, with the gate's per-class floor when `gate`
-    is given and `gate.per_class` is on."""
+    is given and `gate.per_class` is on. With `reports_dir`, the default model's
+    reliability diagram is copied to reports_dir/reliability_diagram.png (and a stale one
+    removed when this bundle has none)."""
     labels = require_candidate_labels(candidate_dir, prepared_dir)
     # Eager attention exports as plain MatMul/Softmax, which onnxruntime's optimizer
     # fuses into one Attention kernel; the SDPA graph it cannot fuse. Same weights.
@@ -155,6 +166,7 @@ def export(
             meta["default_model"] = "int8"
             _calibrate(task, int8, load_bundle(tmp, model=INT8_FILE), prepared_dir)
         _write_meta(tmp, meta)
+        diagram = _reliability_diagram(meta, tmp)
         result = ExportResult(
             export_dir=export_dir,
             onnx_path=export_dir / FP32_FILE,
@@ -172,10 +184,40 @@ def export(
             int8_accuracy=int8_scores.accuracy if int8_scores else None,
             int8_f1=int8_scores.primary if int8_scores else None,
             int8_label_agreement=int8.get("label_agreement"),
+            calibration={
+                name: {k: v for k, v in m["calibration"].items() if k != "reliability"}
+                for name, m in meta["models"].items()
+                if "calibration" in m
+            },
         )
         card_text = _model_card(meta, task.describe(labels))
         (tmp / "README.md").write_text(card_text, encoding="utf-8")
+    if reports_dir is not None:
+        result.reliability_diagram = _copy_diagram(export_dir, reports_dir, diagram)
     return result
+
+
+def _reliability_diagram(meta: dict[str, Any], bundle: Path) -> bool:
+    """The default model's reliability diagram in the bundle; False where it has no
+    calibration (a task without calibrated scores)."""
+    name = meta["default_model"]
+    calibration = meta["models"][name].get("calibration")
+    if calibration is None:
+        return False
+    title = f"Reliability: {name} model, {meta['test_examples']} test rows"
+    write_reliability_diagram(calibration, bundle / RELIABILITY_FILE, title)
+    return True
+
+
+def _copy_diagram(export_dir: Path, reports_dir: Path, written: bool) -> Path | None:
+    """reports/reliability_diagram.png: the bundle's copy, or none (a stale one removed)."""
+    target = reports_dir / RELIABILITY_FILE
+    if not written:
+        target.unlink(missing_ok=True)
+        return None
+    with atomic_file(target) as tmp:
+        shutil.copyfile(export_dir / RELIABILITY_FILE, tmp)
+    return target
 
 
 def _calibrate(task: Task, entry: dict[str, Any], bundle: OnnxBundle, prepared_dir: Path) -> None:
@@ -339,9 +381,17 @@ def _model_card(meta: dict[str, Any], description: str) -> str:
         for name, m in models.items()
         if (c := m.get("calibration"))
     ]
+    diagram = (
+        f"![Reliability diagram of the {meta['default_model']} model]({RELIABILITY_FILE})\n\n"
+        f"[{RELIABILITY_FILE}]({RELIABILITY_FILE}): the default model's accuracy against its "
+        "mean top probability per equal-mass test bin, before and after temperature scaling "
+        "(on the diagonal is calibrated).\n\n"
+        if "calibration" in models[meta["default_model"]]
+        else ""
+    )
     calibration = (
         "Served probabilities are softmax(logits / temperature) "
-        f"(ECE over {ECE_BINS} equal-mass bins):\n\n" + "".join(calibrated) + "\n"
+        f"(ECE over {ECE_BINS} equal-mass bins):\n\n" + "".join(calibrated) + "\n" + diagram
         if calibrated
         else ""
     )

@@ -132,6 +132,9 @@ class GateInputs:
     # One per gate.baselines entry: the bootstrap against the baseline's per-row test
     # predictions (reports/test_predictions.parquet), or why it could not be compared.
     baselines: dict[str, BaselineComparison | str] = field(default_factory=dict)
+    # bundle.json's calibration entry of the shipped model file (pipeline.calibration:
+    # temperature, test_ece, test_ece_calibrated, ...), None where it records none.
+    calibration: dict[str, Any] | None = None
 
 
 def gate(cfg: GateConfig, inputs: GateInputs) -> GateVerdict:
@@ -145,6 +148,8 @@ def gate(cfg: GateConfig, inputs: GateInputs) -> GateVerdict:
             checks.append(_best(cfg, inputs))
     if cfg.per_class:
         checks.append(per_class_check(cfg, inputs.per_class, inputs.labels))
+    if inputs.calibration is not None or cfg.max_ece is not None:
+        checks.append(ece_check(cfg, inputs.calibration))
     if cfg.latency:
         latency = inputs.latency_p95_ms
         checks.append(
@@ -211,6 +216,43 @@ def _floors(cfg: GateConfig, metrics: dict[str, Any]) -> list[GateCheck]:
             )
         )
     return checks
+
+
+ECE_CHECK = "max_ece"
+
+
+def ece_check(cfg: GateConfig, calibration: dict[str, Any] | None) -> GateCheck:
+    """The shipped file's calibrated test ECE (bundle.json, measured by export on the test
+    split it exported with) against gate.max_ece; with max_ece null it is reported and
+    always passes."""
+    if calibration is None:
+        return GateCheck(
+            ECE_CHECK,
+            False,
+            None,
+            cfg.max_ece,
+            "bundle.json records no calibration for the shipped model file (exported before "
+            "calibration, or a task without calibrated scores): export it again, or set "
+            "gate.max_ece to null",
+        )
+    ece = float(calibration["test_ece_calibrated"])
+    figures = (
+        f"calibrated test ECE {ece:.4f} (T {calibration['temperature']:.3f}; "
+        f"{float(calibration['test_ece']):.4f} before; {calibration['ece_bins']} equal-mass "
+        "bins, export's test split)"
+    )
+    if cfg.max_ece is None:
+        return GateCheck(
+            ECE_CHECK, True, round(ece, 4), None, f"{figures}; not judged: gate.max_ece is null"
+        )
+    passed = ece <= cfg.max_ece
+    return GateCheck(
+        ECE_CHECK,
+        passed,
+        round(ece, 4),
+        cfg.max_ece,
+        f"{figures} {'within' if passed else 'above'} gate.max_ece {cfg.max_ece}",
+    )
 
 
 def baseline_margin(cfg: GateConfig, baseline_score: float) -> float:

@@ -74,6 +74,7 @@ def gate_and_register(
     challenger_pred = split.rescore(challenger)
     latency = p95_latency_ms(challenger, split.texts, cfg.latency_samples) if cfg.latency else None
     judged = _inputs(inputs, split, challenger_pred, latency)
+    judged.calibration = shipped_calibration(challenger)
     tags = tags | split_tags(current_split(inputs.prepared_dir))
     logged = log_bundle(export_dir, tracker)  # the upload, outside the lock
 
@@ -252,11 +253,22 @@ def _gate_version(inputs: RegisterInputs, client: Any, version: str) -> GateVerd
     best = best_version(client, inputs.model_name)
     anchor = best if best not in (champion, version) else None
     judged = _inputs(inputs, split, predicted, None, keep)
+    judged.calibration = shipped_calibration(bundle)
     verdict = _judge(inputs, split, predicted, judged, other, champion, anchor)
     verdict.challenger_version = version
     if note:
         verdict.notes.insert(0, note)
     return verdict
+
+
+def shipped_calibration(bundle: Any) -> dict[str, Any] | None:
+    """bundle.json's calibration entry of the file `bundle` runs (its default model), as
+    the runtime reads its temperature; None where it records none."""
+    for entry in bundle.meta.get("models", {}).values():
+        if entry.get("file") == bundle.model_file:
+            found = entry.get("calibration")
+            return dict(found) if found is not None else None
+    return None
 
 
 def _inputs(

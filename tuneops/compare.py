@@ -1,13 +1,16 @@
 """`tuneops compare`: two registered versions side by side, from the registry alone.
 
-Metrics and params come from each version's MLflow run, per-class figures from the
-run's reports/classification_report.json artifact, data versions from the lineage tags.
+Metrics and params come from each version's MLflow run (test metrics, the baselines'
+macro-F1 and each bundled model file's calibration, export.<model>_test_ece etc.),
+per-class figures from the run's reports/classification_report.json artifact, data
+versions from the lineage tags.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import re
 from typing import Any
 
 from tuneops.errors import ConfigError
@@ -21,6 +24,11 @@ TAGS_SHOWN = (
     "strategy",
     "gate.verdict",
     "gate.failed_checks",
+)
+# The export stage's calibration metrics (tuneops.stages.CALIBRATION_METRICS), per model file.
+CALIBRATION = re.compile(
+    r"export\.\w+?_(calibration_temperature|test_ece|test_ece_calibrated|test_brier"
+    r"|test_brier_calibrated)"
 )
 
 
@@ -78,6 +86,7 @@ def compare(tracking_uri: str, model_name: str, a: str = "champion", b: str = "c
             for r in runs
             for k in r.data.metrics
             if k.startswith(("test_", "tfidf.test_macro_f1", "before_finetuning.test_macro_f1"))
+            or CALIBRATION.fullmatch(k)
         }
     )
     for name in metric_names:

@@ -264,6 +264,10 @@ class GateConfig(_Section):
     # Classes the model owner exempts from the floor, each with the reason (a known label
     # problem, say). Their figures stay in the report, marked exempt; they cannot fail it.
     per_class_exempt: dict[str, Annotated[str, StringConstraints(min_length=10)]] = {}
+    # Calibration: the shipped model file's test ECE after temperature scaling (bundle.json,
+    # pipeline.calibration) is always reported; a number rejects an ECE above it. None (the
+    # default) only reports: what ECE a use can bear is the model owner's call.
+    max_ece: float | None = Field(None, ge=0, le=1)
     # p95 single-example ONNX latency on this machine; off by default (machine-dependent).
     latency: bool = False
     latency_p95_ms: float = Field(50.0, gt=0)

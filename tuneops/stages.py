@@ -269,6 +269,7 @@ def step_export(ctx: Context) -> ExportResult:
             ctx.paths.export,
             card,
             ctx.params.gate,
+            ctx.paths.reports,
         )
         tracker.log_metrics(
             {
@@ -278,10 +279,33 @@ def step_export(ctx: Context) -> ExportResult:
                 "export.fp32_test_f1": result.fp32_f1,
             }
             | _int8_metrics(result)
+            | calibration_metrics(result)
         )
         tracker.log_artifact(result.export_dir / "bundle.json", "export")
         tracker.log_artifact(result.export_dir / "README.md", "export")
+        if result.reliability_diagram is not None:
+            tracker.log_artifact(result.reliability_diagram, "reports")
     return result
+
+
+# bundle.json's calibration figures logged per model file, as export.<model>_<name>.
+CALIBRATION_METRICS = {
+    "temperature": "calibration_temperature",
+    "test_ece": "test_ece",
+    "test_ece_calibrated": "test_ece_calibrated",
+    "test_brier": "test_brier",
+    "test_brier_calibrated": "test_brier_calibrated",
+}
+
+
+def calibration_metrics(result: ExportResult) -> dict[str, float]:
+    """export.fp32_test_ece, export.int8_calibration_temperature, ...: each calibrated
+    model file's figures (int8's only when it was kept, as bundle.json has them)."""
+    return {
+        f"export.{model}_{metric}": float(figures[key])
+        for model, figures in result.calibration.items()
+        for key, metric in CALIBRATION_METRICS.items()
+    }
 
 
 def _int8_metrics(result: ExportResult) -> dict[str, float]:

@@ -147,6 +147,11 @@ class TokenClassification:
                 f"classification; {self.name} trains on the model's unweighted per-token "
                 "loss (set it to none)"
             )
+        if params.gate.max_ece is not None:
+            raise ConfigError(
+                f"gate.max_ece: {params.gate.max_ece} is for text classification; {self.name}'s "
+                "entity scores are not calibrated, so there is no ECE to judge (set it to null)"
+            )
 
     def validation_input(
         self, data: DataConfig, cfg: ValidateConfig, dataset_dir: Path

@@ -100,7 +100,7 @@ def test_weekly_retraining_trains_on_new_data_skips_without_it_and_rebuilds_v1(
             retrained = trigger(env, DEPLOYMENT)
             assert retrained.state.is_completed(), (retrained.state, log.read_text()[-3000:])
             assert retrained.state.message.startswith(
-                "gate passed: challenger v2 vs champion v1, 1 checks; macro-F1 diff vs champion v1 "
+                "gate passed: challenger v2 vs champion v1, 2 checks; macro-F1 diff vs champion v1 "
             ), retrained.state.message
             gate = json.loads((root / "reports" / "gate.json").read_text())
             skipped = trigger(env, DEPLOYMENT)

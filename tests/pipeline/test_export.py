@@ -19,6 +19,7 @@ from tuneops.runtime import BundleError, OnnxClassifier
 def test_bundle_holds_model_tokenizer_labels_metadata_and_card(exported: ExportResult) -> None:
     names = {p.name for p in exported.export_dir.iterdir()}
     files = {"model.onnx", "tokenizer.json", "labels.json", "bundle.json", "README.md"}
+    files |= {"reliability_diagram.png"}  # the default model's calibration (issue 19)
     assert (
         files | {"tuneops_runtime.py"} <= names <= files | {"tuneops_runtime.py", "model.int8.onnx"}
     )

@@ -321,3 +321,43 @@ def test_the_metrics_gate_floors_may_name_are_the_ones_each_task_scores() -> Non
     assert TextClassification.test_metrics == tuple(score(gold, gold, 2))
     tags = [["B-city", "O"]]
     assert TokenClassification.test_metrics == tuple(entity_scores(tags, tags))
+
+
+CALIBRATED = {"temperature": 1.25, "test_ece": 0.061, "test_ece_calibrated": 0.0423, "ece_bins": 15}
+
+
+def test_max_ece_passes_an_ece_within_it_and_fails_a_bundle_without_calibration() -> None:
+    within = run_gate(GateConfig(max_ece=0.05), calibration=CALIBRATED)
+    assert within.passed
+    found = check(within, "max_ece")
+    assert (found.value, found.threshold) == (0.0423, 0.05)
+    assert found.detail == (
+        "calibrated test ECE 0.0423 (T 1.250; 0.0610 before; 15 equal-mass bins, export's "
+        "test split) within gate.max_ece 0.05"
+    )
+    assert run_gate(GateConfig(max_ece=0.04), calibration=CALIBRATED).failed_checks == ["max_ece"]
+    # A bundle from before calibration: nothing to judge, so a set max_ece fails, saying so.
+    old = run_gate(GateConfig(max_ece=0.05))
+    assert old.failed_checks == ["max_ece"]
+    assert "set gate.max_ece to null" in check(old, "max_ece").detail
+    assert "max_ece" not in [c.name for c in run_gate().checks]  # nothing recorded, none set
+
+
+def test_max_ece_is_refused_for_token_classification() -> None:
+    from pipeline import tasks
+    from tuneops.config import validate_params
+
+    params = validate_params(
+        {
+            "task": "token-classification",
+            "train": {"max_length": 64, "metric_for_best_model": "entity_f1"},
+            "gate": {
+                "max_ece": 0.05,
+                "baselines": ["before_finetuning"],
+                "floors": {"test_entity_f1": 0.5},
+            },
+        },
+        "params.yaml",
+    )
+    with pytest.raises(ConfigError, match=r"gate\.max_ece: 0\.05 is for text classification"):
+        tasks.get("token-classification").check(params)

@@ -16,7 +16,7 @@ from sklearn.metrics import accuracy_score, classification_report, f1_score
 from pipeline import registry
 from pipeline.bootstrap import paired_bootstrap
 from pipeline.export import ExportResult, export
-from pipeline.gate import BaselineComparison, GateInputs, GateVerdict, gate
+from pipeline.gate import BaselineComparison, GateInputs, GateVerdict, gate, write_reports
 from pipeline.register import RegisterInputs, compare_with_baselines, gate_and_register, promote
 from pipeline.registry import RegistrationResult
 from pipeline.tasks.text_classification import TextTestSplit
@@ -367,7 +367,7 @@ def test_best_names_the_anchor_each_gate_compares_with_and_moves_only_on_a_gain(
     second, _ = _gated(tmp_path, exported.export_dir, prepared, cfg)
     # best is the champion: compared once, as the champion; an equal one does not take it
     assert second.passed and second.best_version is None
-    assert [c.name for c in second.checks] == ["no_regression_vs_champion"]
+    assert [c.name for c in second.checks] == ["no_regression_vs_champion", "max_ece"]
     assert aliases() == {"challenger": "2", "champion": "2", "previous": "1", "best": "1"}
 
     third, v3 = _gated(tmp_path, exported.export_dir, prepared, cfg)
@@ -377,7 +377,7 @@ def test_best_names_the_anchor_each_gate_compares_with_and_moves_only_on_a_gain(
     assert best.value == {"diff": 0.0, "ci_low": 0.0, "ci_high": 0.0}
     assert best.detail.startswith("macro-F1 diff vs best champion v1 +0.0000")
     assert third.summary().startswith(
-        "gate passed: challenger v3 vs champion v2 and best champion v1, 2 checks"
+        "gate passed: challenger v3 vs champion v2 and best champion v1, 3 checks"
     )
     assert aliases() == {"challenger": "3", "champion": "3", "previous": "2", "best": "1"}
     version = client.get_model_version("judged", "3")
@@ -407,3 +407,37 @@ def test_best_names_the_anchor_each_gate_compares_with_and_moves_only_on_a_gain(
         "3",
     )
     assert aliases() == {"challenger": "4", "champion": "2", "previous": "4", "best": "3"}
+
+
+def test_max_ece_is_reported_when_null_and_rejects_a_shipped_ece_above_it(
+    trained: Trained, exported: ExportResult, tmp_path: Path
+) -> None:
+    """gate.max_ece judges bundle.json's calibrated test ECE of the file that ships."""
+    meta = json.loads((exported.export_dir / "bundle.json").read_text())
+    shipped = meta["models"][meta["default_model"]]["calibration"]
+    ece, t = shipped["test_ece_calibrated"], shipped["temperature"]
+    prepared = trained.paths.data_prepared
+    figures = (
+        f"calibrated test ECE {ece:.4f} (T {t:.3f}; {shipped['test_ece']:.4f} before; 15 "
+        "equal-mass bins, export's test split)"
+    )
+
+    reported, _ = _gated(tmp_path / "null", exported.export_dir, prepared, _gate_cfg())
+    assert reported.passed, reported.summary()
+    found = {c.name: c for c in reported.checks}["max_ece"]
+    assert (found.passed, found.value, found.threshold) == (True, round(ece, 4), None)
+    assert found.detail == f"{figures}; not judged: gate.max_ece is null"
+    json_path, md_path = write_reports(reported, tmp_path / "null" / "reports")
+    written = {c["name"]: c for c in json.loads(json_path.read_text())["checks"]}
+    assert written["max_ece"]["value"] == round(ece, 4)
+    assert f"| pass | max_ece | {round(ece, 4)} | None | {found.detail} |" in md_path.read_text()
+
+    below = round(ece - 0.001, 4)
+    assert below > 0
+    rejected, registered = _gated(
+        tmp_path / "set", exported.export_dir, prepared, _gate_cfg(max_ece=below)
+    )
+    assert not rejected.passed
+    assert rejected.failed_checks == ["max_ece"]
+    assert f"max_ece: {figures} above gate.max_ece {below}" in rejected.summary()
+    assert registered.aliases == ["challenger"]  # not promoted
