@@ -417,7 +417,8 @@ def _f(value: Any) -> str:
 def table(results: list[dict[str, Any]]) -> str:
     head = (
         "| dataset | rows | classes (smallest) | chars p50/p95/max | tokens p50/p95 | "
-        "max_length / long_text | model | TF-IDF | before FT | champion | wall (CPU) |\n"
+        "max_length / long_text / epochs run (best) | model | TF-IDF | before FT | champion | "
+        "wall (CPU) |\n"
         "| --- | ---: | --- | --- | --- | --- | ---: | ---: | ---: | --- | ---: |\n"
     )
     lines = []
@@ -426,6 +427,9 @@ def table(results: list[dict[str, Any]]) -> str:
         chars, tokens = p.get("chars") or {}, p.get("tokens") or {}
         small = p.get("smallest_class") or {}
         window = f"{r.get('max_length', '-')} / {r.get('long_text', '-')}"
+        trained = r.get("training") or {}
+        if trained.get("epochs_run") is not None:
+            window += f" / {trained['epochs_run']:g} ({trained.get('best_epoch', 0):g})"
         verdict = (
             "yes"
             if r.get("gate_passed")
