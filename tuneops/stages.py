@@ -10,6 +10,7 @@ later stages log to that run.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable, Sequence
@@ -89,6 +90,12 @@ def _ingest(ctx: Context, source: Path) -> tuple[IngestResult, DataVersion | Non
         data=data if task.cross_batch_conflicts else None,
         policy=ctx.params.validate_,
     )
+    if result.added and task.drift_checked:
+        from tuneops.drift_reference import batch_drift
+
+        drift = batch_drift(ctx, result.batch_file)
+        drift.write(ctx.paths.reports)
+        result = dataclasses.replace(result, drift=drift)
     return result, (versions[0] if versions else None)
 
 
