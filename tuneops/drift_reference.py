@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.drift import DriftResult, batch_file, compare, split_by_files
-from pipeline.io import read_raw, read_table
+from pipeline.io import read_raw
 from tuneops.context import Context
 
 
@@ -84,8 +84,14 @@ def reference_for(
 def batch_drift(ctx: Context, batch: Path) -> DriftResult:
     """An ingested batch file against the champion's train split (or its fall-backs)."""
     data = ctx.params.data
-    frame = read_table(batch, data.encoding, data.delimiter)
-    rows = pd.DataFrame({"text": frame[data.text_column], "label": frame[data.label_column]})
+    rows = read_raw(
+        batch.parent,
+        data.text_column,
+        data.label_column,
+        encoding=data.encoding,
+        delimiter=data.delimiter,
+    )
+    rows = rows[rows["source"].map(batch_file) == batch.name]  # read as prepare reads it
     reference, what = reference_for(ctx, champion_data(ctx), batch)
     return compare(rows, reference, ctx.params.retrain.drift_p_value, what, ctx.params.train.seed)
 

@@ -16,10 +16,10 @@ from flows.retrain import Decision, policy
 from pipeline.drift import DriftResult, compare, permutations_for
 from pipeline.fetch_data import SOURCES
 from pipeline.io import rows_by_text_hash
-from tests.conftest import write_params
+from tests.conftest import store_client, write_params
 from tuneops import stages
 from tuneops.config import RetrainConfig
-from tuneops.drift_reference import ChampionData, drift_since_champion
+from tuneops.drift_reference import ChampionData, champion_data, drift_since_champion
 
 HELD_BACK = 500  # params.yaml's data.hold_back_rows
 THRESHOLD = 0.01
@@ -183,3 +183,33 @@ def test_the_retrain_flow_measures_the_rows_new_since_the_champions_data_version
         "champion v1's train split (data version 0123456789ab)",
     )
     assert drift.reference_rows == 2000  # a sample of batch-0000.csv's train rows
+
+
+@pytest.mark.integration
+def test_ingest_compares_with_the_champions_train_split_found_by_its_data_version(
+    dvc_project: Path, tmp_path: Path
+) -> None:
+    """A real MLflow store whose champion records data version 1 (batch-0000.csv): after
+    prepare, an ingest compares the batch with that version's train rows."""
+    write_params(dvc_project, {})
+    ctx = stages.load_context(dvc_project)
+    stages.step_fetch(ctx)
+    first = stages.step_version_data(ctx).version
+    stages.step_validate(ctx)
+    stages.step_prepare(ctx)
+    client = store_client(ctx.tracking_uri)
+    name = ctx.params.registry.model_name
+    client.create_registered_model(name)
+    mv = client.create_model_version(name, str(tmp_path), tags={"data.version": first})
+    client.set_registered_model_alias(name, "champion", mv.version)
+    incoming = dvc_project / "data" / "incoming" / "movie_sentiment-held-back.csv"
+    sms = tmp_path / "sms.csv"
+    sms_as_reviews(pd.read_csv(incoming)["label"]).to_csv(sms, index=False)
+    result, _ = stages.step_ingest(ctx, sms)
+    assert champion_data(ctx) == ChampionData("1", first, {"batch-0000.csv", "labels.json"})
+    assert result.drift is not None
+    assert (result.drift.reference, result.drift.reference_rows) == (
+        f"champion v1's train split (data version {first[:12]})",
+        2000,
+    )
+    assert [s.name for s in result.drift.shifted] == ["length", "content"]
