@@ -119,8 +119,7 @@ def test_the_min_new_rows_trigger_counts_rows_new_since_the_champion() -> None:
     few = policy(TRAIN, RetrainConfig(trigger="min_new_rows", min_new_rows=600), "1", None, 500)
     assert few == Decision(
         "skip",
-        "only 500 rows new since champion v1's data version, fewer than "
-        "retrain.min_new_rows 600",
+        "only 500 rows new since champion v1's data version, fewer than retrain.min_new_rows 600",
     )
 
 
@@ -153,8 +152,8 @@ def test_ingest_reports_no_drift_for_held_back_reviews_and_drift_for_sms(
     result, _ = stages.step_ingest(ctx, sms)
     assert result.drift is not None
     assert [s.name for s in result.drift.shifted] == ["length", "content"]
-    assert (ctx.paths.reports / "drift.md").read_text(encoding="utf-8").startswith(
-        "## Drift: drift\n"
+    assert (
+        (ctx.paths.reports / "drift.md").read_text(encoding="utf-8").startswith("## Drift: drift\n")
     )
 
 
@@ -168,9 +167,7 @@ def test_the_retrain_flow_measures_the_rows_new_since_the_champions_data_version
     ctx = stages.load_context(tmp_path)
     stages.step_fetch(ctx)
     incoming = tmp_path / "data" / "incoming" / "movie_sentiment-held-back.csv"
-    (ctx.paths.raw_dataset("movie_sentiment") / "batch-0001.csv").write_bytes(
-        incoming.read_bytes()
-    )
+    (ctx.paths.raw_dataset("movie_sentiment") / "batch-0001.csv").write_bytes(incoming.read_bytes())
     stages.step_validate(ctx)
     stages.step_prepare(ctx)
     champion = ChampionData("1", "0123456789abcdef", {"batch-0000.csv"})
