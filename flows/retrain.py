@@ -209,14 +209,19 @@ def policy_task(
         or decision.action != "train"
         or champion is None
         or champion.key[1:] != current.key[1:]  # build params or code changed: train
-        or not ctx.task.drift_checked
     ):
         return decision, None
+    if not ctx.task.drift_checked:
+        return Decision(
+            "train",
+            f"{decision.reason}; retrain.trigger {cfg.trigger} is measured for tasks of texts "
+            f"with one label each, not {ctx.params.task}'s: training as under new_data",
+        ), None
     assert champion.version is not None
     data = champion_data(ctx)
     if data is None:
         return policy(decision, cfg, champion.version, None, None), None
-    drift, new_rows = drift_since_champion(ctx, data)
+    drift, new_rows = drift_since_champion(ctx, data, measure=cfg.trigger == "drift")
     if drift is not None:
         drift.write(ctx.paths.reports)
         create_markdown_artifact(

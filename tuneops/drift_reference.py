@@ -96,11 +96,13 @@ def batch_drift(ctx: Context, batch: Path) -> DriftResult:
     return compare(rows, reference, ctx.params.retrain.drift_p_value, what, ctx.params.train.seed)
 
 
-def drift_since_champion(ctx: Context, champion: ChampionData) -> tuple[DriftResult | None, int]:
-    """The prepared rows new since the champion's data version against its train split,
-    and how many rows are new (None for the drift when none is)."""
+def drift_since_champion(
+    ctx: Context, champion: ChampionData, measure: bool = True
+) -> tuple[DriftResult | None, int]:
+    """The prepared rows new since the champion's data version against its train split
+    (None when no row is new, or not `measure`), and how many rows are new."""
     reference, new = split_by_files(ctx.paths.data_prepared, champion.files)
-    if new.empty or reference.empty:
+    if not measure or new.empty or reference.empty:
         return None, len(new)
     what = f"champion v{champion.version}'s train split (data version {champion.data_version[:12]})"
     found = compare(new, reference, ctx.params.retrain.drift_p_value, what, ctx.params.train.seed)

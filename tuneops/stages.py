@@ -67,7 +67,9 @@ def step_ingest(ctx: Context, source: Path) -> tuple[IngestResult, DataVersion |
     """Validate `source` (its rows alone, then the dataset it grows), append it as the
     next batch, version and push data/raw. The batch is read and checked as the task
     reads its raw files (rows, or sentences), every row of it (data.max_rows aside).
-    All of it, validation and the conflict check included, under the project lock."""
+    All of it, validation and the conflict check included, under the project lock. An
+    added batch of a text task is then compared with the champion's train split
+    (tuneops.drift_reference): the result's `drift`, reports/drift.{json,md}."""
     with project_lock(ctx.paths.root, f"tuneops ingest {source}"):
         return _ingest(ctx, source)
 

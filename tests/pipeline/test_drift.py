@@ -8,11 +8,13 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
+from prefect import flow
 
-from flows.retrain import Decision, policy
+from flows.retrain import Built, Decision, policy, policy_task
 from pipeline.drift import DriftResult, compare, permutations_for
 from pipeline.fetch_data import SOURCES
 from pipeline.io import rows_by_text_hash
@@ -183,11 +185,13 @@ def test_the_retrain_flow_measures_the_rows_new_since_the_champions_data_version
 
 
 @pytest.mark.integration
-def test_ingest_compares_with_the_champions_train_split_found_by_its_data_version(
-    dvc_project: Path, tmp_path: Path
+def test_ingest_and_the_retrain_policy_compare_with_the_champions_train_split(
+    dvc_project: Path, tmp_path: Path, prefect_server: None
 ) -> None:
     """A real MLflow store whose champion records data version 1 (batch-0000.csv): after
-    prepare, an ingest compares the batch with that version's train rows."""
+    prepare, an ingest compares the batch with that version's train rows; prepared again,
+    the retrain flow's policy task measures the rows new since (in a flow, on Prefect's
+    temporary server), trains under drift, and skips under min_new_rows 600."""
     write_params(dvc_project, {})
     ctx = stages.load_context(dvc_project)
     stages.step_fetch(ctx)
@@ -210,3 +214,28 @@ def test_ingest_compares_with_the_champions_train_split_found_by_its_data_versio
         2000,
     )
     assert [s.name for s in result.drift.shifted] == ["length", "content"]
+
+    stages.step_validate(ctx)
+    stages.step_prepare(ctx)
+    current = Built(None, ("grown", "build", "code"), "gate")
+    trained = {"champion": Built("1", ("first", "build", "code"), "gate", "passed")}
+
+    @flow
+    def judge(overrides: dict[str, Any]) -> tuple[Decision, DriftResult | None]:
+        judged = stages.load_context(dvc_project, overrides=overrides)
+        return policy_task(judged, TRAIN, current, trained)
+
+    decision, drift = judge({"retrain.trigger": "drift"})
+    assert decision.action == "train"
+    assert "the 500 new rows shifted in length KS, content AUC against champion v1" in (
+        decision.reason
+    )
+    assert drift is not None and drift.reference_rows == 2000
+    report = json.loads((ctx.paths.reports / "drift.json").read_text(encoding="utf-8"))
+    assert (report["verdict"], report["batch_rows"]) == ("drift", 500)
+    few, _ = judge({"retrain.trigger": "min_new_rows", "retrain.min_new_rows": 600})
+    assert few.action == "skip" and few.reason.startswith("only 500 rows new since champion v1")
+    # Other build params than the champion's: trained whatever the trigger.
+    rebuilt = Built(None, ("grown", "other build", "code"), "gate")
+    under_drift = stages.load_context(dvc_project, overrides={"retrain.trigger": "drift"})
+    assert policy_task.fn(under_drift, TRAIN, rebuilt, trained) == (TRAIN, None)
