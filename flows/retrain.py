@@ -18,6 +18,13 @@ Another dataset of the project getting a batch, or a batch of rows this dataset 
 has (a re-export), changes DVC's version of data/raw but not the prepared fingerprint:
 nothing is trained. The verdict (which, and why) is logged, published as the `retrain`
 artifact and starts the run's final message.
+
+retrain.trigger then narrows "train" when only the data changed since the champion (same
+build params and code; `policy`): drift trains only when a drift statistic of the rows new
+since the champion's data version, against its train split (tuneops.drift_reference), has
+a p-value below retrain.drift_p_value (published as the `drift` artifact, written to
+reports/drift.{json,md} and logged to the training run); min_new_rows trains only when at
+least retrain.min_new_rows rows are new since then.
 """
 
 from __future__ import annotations
@@ -37,10 +44,13 @@ from flows.training import (
     training_flow,
     validated_version,
 )
+from pipeline.drift import NAMES, DriftResult
 from pipeline.gate import GateVerdict, to_markdown
 from pipeline.registry import version_by_alias
 from pipeline.train import read_manifest
-from tuneops import stages
+from tuneops import recording, stages
+from tuneops.config import RetrainConfig
+from tuneops.drift_reference import champion_data, drift_since_champion
 from tuneops.errors import GateRejected
 from tuneops.runlock import project_lock
 from tuneops.tracking import store_client
@@ -144,6 +154,102 @@ def decide(current: Built, trained: dict[str, Built]) -> Decision:
     )
 
 
+def policy(
+    decision: Decision,
+    cfg: RetrainConfig,
+    champion: str,
+    drift: DriftResult | None,
+    new_rows: int | None,
+) -> Decision:
+    """`decision` (to train on new data, build params and code as the champion's) under
+    retrain.trigger: train, or skip naming the statistic or the row count that decided.
+    `new_rows` None: the champion's data version could not be listed (nothing to measure
+    against), so the flow trains as under new_data and says so."""
+    if decision.action != "train" or cfg.trigger == "new_data":
+        return decision
+    unmeasured = (
+        f"; retrain.trigger {cfg.trigger}: champion v{champion}'s data version is not in "
+        "the local DVC cache (`dvc pull` it), so the new rows were not measured: training"
+    )
+    if new_rows is None:
+        return Decision("train", decision.reason + unmeasured)
+    if cfg.trigger == "min_new_rows":
+        counted = f"{new_rows} rows new since champion v{champion}'s data version"
+        if new_rows < cfg.min_new_rows:
+            return Decision(
+                "skip", f"only {counted}, fewer than retrain.min_new_rows {cfg.min_new_rows}"
+            )
+        return Decision("train", f"{counted} (retrain.min_new_rows {cfg.min_new_rows}): training")
+    if drift is None:
+        return Decision("skip", f"no rows new since champion v{champion}'s data version")
+    if not drift.shifted:
+        return Decision(
+            "skip",
+            f"retrain.trigger drift: no statistic of the {drift.batch_rows} new rows has a "
+            f"p-value below retrain.drift_p_value {cfg.drift_p_value:g} against champion "
+            f"v{champion}'s train split: {drift.line()}",
+        )
+    names = ", ".join(NAMES[s.name] for s in drift.shifted)
+    return Decision(
+        "train",
+        f"retrain.trigger drift: the {drift.batch_rows} new rows shifted in {names} against "
+        f"champion v{champion}'s train split ({drift.line()}): training",
+    )
+
+
+@task(name="retrain-policy", cache_policy=NO_CACHE)
+def policy_task(
+    ctx: stages.Context, decision: Decision, current: Built, trained: dict[str, Built]
+) -> tuple[Decision, DriftResult | None]:
+    """`policy` when only the data changed since the champion; the drift it measured."""
+    champion = trained.get("champion")
+    cfg = ctx.params.retrain
+    if (
+        cfg.trigger == "new_data"
+        or decision.action != "train"
+        or champion is None
+        or champion.key[1:] != current.key[1:]  # build params or code changed: train
+    ):
+        return decision, None
+    if not ctx.task.drift_checked:
+        return Decision(
+            "train",
+            f"{decision.reason}; retrain.trigger {cfg.trigger} is measured for tasks of texts "
+            f"with one label each, not {ctx.params.task}'s: training as under new_data",
+        ), None
+    assert champion.version is not None
+    data = champion_data(ctx)
+    if data is None:
+        return policy(decision, cfg, champion.version, None, None), None
+    drift, new_rows = drift_since_champion(ctx, data, measure=cfg.trigger == "drift")
+    if drift is not None:
+        drift.write(ctx.paths.reports)
+        create_markdown_artifact(
+            key="drift", markdown=drift.to_markdown(), description=drift.line()
+        )
+    return policy(decision, cfg, champion.version, drift, new_rows), drift
+
+
+def log_drift(ctx: stages.Context, drift: DriftResult) -> None:
+    """The drift the policy measured on the training run it started (metrics drift.<name>
+    and drift.<name>_p_value, reports/drift.{json,md})."""
+    tracker = recording.candidate_run(ctx)
+    tracker.log_metrics(
+        {
+            key: value
+            for s in drift.statistics
+            for key, value in (
+                (f"drift.{s.name}", s.statistic),
+                (f"drift.{s.name}_p_value", s.p_value),
+            )
+            if value is not None
+        }
+    )
+    tracker.set_tags({"drift.verdict": drift.verdict})
+    for name in ("drift.json", "drift.md"):
+        tracker.log_artifact(ctx.paths.reports / name, "reports")
+
+
 def _short(value: str | None) -> str:
     return "none" if value is None else value[:12]
 
@@ -176,7 +282,8 @@ def retrain_flow(
     with project_lock(ctx.paths.root, "the retrain flow (tuneops retrain)"):
         preflight_task(ctx)
         _, data_version = validated_version(ctx)
-        decision = decide(current_build(ctx), trained_task(ctx))
+        current, trained = current_build(ctx), trained_task(ctx)
+        decision, drift = policy_task(ctx, decide(current, trained), current, trained)
         logger = get_run_logger()
         logger.info(f"retrain verdict: {decision.action}: {decision.reason}")
         create_markdown_artifact(
@@ -200,6 +307,8 @@ def retrain_flow(
         # "1/1 states failed."; the training flow's own message (a failed run) or its
         # summary's gate line (a completed one) is the one-line verdict, then why it ran.
         outcome = state.result(raise_on_failure=False)
+        if drift is not None and isinstance(outcome, RunSummary):
+            log_drift(ctx, drift)
         if isinstance(outcome, RunSummary):
             return Completed(message=f"{outcome.gate}; {decision.reason}", data=outcome)
         return Failed(message=f"{state.message}; {decision.reason}", data=outcome)

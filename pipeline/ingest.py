@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from filelock import FileLock, Timeout
 
@@ -34,6 +35,9 @@ from pipeline.validate import (
 )
 from tuneops.config import DataConfig, ValidateConfig
 from tuneops.errors import DataValidationError, ExternalToolError
+
+if TYPE_CHECKING:
+    from pipeline.drift import DriftResult
 
 # validate(dataset_dir, reports_dir): the task's validation step over one dataset folder.
 Validator = Callable[[Path, Path], ValidationResult]
@@ -50,6 +54,8 @@ class IngestResult:
     # Rows of the whole dataset (this batch's and the others') that prepare will drop for a
     # text labelled two ways, under validate.conflicting_labels: drop.
     dropped_rows: list[dict[str, str]] = field(default_factory=list)
+    # The batch against the champion's train split (tuneops.drift_reference), when added.
+    drift: DriftResult | None = None
 
 
 def ingest(

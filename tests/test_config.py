@@ -86,8 +86,9 @@ def test_an_overlay_merges_sections_and_replaces_mappings(tmp_path: Path) -> Non
     # replaced by gate.baseline_min_error_reduction (issue 17, the fair baseline rule), and
     # train.class_weights (issue 17, imbalance), and train.max_epochs/max_minutes (issue 17,
     # epochs: auto), and train.chunk_overlap/max_chunks (issue 17, long documents), and
-    # gate.max_ece (issue 19, calibration; null).
-    assert params.params_hash() == "d552e17fb19d61ab"
+    # gate.max_ece (issue 19, calibration; null), and the retrain section (issue 19,
+    # drift-aware retraining).
+    assert params.params_hash() == "280a3f0da3da6dfe"
     (tmp_path / "a.yaml").write_text("base: b.yaml\ntrain:\n  epochs: 2\n")
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     with pytest.raises(ConfigError, match=r"overlays itself"):

@@ -314,6 +314,8 @@ def _ingest(args: argparse.Namespace) -> int:
         f"{args.path}: {result.rows} {unit} validated and added as {where}; "
         f"data version {version.version if version else 'unknown'}{pushed}"
     )
+    if result.drift is not None:
+        print(result.drift.line())
     if result.dropped_rows:
         shown = ", ".join(r["source"] for r in result.dropped_rows[:5])
         more = len(result.dropped_rows) - 5

@@ -293,6 +293,20 @@ class GateConfig(_Section):
         return data
 
 
+class RetrainConfig(_Section):
+    """When the retrain flow (flows/retrain.py) trains because new data arrived."""
+
+    # new_data: whenever the prepared data changed; drift: only when a statistic of the rows
+    # new since the champion's data version against its train split (pipeline/drift.py:
+    # label chi2, length KS, content AUC) has a p-value below drift_p_value; min_new_rows:
+    # only when at least min_new_rows rows are new since then. A change of build params
+    # or code trains under any trigger; with no champion yet, the flow trains.
+    trigger: Literal["new_data", "drift", "min_new_rows"] = "new_data"
+    # Also the threshold of the drift verdict that `tuneops ingest` prints and reports.
+    drift_p_value: float = Field(0.01, gt=0, lt=1)
+    min_new_rows: int = Field(200, ge=1)
+
+
 class TrackingConfig(_Section):
     # MLFLOW_TRACKING_URI, when set, wins over this (see tuneops.settings).
     uri: str = "sqlite:///mlflow.db"
@@ -357,6 +371,7 @@ class Params(_Section):
     export: ExportConfig = ExportConfig()
     registry: RegistryConfig = RegistryConfig()
     gate: GateConfig = GateConfig()
+    retrain: RetrainConfig = RetrainConfig()
     tracking: TrackingConfig = TrackingConfig()
     tune: TuneConfig = TuneConfig()
 

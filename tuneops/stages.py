@@ -10,6 +10,7 @@ later stages log to that run.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable, Sequence
@@ -66,7 +67,9 @@ def step_ingest(ctx: Context, source: Path) -> tuple[IngestResult, DataVersion |
     """Validate `source` (its rows alone, then the dataset it grows), append it as the
     next batch, version and push data/raw. The batch is read and checked as the task
     reads its raw files (rows, or sentences), every row of it (data.max_rows aside).
-    All of it, validation and the conflict check included, under the project lock."""
+    All of it, validation and the conflict check included, under the project lock. An
+    added batch of a text task is then compared with the champion's train split
+    (tuneops.drift_reference): the result's `drift`, reports/drift.{json,md}."""
     with project_lock(ctx.paths.root, f"tuneops ingest {source}"):
         return _ingest(ctx, source)
 
@@ -89,6 +92,12 @@ def _ingest(ctx: Context, source: Path) -> tuple[IngestResult, DataVersion | Non
         data=data if task.cross_batch_conflicts else None,
         policy=ctx.params.validate_,
     )
+    if result.added and task.drift_checked:
+        from tuneops.drift_reference import batch_drift
+
+        drift = batch_drift(ctx, result.batch_file)
+        drift.write(ctx.paths.reports)
+        result = dataclasses.replace(result, drift=drift)
     return result, (versions[0] if versions else None)
 
 

@@ -135,6 +135,9 @@ class Task(Protocol):
     peft_task_type: str  # peft.TaskType member name
     logits_axes: tuple[str, ...]  # the ONNX logits output's dynamic axes, in order
     cross_batch_conflicts: bool  # ingest checks a batch's labels against the batches there
+    # ingest and the retrain flow compare new rows with the champion's (pipeline.drift: rows
+    # of one text and one label)
+    drift_checked: bool
     example_inputs: tuple[str, ...]  # texts for the MLflow signature
     # The task's own modules (dotted names): what every stage runs for it, so each is a
     # dvc.yaml dependency of every stage, with everything it imports (tuneops.dvcfile).

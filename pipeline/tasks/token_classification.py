@@ -119,6 +119,7 @@ class TokenClassification:
     peft_task_type = "TOKEN_CLS"
     logits_axes: tuple[str, ...] = ("batch", "sequence")
     cross_batch_conflicts = False
+    drift_checked = False
     example_inputs: tuple[str, ...] = (
         "show me flights from boston to denver",
         "a morning flight to dallas",
