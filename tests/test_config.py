@@ -85,8 +85,9 @@ def test_an_overlay_merges_sections_and_replaces_mappings(tmp_path: Path) -> Non
     # and the new validate.max_text_chars default (issue 17), and gate.baseline_margin
     # replaced by gate.baseline_min_error_reduction (issue 17, the fair baseline rule), and
     # train.class_weights (issue 17, imbalance), and train.max_epochs/max_minutes (issue 17,
-    # epochs: auto), and train.chunk_overlap/max_chunks (issue 17, long documents).
-    assert params.params_hash() == "41688c7b2b546a9e"
+    # epochs: auto), and train.chunk_overlap/max_chunks (issue 17, long documents), and
+    # prepare.label_issues (issue 19, the label-noise audit).
+    assert params.params_hash() == "187c53b4919d7e51"
     (tmp_path / "a.yaml").write_text("base: b.yaml\ntrain:\n  epochs: 2\n")
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     with pytest.raises(ConfigError, match=r"overlays itself"):
