@@ -17,6 +17,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
+from pipeline import label_audit
 from pipeline.gate import GateVerdict, to_markdown
 from pipeline.validate import ValidationResult
 from tuneops import stages
@@ -148,6 +149,7 @@ def prepare_task(ctx: stages.Context) -> dict[str, int]:
         f"prepared {result.rows} (fingerprint {result.fingerprint[:12]}, dropped "
         f"{result.dropped_duplicates} duplicates, {result.dropped_conflicts} conflicting)"
     )
+    _publish_label_issues(ctx)
     return result.rows
 
 
@@ -264,6 +266,29 @@ def validated_version(ctx: stages.Context) -> tuple[dict[str, int], str]:
         validate_task(ctx)
         rows = prepare_task(ctx)
         return rows, version_task(ctx)
+
+
+def _publish_label_issues(ctx: stages.Context) -> None:
+    """The label audit (reports/label_issues.json) as a markdown artifact: the counts and
+    the most suspect rows (every row is in reports/label_issues.md)."""
+    import json
+
+    report = json.loads((ctx.paths.reports / "label_issues.json").read_text(encoding="utf-8"))
+    counts = report["flagged"], report["rows_audited"]
+    get_run_logger().info(
+        f"label audit: {counts[0]} of {counts[1]} train rows flagged (reports/label_issues.md)"
+        if report["audited"]
+        else f"label audit: not run ({report['reason']})"
+    )
+    create_markdown_artifact(
+        key="label-issues",
+        markdown=label_audit.to_markdown(report, limit=ARTIFACT_ROWS),
+        description="Train rows whose label looks wrong (cleanlab, before training)",
+    )
+
+
+# The label-issues artifact shows the most suspect rows; the report lists them all.
+ARTIFACT_ROWS = 50
 
 
 def _publish_validation(ctx: stages.Context, result: ValidationResult | None = None) -> None:

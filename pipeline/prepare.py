@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from pipeline.tasks.base import Task
     from tuneops.config import DataConfig, PrepareConfig
 
+from pipeline import label_audit
 from pipeline.version_data import file_md5s
 from tuneops.errors import ConfigError
 from tuneops.paths import atomic_dir
@@ -53,6 +54,8 @@ class PrepareResult:
     stratification_ok: bool = True
     # Every row dropped as a repeat or for a conflicting label: file:row, reason, label.
     dropped_rows: list[dict[str, str]] = field(default_factory=list)
+    # The label audit's counts (prepare.label_issues; reports/label_issues.json has the rows).
+    label_issues: dict[str, Any] = field(default_factory=dict)
 
 
 def normalise_text(text: str) -> str:
@@ -90,15 +93,28 @@ def prepare(
     labels: tuple[str, ...],
     dataset_dir: Path,
     prepared_dir: Path,
+    seed: int = 42,
+    reports_dir: Path | None = None,
 ) -> PrepareResult:
-    """Write {train,validation,test}.parquet and manifest.json to `prepared_dir` (atomically).
+    """Write {train,validation,test}.parquet and manifest.json to `prepared_dir` (atomically),
+    and the label audit's reports/label_issues.{json,md} to `reports_dir` (None: none).
 
-    The task reads, de-duplicates and assigns splits (`task.split`); this writes them.
+    The task reads, de-duplicates and assigns splits (`task.split`, `seed`: train.seed,
+    the label audit's folds; 42 is its default) and audits the train labels; this writes them.
     The manifest's `raw_files` ({path under data/raw: md5}) are the files read: the data
     version tagged on the model is the one that holds them (version_data.verified_version).
     The caller holds the data lock, so they cannot change while they are read."""
     read = file_md5s(dataset_dir, dataset_dir.parent)
-    found = task.split(data, cfg, labels, dataset_dir)
+    found = task.split(data, cfg, labels, dataset_dir, seed)
+    audited = found.label_audit
+    if audited is None:  # the task has no one label per row (token classification)
+        audited = label_audit.skipped(
+            cfg.label_issues, f"the label audit does not apply to {task.name}"
+        )
+        if cfg.label_issues != "off":
+            print(
+                f"prepare.label_issues: {cfg.label_issues}: {audited.reason}; skipped", flush=True
+            )
     frame = found.frame
     gap = found.max_stratification_gap
     result = PrepareResult(
@@ -113,6 +129,7 @@ def prepare(
         max_stratification_gap=round(gap, 4),
         stratification_ok=gap <= cfg.max_stratification_gap,
         dropped_rows=found.dropped_rows,
+        label_issues=audited.summary(),
     )
     official = bool(found.manifest.get("official_test_split", False))
     record = {
@@ -121,6 +138,8 @@ def prepare(
         "raw_files": read,
     } | found.manifest
     write_prepared(frame, found.columns, result, record)
+    if reports_dir is not None:
+        label_audit.write_reports(audited, reports_dir)
     return result
 
 

@@ -25,6 +25,8 @@ def test_the_pipeline_owned_paths_are_the_stage_outs_and_the_data_version_files(
         "reports/data_docs",
         "reports/gate.json",
         "reports/gate.md",
+        "reports/label_issues.json",
+        "reports/label_issues.md",
         "reports/metrics.json",
         "reports/registry.json",
         "reports/test_predictions.parquet",

@@ -101,6 +101,13 @@ class PrepareConfig(_Section):
     test_fraction: float = Field(0.1, gt=0, lt=0.5)
     # Largest allowed gap between a class's share in a split and in the whole data.
     max_stratification_gap: float = Field(0.05, gt=0, le=1)
+    # Text classification: a label-noise audit of the train split before training
+    # (pipeline.label_audit: out-of-sample probabilities of TF-IDF + logistic regression over
+    # 5 stratified folds seeded by train.seed, judged by cleanlab's confident learning).
+    # report: reports/label_issues.{json,md} list the rows whose label looks wrong, the
+    # splits are unchanged; drop: those train rows are also removed from train (never from
+    # validation or test) and listed in manifest.json's label_issues_dropped; off: no audit.
+    label_issues: Literal["report", "drop", "off"] = "report"
 
 
 class ModelConfig(_Section):

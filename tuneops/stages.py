@@ -20,6 +20,7 @@ from typing import Any
 
 from filelock import FileLock
 
+from pipeline import label_audit
 from pipeline.evaluate import EvaluationResult, evaluate
 from pipeline.export import ExportResult, export
 from pipeline.fetch_data import FetchResult, fetch_data
@@ -119,7 +120,10 @@ def step_validate(ctx: Context) -> ValidationResult:
 
 
 def step_prepare(ctx: Context) -> PrepareResult:
-    """Prepare with the label set that validation fixed (reports/validation.json)."""
+    """Prepare with the label set that validation fixed (reports/validation.json); the
+    label audit (prepare.label_issues) writes reports/label_issues.{json,md}. The audit
+    runs inside prepare, not as a stage of its own: under drop it changes the train split,
+    and data/prepared can be the output of one stage only."""
     report = json.loads((ctx.paths.reports / "validation.json").read_text(encoding="utf-8"))
     return prepare(
         ctx.task,
@@ -128,6 +132,8 @@ def step_prepare(ctx: Context) -> PrepareResult:
         tuple(report["labels"]),
         ctx.paths.raw_dataset(ctx.params.data.name),
         ctx.paths.data_prepared,
+        seed=ctx.params.train.seed,
+        reports_dir=ctx.paths.reports,
     )
 
 
@@ -255,7 +261,20 @@ def step_evaluate(ctx: Context) -> EvaluationResult:
             ctx.paths.reports / "validation.json",
         ):
             tracker.log_artifact(path, "reports")
+        log_label_issues(ctx, tracker)
     return result
+
+
+def log_label_issues(ctx: Context, tracker: Tracker) -> None:
+    """The prepare step's label audit (reports/label_issues.{json,md}) as artifacts of the
+    run, and its counts as metrics (label_issues.flagged, ...); nothing for data prepared
+    before tuneops audited labels."""
+    path = ctx.paths.reports / f"{label_audit.REPORT}.json"
+    if not path.exists():
+        return
+    tracker.log_metrics(label_audit.metrics(json.loads(path.read_text(encoding="utf-8"))))
+    for found in (path, path.with_suffix(".md")):
+        tracker.log_artifact(found, "reports")
 
 
 def step_export(ctx: Context) -> ExportResult:
@@ -417,8 +436,13 @@ STAGES: dict[str, Stage] = {
             step_prepare,
             "pipeline.prepare",
             deps=("data/raw", "reports/validation.json"),
-            params=("data", "prepare"),
-            outs={"outs": ["data/prepared"]},
+            params=("data", "prepare", "train.seed"),  # train.seed: the label audit's folds
+            outs={
+                "outs": [
+                    "data/prepared",
+                    *_untracked("reports/label_issues.json", "reports/label_issues.md"),
+                ]
+            },
         ),
         Stage(
             "train",

@@ -65,6 +65,9 @@ class SplitFrame:
     max_stratification_gap: float = 0.0
     dropped_rows: list[dict[str, str]] = field(default_factory=list)  # file:row, reason, label
     manifest: dict[str, Any] = field(default_factory=dict)  # task-specific manifest keys
+    # The train split's label audit (pipeline.label_audit.LabelAudit); None: the task has
+    # no one label per row to audit (token classification).
+    label_audit: Any = None
 
 
 @dataclass
@@ -151,8 +154,15 @@ class Task(Protocol):
     ) -> ValidationInput: ...
 
     def split(
-        self, data: DataConfig, cfg: PrepareConfig, labels: tuple[str, ...], dataset_dir: Path
-    ) -> SplitFrame: ...
+        self,
+        data: DataConfig,
+        cfg: PrepareConfig,
+        labels: tuple[str, ...],
+        dataset_dir: Path,
+        seed: int,
+    ) -> SplitFrame:
+        """The examples, each in its split; `seed` (train.seed) seeds what is random in it
+        (the label audit's folds)."""
 
     def load_model(
         self,

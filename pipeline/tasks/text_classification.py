@@ -227,11 +227,16 @@ class TextClassification:
         return text_steps.validation_input(data, cfg, dataset_dir)
 
     def split(
-        self, data: DataConfig, cfg: PrepareConfig, labels: tuple[str, ...], dataset_dir: Path
+        self,
+        data: DataConfig,
+        cfg: PrepareConfig,
+        labels: tuple[str, ...],
+        dataset_dir: Path,
+        seed: int,
     ) -> SplitFrame:
         from pipeline.tasks import text_steps
 
-        return text_steps.split(data, cfg, labels, dataset_dir)
+        return text_steps.split(data, cfg, labels, dataset_dir, seed)
 
     def load_model(
         self,

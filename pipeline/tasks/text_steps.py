@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.io import read_label_file, read_raw
+from pipeline.label_audit import LabelAudit, audit, skipped
 from pipeline.prepare import SPLITS, hash_bucket, normalise_text, split_of
 from pipeline.tasks.base import Evaluation, SplitFrame, ValidationInput, baseline_column
 from pipeline.validate import (
@@ -148,10 +149,12 @@ def _suite(labels: tuple[str, ...], cfg: ValidateConfig) -> list[Any]:
 
 
 def split(
-    data: DataConfig, cfg: PrepareConfig, labels: tuple[str, ...], dataset_dir: Path
+    data: DataConfig, cfg: PrepareConfig, labels: tuple[str, ...], dataset_dir: Path, seed: int
 ) -> SplitFrame:
     """Normalised, de-duplicated rows, each in the split its text hashes to; a label that
-    no row hashes into validation or test gets one of its train rows there (_fill_split)."""
+    no row hashes into validation or test gets one of its train rows there (_fill_split).
+    Then the train rows' labels are audited (prepare.label_issues; _audit_train): under
+    drop the flagged ones leave train before anything is counted or fingerprinted."""
     frame = read_raw_in(data, dataset_dir)
     frame["text"] = frame["text"].astype(str).map(normalise_text)
     frame["label"] = frame["label"].astype(str)
@@ -170,6 +173,7 @@ def split(
     }
     label_ids = {label: i for i, label in enumerate(labels)}
     frame["label_id"] = frame["label"].map(label_ids).astype("int64")
+    audited, frame = _audit_train(frame, labels, data, cfg, seed)
     counts = {s: _label_counts(frame[frame["split"] == s], labels) for s in SPLITS}
     _require_every_label(counts, frame, SPLITS)
     return SplitFrame(
@@ -181,7 +185,52 @@ def split(
         conflicts=conflicts,
         max_stratification_gap=_stratification_gap(frame, labels),
         dropped_rows=dropped,
-        manifest=moved,
+        manifest=moved
+        | {"label_issues_dropped": _dropped(audited, data.label_column, cfg.label_issues)},
+        label_audit=audited,
+    )
+
+
+def _audit_train(
+    frame: pd.DataFrame,
+    labels: tuple[str, ...],
+    data: DataConfig,
+    cfg: PrepareConfig,
+    seed: int,
+) -> tuple[LabelAudit, pd.DataFrame]:
+    """The label audit of the train rows (pipeline.label_audit, with the TF-IDF baseline's
+    model), and the frame: under drop without the flagged train rows."""
+    if cfg.label_issues == "off":
+        return skipped("off", "prepare.label_issues: off"), frame
+    columns = {"text": data.text_column, "label": data.label_column}
+    train = frame[frame["split"] == "train"]
+    found, flagged = audit(train, labels, tfidf_model(seed), cfg.label_issues, seed, columns)
+    if not found.audited:
+        print(found.reason + "; not audited", flush=True)
+    if cfg.label_issues == "drop":
+        frame = frame.drop(index=flagged).reset_index(drop=True)
+    return found, frame
+
+
+def _dropped(audited: LabelAudit, label_column: str, setting: str) -> list[dict[str, str]]:
+    """The train rows drop removed (manifest.json's label_issues_dropped): file:row, the
+    given label under the user's column name, the suggested one."""
+    if setting != "drop":
+        return []
+    keys = ("source", label_column, "suggested")
+    return [{key: issue[key] for key in keys} for issue in audited.issues]
+
+
+def tfidf_model(seed: int) -> Any:
+    """TF-IDF (word 1-2 grams, sublinear tf) + logistic regression, unfitted: the TF-IDF
+    baseline of evaluate and the label audit's model."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    return make_pipeline(
+        TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True),
+        LogisticRegression(max_iter=2000, C=4.0, random_state=seed),
     )
 
 
@@ -334,18 +383,12 @@ def _baselines(
 ) -> dict[str, tuple[dict[str, Any], np.ndarray]]:
     """Each baseline's test scores and its predicted label id per test row."""
     from sklearn.dummy import DummyClassifier
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
 
     from pipeline.tasks.text_classification import score
 
     y_train, y_test = train["label_id"].to_numpy(), test["label_id"].to_numpy()
     majority = DummyClassifier(strategy="most_frequent").fit(train[["text"]], y_train)
-    tfidf = make_pipeline(
-        TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True),
-        LogisticRegression(max_iter=2000, C=4.0, random_state=seed),
-    ).fit(train["text"], y_train)
+    tfidf = tfidf_model(seed).fit(train["text"], y_train)
     found = {
         "majority": np.asarray(majority.predict(test[["text"]])),
         "tfidf": np.asarray(tfidf.predict(test["text"])),

@@ -162,8 +162,15 @@ class TokenClassification:
         return token_steps.validation_input(data, cfg, dataset_dir)
 
     def split(
-        self, data: DataConfig, cfg: PrepareConfig, labels: tuple[str, ...], dataset_dir: Path
+        self,
+        data: DataConfig,
+        cfg: PrepareConfig,
+        labels: tuple[str, ...],
+        dataset_dir: Path,
+        seed: int,
     ) -> SplitFrame:
+        """No label audit (prepare.label_issues): it judges one label per row, and a
+        sentence has one per token; `seed` is unused (the split is a hash)."""
         from pipeline.tasks import token_steps
 
         return token_steps.split(data, cfg, labels, dataset_dir)

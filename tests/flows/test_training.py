@@ -132,6 +132,36 @@ def test_mlflow_run_has_params_step_metrics_and_dataset_inputs(flow_run: dict[st
     assert contexts == {"train", "validation", "test"}
 
 
+def test_the_label_audit_reaches_the_mlflow_run_and_a_prefect_artifact(
+    flow_run: dict[str, Any],
+) -> None:
+    from prefect.client.orchestration import get_client
+
+    root: Path = flow_run["root"]
+    report = json.loads((root / "reports" / "label_issues.json").read_text())
+    assert (
+        report["audited"] is True
+        and report["rows_audited"] == flow_run["state"].result().rows["train"]
+    )
+    client = store_client(f"sqlite:///{root / 'mlflow.db'}")
+    run_id = flow_run["state"].result().mlflow_run_id
+    metrics = client.get_run(run_id).data.metrics
+    assert metrics["label_issues.flagged"] == report["flagged"]
+    logged = {a.path for a in client.list_artifacts(run_id, "reports")}
+    assert {"reports/label_issues.json", "reports/label_issues.md"} <= logged
+    with get_client(sync_client=True) as prefect:  # the REST filter, as for the gate's
+        response = prefect.request(
+            "POST",
+            "/artifacts/filter",
+            json={"artifacts": {"key": {"any_": ["label-issues"]}}, "sort": "CREATED_DESC"},
+        )
+    markdown = response.json()[0]["data"]
+    assert markdown.startswith(
+        f"## Label issues: {report['flagged']} of {report['rows_audited']} train rows flagged"
+    )
+    assert f"| {report['issues'][0]['source']} |" in markdown
+
+
 def test_reports_hold_sane_numbers(flow_run: dict[str, Any]) -> None:
     root: Path = flow_run["root"]
     metrics = json.loads((root / "reports" / "metrics.json").read_text())
