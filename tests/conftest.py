@@ -182,7 +182,13 @@ def local_server(
             yield
         finally:
             os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=60)
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                # A Prefect worker on a loaded machine can take longer than that to stop
+                # (the clean-clone CI at 354ba02 saw it); the assertions are made: kill it.
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait(timeout=30)
 
 
 @contextmanager

@@ -29,7 +29,7 @@ from tests.conftest import (
 from tuneops import stages
 from tuneops.cli import main as cli_main
 from tuneops.errors import DataValidationError
-from tuneops.runtime import OnnxClassifier
+from tuneops.runtime import OnnxClassifier, Window
 
 pytestmark = pytest.mark.integration
 
@@ -175,7 +175,12 @@ def test_onnx_bundle_reproduces_the_pytorch_logits(flow_run: dict[str, Any]) -> 
     root: Path = flow_run["root"]
     texts = pd.read_parquet(root / "data/prepared/test.parquet")["text"].tolist()
     model = load_classifier(root / "models/candidate")
-    reference = predict_logits(model, load_tokenizer(root / "models/candidate"), texts, 32, 16)
+    # Read as the candidate was trained: its window and train.long_text (head_tail by default).
+    trained = json.loads((root / "models/candidate/training_summary.json").read_text())
+    window = Window(trained["max_length"], trained["long_text"])
+    assert window.long_text == "head_tail"
+    tokenizer = load_tokenizer(root / "models/candidate")
+    reference = predict_logits(model, tokenizer, texts, window, 16)
     onnx_logits = OnnxClassifier(root / "models/export").logits(texts)
     np.testing.assert_allclose(onnx_logits, reference, atol=1e-4)
     assert (onnx_logits.argmax(1) == reference.argmax(1)).all()
