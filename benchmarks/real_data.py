@@ -374,7 +374,7 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
-def run_one(dataset: Dataset, scratch: Path) -> dict[str, Any]:
+def run_one(dataset: Dataset, scratch: Path, threads: int) -> dict[str, Any]:
     project = scratch / f"ds-{dataset.name}"
     if project.exists():
         shutil.rmtree(project)
@@ -382,9 +382,9 @@ def run_one(dataset: Dataset, scratch: Path) -> dict[str, Any]:
     shutil.rmtree(project / "reports", ignore_errors=True)  # reports/metrics.json is tracked
     fetch(dataset, project)
     command = [str(TUNEOPS), "run", *set_args(dataset)]
-    # One compute thread: on a 2-core machine shared at load 20, two threads per process
-    # spend their time waiting for each other.
-    env = os.environ | {"PYTHONPATH": str(project), "OMP_NUM_THREADS": "1"}
+    # --threads 1 on a machine shared at load 20: two threads per process spend their time
+    # waiting for each other there.
+    env = os.environ | {"PYTHONPATH": str(project), "OMP_NUM_THREADS": str(threads)}
     env.pop("MLFLOW_TRACKING_URI", None)
     log = project / "run.log"
     load_before, cpu_before = os.getloadavg()[0], _children_cpu_s()
@@ -550,6 +550,12 @@ def main(argv: list[str] | None = None) -> int:
         help="drop each dataset's data.max_rows slice: the whole set (its row key gets '-all')",
     )
     many.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="OMP_NUM_THREADS of each run (default: the CPU count; 1 on a crowded machine)",
+    )
+    many.add_argument(
         "--collect",
         action="store_true",
         help="re-read the runs already in --scratch (exit code and wall time from --out)",
@@ -571,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
         "commit": commit(),
         "machine": machine(),
         "python": platform.python_version(),
-        "environment": {"OMP_NUM_THREADS": "1"},
+        "environment": {"OMP_NUM_THREADS": str(args.threads)},
     }
     previous = _read_json(args.out) or {}
     results = {r["name"]: r for r in previous.get("results", [])}
@@ -591,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
                     name=f"{name}-all",
                     data={k: v for k, v in dataset.data.items() if k != "max_rows"},
                 )
-            result = run_one(dataset, args.scratch) | meta
+            result = run_one(dataset, args.scratch, args.threads) | meta
         results[result["name"]] = result
         args.out.parent.mkdir(parents=True, exist_ok=True)
         ordered = in_table_order(results)
