@@ -142,7 +142,7 @@ class TrainConfig(_Section):
     # epoch's checkpoint is kept. max_steps (> 0: the step budget) and max_minutes cap either.
     epochs: Annotated[float, Field(gt=0)] | Literal["auto"] = "auto"
     max_epochs: int = Field(10, ge=1)
-    max_steps: int = Field(500, ge=-1)
+    max_steps: int = Field(250, ge=-1)
     # A time budget for training (this process's minutes): at the first step past it training
     # stops, the partial epoch is evaluated and the best checkpoint so far kept. None: none.
     max_minutes: float | None = Field(None, gt=0)
