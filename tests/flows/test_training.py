@@ -177,7 +177,7 @@ def test_onnx_bundle_reproduces_the_pytorch_logits(flow_run: dict[str, Any]) -> 
     model = load_classifier(root / "models/candidate")
     # Read as the candidate was trained: its window and train.long_text (head_tail by default).
     trained = json.loads((root / "models/candidate/training_summary.json").read_text())
-    window = Window(trained["max_length"], trained["long_text"])
+    window = Window.recorded(trained)
     assert window.long_text == "head_tail"
     tokenizer = load_tokenizer(root / "models/candidate")
     reference = predict_logits(model, tokenizer, texts, window, 16)
