@@ -67,6 +67,12 @@ class _Capture:
         return torch.cat([ids.reshape(-1) for ids, _ in self.calls])
 
 
+def _word_embeddings(model: Any) -> nn.Embedding:
+    """The model's word-embedding layer (a peft model's: its base model's)."""
+    layer: nn.Embedding = model.get_input_embeddings()
+    return layer
+
+
 def _per_row(grads: list[torch.Tensor], inverse: torch.Tensor, rows: int) -> torch.Tensor:
     """The embedding outputs' gradients summed per embedding row (the weight gradient)."""
     flat = torch.cat([g.reshape(-1, g.shape[-1]) for g in grads])
@@ -95,14 +101,14 @@ class AdversarialTrainer(ScheduledTrainer):
         inputs: dict[str, Any],
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor:
-        assert self.model is not None  # the Trainer was built with a model
-        layer = self.model.get_input_embeddings()
+        layer = _word_embeddings(self.model)
         with _Capture(layer) as clean:
             loss = super().training_step(model, dict(inputs), num_items_in_batch)
-        if not clean.calls or any(out.grad is None for out in clean.outputs()):
+        grads = [out.grad for out in clean.outputs() if out.grad is not None]
+        if not grads or len(grads) != len(clean.calls):  # no gradient reached the embeddings
             return loss
         rows, inverse = torch.unique(clean.ids(), return_inverse=True)
-        grad = _per_row([out.grad for out in clean.outputs()], inverse, len(rows))  # type: ignore[misc]
+        grad = _per_row(grads, inverse, len(rows))
         weight = layer.weight
         original = weight.detach()[rows].clone()
         try:
@@ -118,7 +124,7 @@ class AdversarialTrainer(ScheduledTrainer):
 
     def _perturbation(
         self,
-        layer: nn.Module,
+        layer: nn.Embedding,
         rows: torch.Tensor,
         inverse: torch.Tensor,
         grad: torch.Tensor,
@@ -146,7 +152,7 @@ class AdversarialTrainer(ScheduledTrainer):
         return delta
 
     def _embedding_gradient(
-        self, layer: nn.Module, inverse: torch.Tensor, rows: int, inputs: dict[str, Any]
+        self, layer: nn.Embedding, inverse: torch.Tensor, rows: int, inputs: dict[str, Any]
     ) -> torch.Tensor:
         """The loss gradient w.r.t. the batch's embedding rows at the current embeddings,
         leaving the parameters' gradients as they are (torch.autograd.grad). On the
