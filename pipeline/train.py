@@ -27,12 +27,22 @@ from transformers import (
 
 from pipeline.tasks.base import Task
 from pipeline.training import checkpoints
+from pipeline.training.adversarial import trainer_class
 from pipeline.training.devices import resolve_precision, trainer_options, world_size
 from pipeline.training.memory import peak_memory
 from pipeline.training.modeling import load_tokenizer, pick_device, resolve_model_path
 from pipeline.training.progress import ProgressLog, TimeBudget, duration, stderr_logger
-from pipeline.training.schedules import ScheduledTrainer, trainer_scheduler_type
-from pipeline.training.strategies import apply_strategy, count_parameters, merged, save_adapter
+from pipeline.training.schedules import trainer_scheduler_type
+from pipeline.training.soft_prompt import save_prompt
+from pipeline.training.strategies import (
+    PEFT_STRATEGIES,
+    apply_strategy,
+    count_parameters,
+    is_prompt_model,
+    merged,
+    save_adapter,
+    strategy_callbacks,
+)
 from tuneops.config import ModelConfig, TrainConfig
 from tuneops.paths import atomic_dir
 from tuneops.tracking import NullTracker, Tracker
@@ -86,8 +96,9 @@ def train(
 ) -> TrainResult:
     """Fine-tune on train, select on validation (early stopping, best checkpoint kept).
 
-    `cfg.strategy` picks the parameters that train (see strategies.py); a LoRA adapter is
-    saved to candidate_dir/adapter/ and merged into the weights saved beside it. Under
+    `cfg.strategy` picks the parameters that train (see strategies.py); a peft adapter is
+    saved to candidate_dir/adapter/ and merged into the weights saved beside it (a soft
+    prompt, which cannot be merged, is saved beside them: soft_prompt.py). Under
     torchrun / accelerate launch every process trains its share of each batch; only rank 0
     writes checkpoints and the candidate (pass it the tracker, the others none).
     An interrupted run with the same config and data resumes from its last checkpoint
@@ -118,7 +129,13 @@ def train(
         task_summary = task_summary | {
             "class_weights": dict(zip(labels, class_weights, strict=True))
         }
-    trained_model = apply_strategy(model, cfg, task.peft_task_type)
+    # The optimiser steps this run plans (AdaLoRA spreads its rank budget over them).
+    total_steps = (
+        args.max_steps
+        if args.max_steps > 0
+        else planned_steps(cfg, len(splits["train"]), processes)
+    )
+    trained_model = apply_strategy(model, cfg, task.peft_task_type, total_steps)
     counts = count_parameters(trained_model)
 
     key = checkpoints.run_key(model_cfg, cfg, task.name, manifest)
@@ -127,7 +144,11 @@ def train(
         writer = args.process_index == 0
         resume = checkpoints.start(checkpoints_dir, key, tracker.run_id, writer)
     # Before the caller's callbacks: a checkpoint is complete before anyone hears of it.
-    callbacks = [checkpoints.EpochStartRng(resume.checkpoint if resume else None), *callbacks]
+    callbacks = [
+        checkpoints.EpochStartRng(resume.checkpoint if resume else None),
+        *strategy_callbacks(cfg),
+        *callbacks,
+    ]
     if cfg.checkpoint_steps:
         callbacks = [checkpoints.StepCheckpoints(cfg.checkpoint_steps), *callbacks]
     early = EarlyStoppingCallback(cfg.early_stopping_patience)
@@ -136,7 +157,7 @@ def train(
     progress = ProgressLog(
         cfg.logging_steps, planned_epochs(cfg), budget.budget_s if budget else None, log
     )
-    trainer = ScheduledTrainer(
+    trainer = trainer_class(cfg)(
         model=trained_model,
         args=args,
         train_dataset=splits["train"],
@@ -185,7 +206,7 @@ def train(
         best_validation=best,
         strategy=cfg.strategy,
         peak_memory_mb=round(memory.peak_mb, 1),
-        adapter_dir=candidate_dir / "adapter" if cfg.strategy == "lora" else None,
+        adapter_dir=candidate_dir / "adapter" if cfg.strategy in PEFT_STRATEGIES else None,
         resumed_from=resume.checkpoint.name if resume else None,
         resumed_run_id=resume.run_id if resume else None,
         world_size=processes,
@@ -196,11 +217,13 @@ def train(
     if not trainer.is_world_process_zero():
         return result
     with atomic_dir(candidate_dir) as tmp:
-        if cfg.strategy == "lora":
+        if cfg.strategy in PEFT_STRATEGIES:
             save_adapter(trained_model, tmp / "adapter")
+        if is_prompt_model(trained_model):
+            save_prompt(trained_model, tmp)
         # Not trainer.save_model: it also writes training_args.bin, a pickle, and the
         # candidate folder must hold nothing that is unpickled on load.
-        # The best checkpoint, loaded in place (a LoRA adapter merged into the base).
+        # The best checkpoint, loaded in place (a peft adapter merged into the base).
         merged(trained_model).save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         (tmp / "labels.json").write_text(json.dumps(list(labels)) + "\n", encoding="utf-8")
@@ -224,10 +247,15 @@ def step_budget(cfg: TrainConfig, train_rows: int, processes: int = 1) -> int:
     than planned."""
     if cfg.max_steps <= 0:
         return -1
+    planned = planned_steps(cfg, train_rows, processes)
+    return cfg.max_steps if cfg.max_steps < planned else -1
+
+
+def planned_steps(cfg: TrainConfig, train_rows: int, processes: int = 1) -> int:
+    """The optimiser steps of the planned epochs (train.max_steps aside)."""
     batches = math.ceil(train_rows / (cfg.batch_size * processes))
     per_epoch = max(math.ceil(batches / cfg.gradient_accumulation_steps), 1)
-    planned = math.ceil(planned_epochs(cfg) * per_epoch)
-    return cfg.max_steps if cfg.max_steps < planned else -1
+    return math.ceil(planned_epochs(cfg) * per_epoch)
 
 
 def _stopped_by(

@@ -135,6 +135,75 @@ class LoraConfig(_Section):
     target_modules: tuple[str, ...] = Field(("query", "value"), min_length=1)
 
 
+class AdaLoraConfig(_Section):
+    """train.strategy=adalora: LoRA whose rank per layer is pruned by importance (peft
+    AdaLoRA); head trains. peft's total_step is the run's planned optimiser steps."""
+
+    init_r: int = Field(12, ge=1)  # every adapter's rank at the start
+    target_r: int = Field(8, ge=1)  # the average rank left after the budget phase
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    target_modules: tuple[str, ...] = Field(("query", "value"), min_length=1)
+    # Shares of the planned steps: warmup before ranks are pruned (peft's tinit), and the
+    # final phase with the ranks fixed (peft's tfinal); pruning happens in between.
+    init_warmup: float = Field(0.1, ge=0, lt=1)
+    final_warmup: float = Field(0.2, ge=0, lt=1)
+    delta_t: int = Field(1, ge=1)  # steps between two budget allocations (peft's deltaT)
+    beta1: float = Field(0.85, gt=0, lt=1)  # EMA of the sensitivity
+    beta2: float = Field(0.85, gt=0, lt=1)  # EMA of its uncertainty
+    # Added to the model's own loss; with train.class_weights that loss is computed by
+    # tuneops from the logits and the regulariser is not added.
+    orth_reg_weight: float = Field(0.5, ge=0)
+
+    @model_validator(mode="after")
+    def _ranks(self) -> AdaLoraConfig:
+        if self.target_r > self.init_r:
+            raise ValueError("target_r must be at most init_r (AdaLoRA only prunes ranks)")
+        if self.init_warmup + self.final_warmup >= 1:
+            raise ValueError("init_warmup + final_warmup must be < 1 (no budget phase left)")
+        return self
+
+
+class IA3Config(_Section):
+    """train.strategy=ia3: (IA)^3 learned scaling vectors (peft) on these layers; head trains.
+    The defaults are peft's own for BERT."""
+
+    target_modules: tuple[str, ...] = Field(("key", "value", "output.dense"), min_length=1)
+    # Scaled on their input instead of their output (the feed-forward activations); a
+    # subset of target_modules.
+    feedforward_modules: tuple[str, ...] = ("output.dense",)
+
+    @model_validator(mode="after")
+    def _subset(self) -> IA3Config:
+        extra = sorted(set(self.feedforward_modules) - set(self.target_modules))
+        if extra:
+            raise ValueError(f"feedforward_modules {extra} are not in target_modules")
+        return self
+
+
+class PromptTuningConfig(_Section):
+    """train.strategy=prompt_tuning (text classification): learned virtual-token embeddings
+    prepended to every input (peft); the encoder is frozen, the head trains."""
+
+    num_virtual_tokens: int = Field(20, ge=1)
+    # text: the embeddings of init_text's tokens (repeated to fill); sample_vocab: of random
+    # vocabulary tokens; random: peft's random vectors (may sit far from real embeddings).
+    init: Literal["text", "sample_vocab", "random"] = "text"
+    init_text: str = Field("Classify the text:", min_length=1)
+
+
+class AdversarialConfig(_Section):
+    """Adversarial training on the word embeddings (pipeline.training.adversarial)."""
+
+    # none; fgm: one extra forward/backward per step at the embeddings moved by
+    # epsilon * g / ||g|| (2x the compute); pgd: `steps` ascent steps of size alpha, each
+    # projected onto the epsilon ball, gradients of the last one added ((steps + 1)x).
+    method: Literal["none", "fgm", "pgd"] = "none"
+    epsilon: float = Field(1.0, gt=0)
+    steps: int = Field(3, ge=1)
+    alpha: float = Field(0.3, gt=0)
+
+
 class TrainConfig(_Section):
     seed: int = 42
     # A number of epochs, or auto: up to max_epochs, stopped early when the validation
@@ -160,9 +229,15 @@ class TrainConfig(_Section):
     lr_decay_steps: int = Field(100, ge=1)
     # Layer-wise LR decay: lr * this ** (depth from the top); 1.0 = off.
     layerwise_lr_decay: float = Field(1.0, gt=0, le=1)
-    strategy: Literal["full", "freeze", "lora", "bitfit"] = "full"
+    strategy: Literal["full", "freeze", "lora", "bitfit", "adalora", "ia3", "prompt_tuning"] = (
+        "full"
+    )
     freeze: FreezeConfig = FreezeConfig()
     lora: LoraConfig = LoraConfig()
+    adalora: AdaLoraConfig = AdaLoraConfig()
+    ia3: IA3Config = IA3Config()
+    prompt_tuning: PromptTuningConfig = PromptTuningConfig()
+    adversarial: AdversarialConfig = AdversarialConfig()
     # The model's window in tokens; auto (text classification): the train split's 95th
     # percentile token length rounded up to a multiple of 16, at most the model's limit
     # (max_position_embeddings); the choice is printed and recorded with the candidate.

@@ -202,7 +202,7 @@ def step_train(
             | ({"best_epoch": result.best_epoch} if result.best_epoch is not None else {})
             | {f"best_validation_{k}": v for k, v in result.best_validation.items()}
         )
-        if result.adapter_dir is not None:  # the LoRA adapter alone, before the merge
+        if result.adapter_dir is not None:  # the peft adapter alone, before the merge
             tracker.log_artifact(result.adapter_dir, "adapter")
     return result, tracker.run_id
 

@@ -148,6 +148,13 @@ class TokenClassification:
                 f"classification; {self.name} trains on the model's unweighted per-token "
                 "loss (set it to none)"
             )
+        if params.train.strategy == "prompt_tuning":
+            raise ConfigError(
+                f"train.strategy: prompt_tuning is for text classification; {self.name} "
+                "labels every token, and the virtual tokens peft prepends shift the logits "
+                "off the labels (peft 0.21 does not extend them: its loss fails), so there "
+                "is no tag for them; use lora, adalora or ia3"
+            )
         if params.gate.max_ece is not None:
             raise ConfigError(
                 f"gate.max_ece: {params.gate.max_ece} is for text classification; {self.name}'s "

@@ -13,6 +13,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
+from pipeline.training.soft_prompt import attach_prompt
 from tuneops.errors import ConfigError, ModelFileError
 from tuneops.runtime import (
     INPUT_COLUMNS,
@@ -103,7 +104,8 @@ def load_classifier(
     safetensors only: never pickles, never remote code.
 
     With `labels` a new head of that size is attached (the base model case); without,
-    the head and label map stored in the folder are used (a fine-tuned model).
+    the head and label map stored in the folder are used (a fine-tuned model), and a
+    prompt-tuned model's soft prompt is applied (soft_prompt.SoftPrompted).
     `attn_implementation="eager"` gives the plain attention graph that onnxruntime's
     optimizer can fuse; None keeps transformers' default (SDPA).
     """
@@ -125,6 +127,8 @@ def load_classifier(
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot load a model from {path}: {exc}") from exc
     _check_loaded(model, sorted(info.get("missing_keys") or ()), str(path), labels is not None)
+    if labels is None and Path(path).is_dir():  # a prompt-tuned candidate: its soft prompt
+        return attach_prompt(model, Path(path))
     return model
 
 
