@@ -2,10 +2,11 @@
 
 The bundle (models/export/) needs only onnxruntime + tokenizers + numpy to run:
 model.onnx (fp32, graph-optimised), model.int8.onnx (uint8 weights) and model.int8s8.onnx
-(int8 weights, for CPUs with VNNI or AMX), each when it keeps its accuracy, tokenizer.json, labels.json, bundle.json (what it is, where it came from, how it
-scored), a model card (README.md) and tuneops_runtime.py, the runtime as one file; for a
-calibrated classifier also reliability_diagram.png (the default model's, before and after
-temperature scaling; the card shows it), copied to reports/ when a reports folder is given.
+(int8 weights, for CPUs with VNNI or AMX), each when it keeps its accuracy, tokenizer.json,
+labels.json, bundle.json (what it is, where it came from, how it scored), a model card
+(README.md) and tuneops_runtime.py, the runtime as one file; for a calibrated classifier
+also reliability_diagram.png (the default model's, before and after temperature scaling;
+the card shows it), copied to reports/ when a reports folder is given.
 """
 
 from __future__ import annotations
@@ -329,12 +330,16 @@ def _int8(
         cfg.int8_min_label_agreement,
         floor,
     )
-    figures = int8_scores.figures | facts | {
-        "per_class": int8_scores.per_class,
-        "label_agreement": agreement,
-        "f1_drop": decision.f1_drop,
-        "bytes": path.stat().st_size,
-    }
+    figures = (
+        int8_scores.figures
+        | facts
+        | {
+            "per_class": int8_scores.per_class,
+            "label_agreement": agreement,
+            "f1_drop": decision.f1_drop,
+            "bytes": path.stat().st_size,
+        }
+    )
     if not decision.kept:
         path.unlink()
         return {"kept": False, "reason": decision.reason} | figures, int8_scores

@@ -216,6 +216,9 @@ class EvaluateConfig(_Section):
     frozen_baseline_train_rows: int = Field(2000, ge=10)
 
 
+WeightType = Literal["uint8", "int8"]  # export.int8_weight_types' values
+
+
 class ExportConfig(_Section):
     opset: int = Field(17, ge=14)
     parity_examples: int = Field(256, ge=1)
@@ -235,8 +238,8 @@ class ExportConfig(_Section):
     # uint8 (model.int8.onnx, models.int8) for every CPU, as the u8s8 kernel of AVX2-only
     # CPUs can saturate with signed weights (see quantize.py); int8 (model.int8s8.onnx,
     # models.int8_s8) for CPUs with VNNI or AMX, where it ran 1.9x uint8's speed.
-    int8_weight_types: list[Literal["uint8", "int8"]] = Field(
-        default_factory=lambda: ["uint8", "int8"], min_length=1
+    int8_weight_types: list[WeightType] = Field(
+        default_factory=lambda: list[WeightType](["uint8", "int8"]), min_length=1
     )
     # One quantisation scale per output channel, for every weight type above.
     int8_per_channel: bool = False

@@ -136,7 +136,10 @@ def test_without_int8_the_bundle_says_why_and_serves_fp32(trained: Trained, tmp_
     assert meta["default_model"] == "fp32"
     for name, (_, weight_type, flags) in VARIANT_FACTS.items():
         entry = meta["models"][name]
-        assert (entry["kept"], entry["reason"]) == (False, "not built: export.quantize_int8 is false")
+        assert (entry["kept"], entry["reason"]) == (
+            False,
+            "not built: export.quantize_int8 is false",
+        )
         assert (entry["weight_type"], entry["cpu_flags"]) == (weight_type, flags)
         assert "file" not in entry and "bytes" not in entry
     assert meta["models"]["fp32"]["graph_optimized"] is False
