@@ -188,6 +188,12 @@ def export_task(ctx: stages.Context) -> tuple[str, float, float, str]:
         )
     else:
         int8 = result.int8_reason
+    s8 = result.variants.get("int8_s8", {})
+    int8 += "; int8_s8 (int8 weights, picked on VNNI/AMX CPUs): " + (
+        f"model.int8s8.onnx, test F1 {s8['f1']:.4f}, label agreement {s8['label_agreement']:.1%}"
+        if s8.get("kept")
+        else s8.get("reason", "not built")
+    )
     shipped = result.calibration.get("int8" if result.int8_kept else "fp32")
     calibrated = (
         f"; calibration T {shipped['temperature']:.3f}, test ECE {shipped['test_ece']:.4f} -> "

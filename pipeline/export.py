@@ -1,11 +1,12 @@
 """export: the candidate as an ONNX bundle, checked against PyTorch with onnxruntime.
 
 The bundle (models/export/) needs only onnxruntime + tokenizers + numpy to run:
-model.onnx (fp32, graph-optimised), model.int8.onnx (when it keeps its accuracy),
-tokenizer.json, labels.json, bundle.json (what it is, where it came from, how it
-scored), a model card (README.md) and tuneops_runtime.py, the runtime as one file; for a
-calibrated classifier also reliability_diagram.png (the default model's, before and after
-temperature scaling; the card shows it), copied to reports/ when a reports folder is given.
+model.onnx (fp32, graph-optimised), model.int8.onnx (uint8 weights) and model.int8s8.onnx
+(int8 weights, for CPUs with VNNI or AMX), each when it keeps its accuracy, tokenizer.json,
+labels.json, bundle.json (what it is, where it came from, how it scored), a model card
+(README.md) and tuneops_runtime.py, the runtime as one file; for a calibrated classifier
+also reliability_diagram.png (the default model's, before and after temperature scaling;
+the card shows it), copied to reports/ when a reports folder is given.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from tuneops.errors import ExportParityError
 from tuneops.paths import atomic_dir, atomic_file
 from tuneops.runtime import OnnxBundle, load_bundle
 
-FP32_FILE, INT8_FILE, RUNTIME_FILE = "model.onnx", "model.int8.onnx", "tuneops_runtime.py"
+FP32_FILE, RUNTIME_FILE = "model.onnx", "tuneops_runtime.py"
 RELIABILITY_FILE = "reliability_diagram.png"
 
 
@@ -57,6 +58,9 @@ class ExportResult:
     int8_accuracy: float | None = None
     int8_f1: float | None = None
     int8_label_agreement: float | None = None
+    # Every int8 variant (quantize.VARIANTS' names: int8 with uint8 weights, int8_s8 with
+    # int8 weights): kept, reason, and when built bytes, f1, accuracy, label_agreement.
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     # bundle.json's calibration per bundled model file (fp32, and int8 when kept), without
     # the reliability bins; {} for a task without calibrated scores.
     calibration: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -160,11 +164,17 @@ def export(
         meta["test_examples"] = len(test)
 
         scored = (split, fp32_pred, fp32_scores)
-        int8, int8_scores = _int8(cfg, gate, task, tmp, scored)
-        meta["models"]["int8"] = int8
+        variants = {v.name: _int8(cfg, gate, task, tmp, scored, v) for v in quantize.VARIANTS}
+        for variant in quantize.VARIANTS:
+            entry = meta["models"][variant.name] = variants[variant.name][0]
+            if entry["kept"]:
+                _calibrate(task, entry, load_bundle(tmp, model=variant.file), prepared_dir)
+        # The default (what the gate judges, and what a CPU the bundle records no variant
+        # for runs) is uint8's int8 when it passed: safe on every CPU; the runtime picks
+        # int8_s8 instead on a CPU with VNNI or AMX (tuneops.runtime.choose_model).
+        int8, int8_scores = variants["int8"]
         if int8["kept"]:
             meta["default_model"] = "int8"
-            _calibrate(task, int8, load_bundle(tmp, model=INT8_FILE), prepared_dir)
         _write_meta(tmp, meta)
         diagram = _reliability_diagram(meta, tmp)
         result = ExportResult(
@@ -184,6 +194,7 @@ def export(
             int8_accuracy=int8_scores.accuracy if int8_scores else None,
             int8_f1=int8_scores.primary if int8_scores else None,
             int8_label_agreement=int8.get("label_agreement"),
+            variants={name: _summary(entry) for name, (entry, _) in variants.items()},
             calibration={
                 name: {k: v for k, v in m["calibration"].items() if k != "reliability"}
                 for name, m in meta["models"].items()
@@ -283,14 +294,27 @@ def _int8(
     task: Task,
     bundle: Path,
     fp32: tuple[TestSplit, Any, Scores],
+    variant: quantize.Variant,
 ) -> tuple[dict[str, Any], Scores | None]:
-    """Quantise, score on the whole test split, keep or remove model.int8.onnx."""
+    """Quantise one variant, score it on the whole test split, keep or remove its file.
+
+    Each variant costs one quantisation and one pass over the test split (and, when kept,
+    one over the validation split for its temperature); fp32's predictions are reused."""
+    facts = {
+        "weight_type": variant.weight_type,
+        "per_channel": cfg.int8_per_channel,
+        "cpu_flags": list(variant.cpu_flags),  # the runtime's pick reads these
+        "meant_for": variant.meant_for,
+    }
     if not cfg.quantize_int8:
-        return {"kept": False, "reason": "not built: export.quantize_int8 is false"}, None
+        return {"kept": False, "reason": "not built: export.quantize_int8 is false"} | facts, None
+    if variant.weight_type not in cfg.int8_weight_types:
+        reason = f"not built: export.int8_weight_types does not list {variant.weight_type}"
+        return {"kept": False, "reason": reason} | facts, None
     split, fp32_pred, fp32_scores = fp32
-    path = bundle / INT8_FILE
-    quantize.quantize_int8(bundle / FP32_FILE, path, cfg.int8_weight_type, cfg.int8_per_channel)
-    int8_pred = split.rescore(load_bundle(bundle, model=INT8_FILE))
+    path = bundle / variant.file
+    quantize.quantize_int8(bundle / FP32_FILE, path, variant.weight_type, cfg.int8_per_channel)
+    int8_pred = split.rescore(load_bundle(bundle, model=variant.file))
     int8_scores = _scores(task, split, int8_pred)
     agreement = split.agreement(int8_pred, fp32_pred)
     floor = None
@@ -306,18 +330,33 @@ def _int8(
         cfg.int8_min_label_agreement,
         floor,
     )
-    figures = int8_scores.figures | {
-        "per_class": int8_scores.per_class,
-        "weight_type": cfg.int8_weight_type,
-        "per_channel": cfg.int8_per_channel,
-        "label_agreement": agreement,
-        "f1_drop": decision.f1_drop,
-        "bytes": path.stat().st_size,
-    }
+    figures = (
+        int8_scores.figures
+        | facts
+        | {
+            "per_class": int8_scores.per_class,
+            "label_agreement": agreement,
+            "f1_drop": decision.f1_drop,
+            "bytes": path.stat().st_size,
+        }
+    )
     if not decision.kept:
         path.unlink()
         return {"kept": False, "reason": decision.reason} | figures, int8_scores
-    return {"kept": True, "file": INT8_FILE, "reason": decision.reason} | figures, int8_scores
+    return {"kept": True, "file": variant.file, "reason": decision.reason} | figures, int8_scores
+
+
+def _summary(entry: dict[str, Any]) -> dict[str, Any]:
+    """ExportResult.variants' figures of one int8 entry of bundle.json."""
+    found = {"kept": entry["kept"], "reason": entry["reason"]}
+    if "bytes" in entry:
+        found |= {
+            "bytes": entry["bytes"],
+            "f1": entry.get("macro_f1", entry.get("entity_f1")),
+            "accuracy": entry.get("accuracy", entry.get("token_accuracy")),
+            "label_agreement": entry["label_agreement"],
+        }
+    return found
 
 
 def _write_meta(bundle: Path, meta: dict[str, Any]) -> None:

@@ -19,6 +19,45 @@ from pipeline.tasks.base import Scores
 
 
 @dataclass(frozen=True)
+class Variant:
+    """One int8 file of the bundle: how it is quantised and which CPUs it is meant for.
+
+    `cpu_flags`: /proc/cpuinfo flags of which the runtime needs one to pick this variant
+    (empty: any CPU). bundle.json records them, so the runtime needs no table of its own.
+    """
+
+    name: str  # bundle.json's models key
+    file: str
+    weight_type: str  # export.int8_weight_types' value
+    cpu_flags: tuple[str, ...]
+    meant_for: str
+
+
+# Signed int8 weights run onnxruntime's s8s8/u8s8 VNNI and AMX kernels: 1.42 ms against
+# uint8 weights' 2.71 ms at batch 1 on a Xeon with AVX-512 VNNI and AMX (issue 20). On an
+# AVX2-only CPU the u8s8 kernel (vpmaddubsw) can saturate, which cost 1.2 points of
+# macro-F1 here, so uint8 stays the variant for every other CPU. The runtime prefers a
+# variant whose flags the CPU has to one meant for any CPU.
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+VARIANTS = (
+    Variant(
+        "int8",
+        "model.int8.onnx",
+        "uint8",
+        (),
+        "any CPU (unsigned weights: no u8s8 saturation on AVX2-only CPUs)",
+    ),
+    Variant(
+        "int8_s8",
+        "model.int8s8.onnx",
+        "int8",
+        VNNI_FLAGS,
+        "CPUs with AVX-512 VNNI, AVX-VNNI or AMX (signed weights; may saturate on AVX2 only)",
+    ),
+)
+
+
+@dataclass(frozen=True)
 class Int8Decision:
     kept: bool
     reason: str

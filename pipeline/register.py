@@ -69,7 +69,9 @@ def gate_and_register(
     The version records the split it was trained under (split.* tags) and the checksum of
     every bundle file (bundle.sha256.*, set by `register`)."""
     cfg, reports_dir = inputs.cfg, inputs.reports_dir
-    challenger = load_runtime_bundle(export_dir)
+    # bundle.json's default_model, whatever this CPU would pick: the same file on every
+    # machine the gate runs on (int8_s8 passed export's accuracy rule against fp32).
+    challenger = load_runtime_bundle(export_dir, model="default")
     split = inputs.task.test_split(inputs.prepared_dir, challenger.labels)
     challenger_pred = split.rescore(challenger)
     latency = p95_latency_ms(challenger, split.texts, cfg.latency_samples) if cfg.latency else None

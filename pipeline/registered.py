@@ -105,4 +105,4 @@ def open_version(
         bundle_dir = download_bundle(tracking_uri, model_name, version, Path(scratch))
         verify_bundle(bundle_dir, tags, f"{model_name} v{version}")
         # onnxruntime and tokenizers read their files whole here; the folder can go after.
-        return load_bundle(bundle_dir)
+        return load_bundle(bundle_dir, model="default")

@@ -88,8 +88,10 @@ def test_an_overlay_merges_sections_and_replaces_mappings(tmp_path: Path) -> Non
     # epochs: auto), and train.chunk_overlap/max_chunks (issue 17, long documents), and
     # gate.max_ece (issue 19, calibration; null), and the retrain section (issue 19,
     # drift-aware retraining), and prepare.label_issues (issue 19, the label-noise audit),
-    # and train.adalora/ia3/prompt_tuning/adversarial (issue 21, more fine-tuning methods).
-    assert params.params_hash() == "a31996638d2d70f1"
+    # and train.adalora/ia3/prompt_tuning/adversarial (issue 21, more fine-tuning methods),
+    # and export.int8_weight_type replaced by export.int8_weight_types (issue 20, a file
+    # per weight type, picked by the CPU).
+    assert params.params_hash() == "996a94cc9c094f2b"
     (tmp_path / "a.yaml").write_text("base: b.yaml\ntrain:\n  epochs: 2\n")
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     with pytest.raises(ConfigError, match=r"overlays itself"):
@@ -154,3 +156,21 @@ def test_what_runs_record_has_the_credentials_of_every_uri_redacted() -> None:
     assert redact_credentials("no uri, an e-mail a@b.c and sqlite:///x.db") == (
         "no uri, an e-mail a@b.c and sqlite:///x.db"
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("export:\n  int8_weight_type: int8\n", r"int8_weight_type was replaced by .*weight_types"),
+        ("export:\n  int8_weight_types: [int8, int8]\n", r"each weight type at most once"),
+        ("export:\n  int8_weight_types: []\n", r"export\.int8_weight_types"),
+    ],
+)
+def test_int8_weight_types_is_a_list_of_distinct_types_and_the_old_key_says_so(
+    tmp_path: Path, text: str, error: str
+) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=error):
+        load_params(path)
+    assert Params().export.int8_weight_types == ["uint8", "int8"]

@@ -7,6 +7,7 @@ needs nothing else. Keep its imports to the standard library and those three.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from dataclasses import asdict, dataclass
@@ -199,15 +200,85 @@ def window_inputs(
     return padded(encode_windows(tokenizer, texts, Window(max_length, long_text)).inputs, pad_id)
 
 
+# Where the runtime learns the CPU's features. onnxruntime has no Python API for them and
+# torch's (torch.cpu.get_capabilities, newer releases only) is not installed on a deploy
+# host; the kernel's flags are what onnxruntime's own cpuid checks see.
+CPUINFO = Path("/proc/cpuinfo")
+# An override of the model file the runtime picks: fp32, int8, int8_s8, a file, or auto.
+MODEL_ENV = "TUNEOPS_MODEL"
+
+
+def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
+    """The CPU's feature flags (avx2, avx512_vnni, amx_int8, ...) from /proc/cpuinfo's text,
+    or `cpuinfo` when given; empty where there is no such file (macOS, Windows, ARM's
+    "Features" lines), which picks the variants meant for any CPU."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = CPUINFO.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return frozenset()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return frozenset(value.split())
+    return frozenset()
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """Which of the bundle's models runs (a bundle.json models name or a file) and why."""
+
+    model: str
+    reason: str
+
+
+def choose_model(
+    meta: dict[str, Any], flags: frozenset[str], override: str | None = None
+) -> ModelChoice:
+    """The model to run on a CPU with `flags`: `override` when given (not "auto"); else
+    the kept int8 variant whose bundle.json cpu_flags the CPU has one of (int8_s8 on VNNI
+    or AMX), else the kept one meant for any CPU (int8, uint8 weights), else fp32. A bundle
+    from before per-CPU variants (no cpu_flags recorded) runs its default_model."""
+    default = str(meta.get("default_model", "fp32"))
+    if override and override != "auto":
+        return ModelChoice(override, f"asked for {override!r}")
+    models: dict[str, dict[str, Any]] = meta.get("models", {})
+    variants = {n: m for n, m in models.items() if "cpu_flags" in m}
+    if not variants:
+        return ModelChoice(default, "bundle.json default_model (it records no per-CPU variants)")
+    kept = {n: m for n, m in variants.items() if m.get("kept") and "file" in m}
+    for name, entry in kept.items():
+        has = sorted(flags & set(entry["cpu_flags"]))
+        if has:
+            return ModelChoice(name, f"this CPU has {', '.join(has)}: {entry.get('meant_for')}")
+    anywhere = [n for n, m in kept.items() if not m["cpu_flags"]]
+    if anywhere:
+        needing = {n: m["cpu_flags"] for n, m in variants.items() if m["cpu_flags"]}
+        why = "; ".join(
+            f"{n} needs one of {', '.join(f)}"
+            + ("" if n in kept else f" and was {models[n]['reason']}")
+            for n, f in needing.items()
+        )
+        return ModelChoice(anywhere[0], f"{models[anywhere[0]].get('meant_for')}; {why}")
+    left_out = "; ".join(f"{n}: {m.get('reason')}" for n, m in variants.items())
+    return ModelChoice(default, f"no int8 variant in this bundle ({left_out})")
+
+
 class OnnxBundle:
     """What every bundle has: model.onnx, tokenizer.json, labels.json, bundle.json.
 
-    `model` picks the ONNX file: "fp32", "int8" (names in bundle.json's "models"), a file
-    name in the bundle, or None for the bundle's default_model.
+    `model` picks the ONNX file: "fp32", "int8", "int8_s8" (names in bundle.json's
+    "models"), a file name in the bundle, "default" for bundle.json's default_model, or
+    None: $TUNEOPS_MODEL when set, else choose_model by this CPU's flags (`flags`, read
+    from /proc/cpuinfo when None). `choice` records which and why.
     """
 
     def __init__(
-        self, bundle_dir: str | Path, threads: int | None = None, model: str | None = None
+        self,
+        bundle_dir: str | Path,
+        threads: int | None = None,
+        model: str | None = None,
+        flags: frozenset[str] | None = None,
     ) -> None:
         self.bundle_dir = Path(bundle_dir)
         self.meta: dict[str, Any] = _read_json(self.bundle_dir / "bundle.json")
@@ -220,7 +291,8 @@ class OnnxBundle:
         self.max_text_chars = int(self.meta.get("max_text_chars", MAX_TEXT_CHARS))
         self.input_names: list[str] = list(self.meta["input_names"])
         self.tokenizer = self._load_tokenizer()
-        self.model_file = self._model_file(model)
+        self.choice = self._choose(model, flags)
+        self.model_file = self._model_file(self.choice.model)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -234,9 +306,18 @@ class OnnxBundle:
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise BundleError(f"{model_path}: cannot be loaded by onnxruntime: {exc}") from exc
 
-    def _model_file(self, model: str | None) -> str:
+    def _choose(self, model: str | None, flags: frozenset[str] | None) -> ModelChoice:
+        """The model argument, else $TUNEOPS_MODEL (unless "auto"), else by this CPU."""
+        env = os.environ.get(MODEL_ENV, "")
+        if model is not None:
+            return ModelChoice(model, f"asked for {model!r}")
+        if env and env != "auto":
+            return ModelChoice(env, f"{MODEL_ENV}={env}")
+        return choose_model(self.meta, cpu_flags() if flags is None else flags)
+
+    def _model_file(self, model: str) -> str:
         models: dict[str, dict[str, Any]] = self.meta.get("models", {})
-        name = model or self.meta.get("default_model", "fp32")
+        name = self.meta.get("default_model", "fp32") if model == "default" else model
         if name in models:
             entry = models[name]
             if "file" not in entry:
@@ -244,7 +325,7 @@ class OnnxBundle:
                 raise BundleError(f"{self.bundle_dir}: model {name!r} is not available ({reason})")
             return self._plain_name(str(entry["file"]), f"bundle.json models.{name}.file")
         if name == "fp32" or name.endswith(".onnx"):
-            source = "--model" if model else "bundle.json default_model"
+            source = "bundle.json default_model" if model == "default" else "--model"
             return "model.onnx" if name == "fp32" else self._plain_name(name, source)
         raise BundleError(
             f"{self.bundle_dir}: unknown model {name!r}; expected one of {sorted(models)} "
@@ -307,9 +388,13 @@ class OnnxClassifier(OnnxBundle):
     split at export, pipeline.calibration; 1 for a bundle from before calibration)."""
 
     def __init__(
-        self, bundle_dir: str | Path, threads: int | None = None, model: str | None = None
+        self,
+        bundle_dir: str | Path,
+        threads: int | None = None,
+        model: str | None = None,
+        flags: frozenset[str] | None = None,
     ) -> None:
-        super().__init__(bundle_dir, threads, model)
+        super().__init__(bundle_dir, threads, model, flags)
         self.temperature = 1.0
         for entry in self.meta.get("models", {}).values():
             if entry.get("file") == self.model_file and "calibration" in entry:
@@ -484,7 +569,10 @@ RUNTIMES: dict[str, type[OnnxClassifier] | type[OnnxTokenClassifier]] = {
 
 
 def load_bundle(
-    bundle_dir: str | Path, threads: int | None = None, model: str | None = None
+    bundle_dir: str | Path,
+    threads: int | None = None,
+    model: str | None = None,
+    flags: frozenset[str] | None = None,
 ) -> OnnxClassifier | OnnxTokenClassifier:
     """The right runtime for the bundle's task."""
     task = _read_json(Path(bundle_dir) / "bundle.json").get("task", "text-classification")
@@ -493,7 +581,7 @@ def load_bundle(
             f"{bundle_dir}: bundle.json task {task!r} has no runtime here; "
             f"expected one of {sorted(RUNTIMES)}"
         )
-    return RUNTIMES[task](bundle_dir, threads=threads, model=model)
+    return RUNTIMES[task](bundle_dir, threads=threads, model=model, flags=flags)
 
 
 def tags_from_rows(rows: list[np.ndarray], labels: list[str]) -> list[list[str]]:
@@ -531,13 +619,15 @@ def _read_json(path: Path) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python tuneops_runtime.py [--bundle DIR] [--model fp32|int8] TEXT...`: JSON lines."""
+    """`python tuneops_runtime.py [--bundle DIR] [--model fp32|int8|int8_s8] TEXT...`."""
     import argparse
 
     parser = argparse.ArgumentParser(description="classify texts with a tuneops ONNX bundle")
     parser.add_argument("texts", nargs="+")
     parser.add_argument("--bundle", default=str(Path(__file__).resolve().parent))
-    parser.add_argument("--model", default=None, help="fp32, int8 or a file (default: bundle's)")
+    parser.add_argument(
+        "--model", default=None, help="fp32, int8, int8_s8 or a file (default: by this CPU)"
+    )
     args = parser.parse_args(argv)
     try:
         bundle = load_bundle(args.bundle, model=args.model)

@@ -337,14 +337,18 @@ def calibration_metrics(result: ExportResult) -> dict[str, float]:
 
 
 def _int8_metrics(result: ExportResult) -> dict[str, float]:
-    if result.int8_f1 is None:
-        return {}
+    """export.int8_test_f1, export.int8_s8_kept, ...: each int8 variant that was built."""
     return {
-        "export.int8_test_f1": result.int8_f1,
-        "export.int8_test_accuracy": result.int8_accuracy or 0.0,
-        "export.int8_label_agreement": result.int8_label_agreement or 0.0,
-        "export.int8_mb": (result.int8_bytes or 0) / 2**20,
-        "export.int8_kept": float(result.int8_kept),
+        f"export.{name}_{metric}": float(value or 0.0)
+        for name, v in result.variants.items()
+        if "bytes" in v
+        for metric, value in (
+            ("test_f1", v["f1"]),
+            ("test_accuracy", v["accuracy"]),
+            ("label_agreement", v["label_agreement"]),
+            ("mb", v["bytes"] / 2**20),
+            ("kept", v["kept"]),
+        )
     }
 
 

@@ -137,7 +137,7 @@ def test_the_bundle_shows_the_default_models_reliability_before_and_after_scalin
     meta = json.loads((exported.export_dir / "bundle.json").read_text())
     default = meta["default_model"]
     figures = meta["models"][default]["calibration"]
-    bundle = OnnxClassifier(exported.export_dir)  # the default model file
+    bundle = OnnxClassifier(exported.export_dir, model="default")
     test = pd.read_parquet(trained.paths.data_prepared / "test.parquet")
     own = _own_bins(bundle, test, figures["temperature"])
     for name in ("uncalibrated", "calibrated"):

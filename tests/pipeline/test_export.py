@@ -20,12 +20,12 @@ def test_bundle_holds_model_tokenizer_labels_metadata_and_card(exported: ExportR
     names = {p.name for p in exported.export_dir.iterdir()}
     files = {"model.onnx", "tokenizer.json", "labels.json", "bundle.json", "README.md"}
     files |= {"reliability_diagram.png"}  # the default model's calibration (issue 19)
-    assert (
-        files | {"tuneops_runtime.py"} <= names <= files | {"tuneops_runtime.py", "model.int8.onnx"}
-    )
+    int8_files = {"model.int8.onnx", "model.int8s8.onnx"}
+    assert files | {"tuneops_runtime.py"} <= names <= files | {"tuneops_runtime.py"} | int8_files
     meta = json.loads((exported.export_dir / "bundle.json").read_text())
     assert meta["models"]["fp32"]["graph_optimized"] is True
     assert ("model.int8.onnx" in names) == meta["models"]["int8"]["kept"]
+    assert ("model.int8s8.onnx" in names) == meta["models"]["int8_s8"]["kept"]
     assert meta["input_names"] == ["input_ids", "attention_mask", "token_type_ids"]
     assert meta["parity"]["label_agreement"] == 1.0
     assert meta["parity"]["max_abs_diff"] <= 1e-4
@@ -60,31 +60,64 @@ def test_failed_parity_raises_and_keeps_the_previous_bundle(
     assert (exported.export_dir / "model.onnx").read_bytes() == before
 
 
+# What each variant's bundle.json entry says besides its figures (issue 20).
+VARIANT_FACTS = {
+    "int8": ("model.int8.onnx", "uint8", []),
+    "int8_s8": ("model.int8s8.onnx", "int8", ["avx512_vnni", "avx_vnni", "amx_int8"]),
+}
+
+
 @pytest.mark.audit("M2")
-def test_int8_is_scored_on_the_whole_test_split_and_becomes_the_default_when_kept(
-    trained: Trained, tmp_path: Path
+def test_each_int8_variant_is_scored_on_the_whole_test_split_and_shipped_when_kept(
+    trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """uint8 and int8 weights both pass a rule that allows any drop: both files ship, each
+    with its own figures, and the runtime picks one by the CPU's flags (issue 20)."""
     p = trained.params
-    cfg = ExportConfig(int8_max_f1_drop=1.0)  # any drop allowed: always kept
+    cfg = ExportConfig(int8_max_f1_drop=1.0, int8_min_label_agreement=0.0)  # always kept
     out = tmp_path / "bundle"
     result = export(
         TEXT, cfg, p.train.max_length, trained.paths.candidate, trained.paths.data_prepared, out
     )
     meta = json.loads((out / "bundle.json").read_text())
     test = pd.read_parquet(trained.paths.data_prepared / "test.parquet")
+    texts = test["text"].tolist()
     assert result.int8_kept and meta["default_model"] == "int8"
     assert meta["test_examples"] == len(test)
-    # The recorded figures are those of the shipped file on every test row.
-    int8 = OnnxClassifier(out, model="int8")
-    assert int8.model_file == "model.int8.onnx"
-    predicted = int8.logits(test["text"].tolist()).argmax(1)
-    accuracy = float((predicted == test["label_id"].to_numpy()).mean())
-    assert meta["models"]["int8"]["accuracy"] == pytest.approx(accuracy, abs=1e-12)
-    fp32 = OnnxClassifier(out, model="fp32").logits(test["text"].tolist()).argmax(1)
-    assert meta["models"]["int8"]["label_agreement"] == pytest.approx((fp32 == predicted).mean())
-    # Dynamic int8 stores weights in a quarter of the bytes (embeddings included).
-    assert meta["models"]["int8"]["bytes"] < 0.4 * meta["models"]["fp32"]["bytes"]
-    assert OnnxClassifier(out).model_file == "model.int8.onnx"
+    fp32 = OnnxClassifier(out, model="fp32").logits(texts).argmax(1)
+    for name, (file, weight_type, flags) in VARIANT_FACTS.items():
+        entry = meta["models"][name]
+        assert (entry["kept"], entry["file"], entry["weight_type"]) == (True, file, weight_type)
+        assert (entry["per_channel"], entry["cpu_flags"]) == (False, flags)
+        assert entry["bytes"] == (out / file).stat().st_size
+        # The recorded figures are those of the shipped file on every test row.
+        int8 = OnnxClassifier(out, model=name)
+        assert int8.model_file == file
+        predicted = int8.logits(texts).argmax(1)
+        accuracy = float((predicted == test["label_id"].to_numpy()).mean())
+        assert entry["accuracy"] == pytest.approx(accuracy, abs=1e-12)
+        assert entry["label_agreement"] == pytest.approx((fp32 == predicted).mean())
+        assert result.variants[name]["f1"] == entry["macro_f1"]
+        # Dynamic int8 stores weights in a quarter of the bytes (embeddings included).
+        assert entry["bytes"] < 0.4 * meta["models"]["fp32"]["bytes"]
+    assert OnnxClassifier(out, flags=frozenset({"avx2", "fma"})).model_file == "model.int8.onnx"
+    head = texts[:6]
+    want = [x.label for x in OnnxClassifier(out, model="fp32").predict(head)]
+    for flags, file in [
+        ({"avx2", "avx512_vnni"}, "model.int8s8.onnx"),
+        ({"amx_int8"}, "model.int8s8.onnx"),
+        ({"avx_vnni"}, "model.int8s8.onnx"),
+        ({"avx2"}, "model.int8.onnx"),
+    ]:
+        picked = OnnxClassifier(out, flags=frozenset(flags))
+        assert picked.model_file == file and picked.choice.reason
+        assert [x.label for x in picked.predict(head)] == want
+    vnni = frozenset({"avx512_vnni"})
+    assert OnnxClassifier(out, model="fp32", flags=vnni).model_file == "model.onnx"
+    monkeypatch.setenv("TUNEOPS_MODEL", "int8")
+    env = OnnxClassifier(out, flags=vnni)
+    assert (env.model_file, env.choice.reason) == ("model.int8.onnx", "TUNEOPS_MODEL=int8")
+    assert OnnxClassifier(out, model="default", flags=vnni).model_file == "model.int8.onnx"
 
 
 def test_without_int8_the_bundle_says_why_and_serves_fp32(trained: Trained, tmp_path: Path) -> None:
@@ -101,10 +134,14 @@ def test_without_int8_the_bundle_says_why_and_serves_fp32(trained: Trained, tmp_
     meta = json.loads((out / "bundle.json").read_text())
     assert not (out / "model.int8.onnx").exists()
     assert meta["default_model"] == "fp32"
-    assert meta["models"]["int8"] == {
-        "kept": False,
-        "reason": "not built: export.quantize_int8 is false",
-    }
+    for name, (_, weight_type, flags) in VARIANT_FACTS.items():
+        entry = meta["models"][name]
+        assert (entry["kept"], entry["reason"]) == (
+            False,
+            "not built: export.quantize_int8 is false",
+        )
+        assert (entry["weight_type"], entry["cpu_flags"]) == (weight_type, flags)
+        assert "file" not in entry and "bytes" not in entry
     assert meta["models"]["fp32"]["graph_optimized"] is False
     with pytest.raises(
         BundleError, match=r"'int8' is not available \(not built: export\.quantize_int8 is false\)"
@@ -150,11 +187,14 @@ def test_an_int8_model_with_equal_f1_but_low_agreement_or_a_class_below_its_floo
 def test_bundle_records_each_file_s_per_class_report_and_int8_fails_the_per_class_floor(
     trained: Trained, tmp_path: Path
 ) -> None:
-    """A floor no class of this tiny model meets: int8 is left out (the gate would judge
-    it), fp32 ships, and bundle.json holds sklearn's per-class report of each file."""
+    """A floor no class of this tiny model meets: int8 weights are left out, fp32 ships
+    and runs even on a VNNI CPU, and bundle.json holds sklearn's per-class report of each
+    file. Only int8 weights are asked for: uint8's entry says it was not built."""
     p = trained.params
     out = tmp_path / "bundle"
-    cfg = ExportConfig(int8_max_f1_drop=1.0, int8_min_label_agreement=0.0)
+    cfg = ExportConfig(
+        int8_max_f1_drop=1.0, int8_min_label_agreement=0.0, int8_weight_types=["int8"]
+    )
     result = export(
         TEXT,
         cfg,
@@ -177,10 +217,19 @@ def test_bundle_records_each_file_s_per_class_report_and_int8_fails_the_per_clas
         zero_division=0,
     )
     assert meta["models"]["fp32"]["per_class"] == report
-    int8 = meta["models"]["int8"]["per_class"]
+    int8 = meta["models"]["int8_s8"]["per_class"]
     recalls = {k: round(int8[k]["recall"], 4) for k in labels if int8[k]["recall"] < 1.0}
     assert not result.int8_kept and meta["default_model"] == "fp32"
-    assert meta["models"]["int8"]["reason"] == (
-        f"left out: per_class_recall below 1.0: {recalls} (the gate's per-class floor)"
+    why = f"left out: per_class_recall below 1.0: {recalls} (the gate's per-class floor)"
+    assert meta["models"]["int8_s8"]["reason"] == why
+    assert (meta["models"]["int8"]["kept"], meta["models"]["int8"]["reason"]) == (
+        False,
+        "not built: export.int8_weight_types does not list uint8",
     )
-    assert not (out / "model.int8.onnx").exists()
+    assert not (out / "model.int8.onnx").exists() and not (out / "model.int8s8.onnx").exists()
+    picked = OnnxClassifier(out, flags=frozenset({"avx512_vnni"}))
+    assert picked.model_file == "model.onnx"
+    assert picked.choice.reason == (
+        "no int8 variant in this bundle (int8: not built: export.int8_weight_types does "
+        f"not list uint8; int8_s8: {why})"
+    )

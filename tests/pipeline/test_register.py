@@ -71,7 +71,7 @@ def test_floors_baselines_and_per_class_judge_the_default_model_not_pytorch_repo
     verdict, _ = gate_and_register(inputs, tracker, bundle, {})
 
     # The shipped file's own predictions, cross-checked with sklearn.
-    shipped = OnnxClassifier(bundle)
+    shipped = OnnxClassifier(bundle, model="default")
     assert shipped.model_file == meta["models"][meta["default_model"]]["file"]
     predicted = shipped.logits(test["text"].tolist()).argmax(1)
     gold = test["label_id"].to_numpy()
@@ -268,7 +268,7 @@ def test_after_test_fraction_changes_the_champion_is_scored_only_on_its_own_test
     comparison = verdict.comparison
     assert comparison is not None and comparison.rows == len(kept)
     # The champion's figure is its figure on exactly those rows (sklearn on the same file).
-    champion = OnnxClassifier(exported.export_dir)
+    champion = OnnxClassifier(exported.export_dir, model="default")
     gold, predicted = _gold(champion, kept)
     expected = f1_score(gold, predicted, average="macro", labels=[0, 1], zero_division=0)
     assert comparison.champion_metrics["test_macro_f1"] == pytest.approx(expected, abs=1e-12)

@@ -90,7 +90,9 @@ def test_metadata_describes_the_model_without_local_paths(
     assert meta["labels"] == ["negative", "positive"]
     assert meta["task"] == "text-classification"
     assert meta["limits"] == {"max_texts": 8, "max_chars": 200, "max_body_bytes": 20000}
-    assert set(meta["models"]) == {"fp32", "int8"}
+    assert set(meta["models"]) == {"fp32", "int8", "int8_s8"}
+    # The runtime's pick and why (issue 20): here the fixture's --model fp32 wins.
+    assert meta["model_choice"] == {"model": "fp32", "reason": "asked for 'fp32'"}
     assert str(exported.export_dir) not in json.dumps(meta)
     assert str(Path.home()) not in json.dumps(meta)
 

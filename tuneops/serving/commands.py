@@ -69,7 +69,12 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def _bundle_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bundle", type=Path, default=Path("models/export"))
-    parser.add_argument("--model", default=None, help="fp32 or int8 (default: the bundle's)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="fp32, int8 (uint8 weights), int8_s8 (int8 weights) or default (bundle.json's); "
+        "unset: $TUNEOPS_MODEL, else picked by this CPU's flags",
+    )
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
 
 
@@ -101,7 +106,10 @@ def _predict(args: argparse.Namespace) -> int:
         ]
     if args.output:
         write_records(records, args.output)
-        print(f"predict: {len(records)} rows -> {args.output} ({classifier.model_file})")
+        print(
+            f"predict: {len(records)} rows -> {args.output} "
+            f"({classifier.model_file}: {classifier.choice.reason})"
+        )
     else:
         for record in records:
             print(json.dumps(record, ensure_ascii=False))

@@ -152,6 +152,8 @@ def public_metadata(classifier: OnnxBundle, limits: Limits) -> dict[str, Any]:
         "labels": classifier.labels,
         "max_length": classifier.max_length,
         "model_file": classifier.model_file,
+        # Which model file runs and why: by this CPU's flags, or the override that won.
+        "model_choice": {"model": classifier.choice.model, "reason": classifier.choice.reason},
         "default_model": meta.get("default_model", "fp32"),
         "models": meta.get("models", {}),
         "registered_model": meta.get("registered_model"),
