@@ -73,6 +73,27 @@ def layerwise_param_groups(
     return [groups[key] for key in sorted(groups)]
 
 
+def weighted_loss(
+    model: nn.Module, inputs: dict[str, Any], class_weights: torch.Tensor
+) -> tuple[torch.Tensor, Any]:
+    """The class-weighted cross-entropy of `inputs`' labels (train.class_weights), and the
+    model's outputs. AdaLoRA's orthogonality penalty, which peft adds only to the model's
+    own (unweighted) loss, is kept: the labels go in and the penalty is that loss minus the
+    plain cross-entropy. Other models get no labels, so their numbers are unchanged."""
+    from peft import AdaLoraModel
+
+    adalora = isinstance(getattr(getattr(model, "module", model), "base_model", None), AdaLoraModel)
+    labels = inputs["labels"]
+    outputs = model(**(inputs if adalora else {k: v for k, v in inputs.items() if k != "labels"}))
+    logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+    flat_logits, flat_labels = logits.view(-1, logits.shape[-1]), labels.view(-1)
+    weight = class_weights.to(device=logits.device, dtype=logits.dtype)
+    loss = nn.functional.cross_entropy(flat_logits, flat_labels, weight=weight)
+    if adalora:
+        loss = loss + outputs["loss"] - nn.functional.cross_entropy(flat_logits, flat_labels)
+    return loss, outputs
+
+
 class ScheduledTrainer(Trainer):
     """The Trainer with the exponential schedule and layer-wise LR decay of `train_cfg`,
     and, given `class_weights` (one per label), a weighted cross-entropy loss."""
@@ -100,14 +121,7 @@ class ScheduledTrainer(Trainer):
     ) -> Any:
         if self.class_weights is None or "labels" not in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        inputs = dict(inputs)
-        labels = inputs.pop("labels")
-        outputs = model(**inputs)
-        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        weight = self.class_weights.to(device=logits.device, dtype=logits.dtype)
-        loss = nn.functional.cross_entropy(
-            logits.view(-1, logits.shape[-1]), labels.view(-1), weight=weight
-        )
+        loss, outputs = weighted_loss(model, inputs, self.class_weights)
         return (loss, outputs) if return_outputs else loss
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:

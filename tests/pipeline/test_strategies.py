@@ -13,6 +13,7 @@ from safetensors.numpy import load_file
 
 from pipeline.train import TrainResult, train
 from pipeline.training.modeling import load_classifier, load_tokenizer, predict_logits
+from pipeline.training.schedules import weighted_loss
 from pipeline.training.strategies import apply_strategy, count_parameters, merged, save_adapter
 from tests.conftest import TEXT, Trained
 from tuneops.config import TrainConfig
@@ -191,6 +192,26 @@ def _prompt(**extra: Any) -> TrainConfig:
 def test_adalora_trains_its_svd_adapters_and_a_copy_of_the_head(tiny: Any) -> None:
     counts = count_parameters(apply_strategy(tiny, _adalora(), total_steps=100))
     assert counts.trainable == ADALORA_ADAPTERS + HEAD
+
+
+def test_adalora_keeps_its_orthogonality_penalty_under_class_weights(
+    tiny_model_dir: Path,
+) -> None:
+    # peft adds AdaLoRA's penalty to the model's own loss, which the class-weighted loss
+    # (train.class_weights: balanced, the default) replaces: weights of 1 must give the
+    # model's own loss, penalty included.
+    torch.manual_seed(0)
+    model = apply_strategy(
+        load_classifier(tiny_model_dir, LABELS), _adalora(orth_reg_weight=0.5), total_steps=100
+    )
+    tokenizer = load_tokenizer(tiny_model_dir)
+    inputs = dict(tokenizer(TEXTS, padding=True, return_tensors="pt"))
+    inputs["labels"] = torch.tensor([1, 0, 0, 1])
+    own = model(**inputs)
+    plain = torch.nn.functional.cross_entropy(own.logits, inputs["labels"])
+    assert float(own.loss - plain) > 1e-3  # the penalty is there to keep
+    loss, _ = weighted_loss(model, inputs, torch.ones(CLASSES))
+    assert float(loss) == pytest.approx(float(own.loss), abs=1e-6)
 
 
 def test_ia3_trains_its_scaling_vectors_and_a_copy_of_the_head(tiny: Any) -> None:
