@@ -332,9 +332,11 @@ def cases(suite: Suite, check: CheckSpec, test_texts: list[str]) -> list[Case]:
 def evaluate(
     suite: Suite, predict: Predict, labels: list[str], test_texts: list[str]
 ) -> list[CheckResult]:
-    """Every check's pass rate under `predict` (probabilities in `labels`' order), all texts
-    predicted in one call. ConfigError for a label the model does not have, or a check that
-    has no case."""
+    """Every check's pass rate under `predict` (probabilities in `labels`' order). Each
+    check's texts are predicted in a call of their own: int8 dynamic quantisation scales
+    activations per batch, so a text's logits depend on its batch, and one check's rate must
+    not move when another check is added. ConfigError for a label the model does not have,
+    or a check that has no case."""
     built = [cases(suite, check, test_texts) for check in suite.checks]
     for index, (check, found) in enumerate(zip(suite.checks, built, strict=True)):
         _check_labels(suite, index, check, labels)
@@ -344,13 +346,16 @@ def evaluate(
                 f"{check.perturbation} perturbation changes none of its texts; list texts it "
                 "can edit (for names: texts with a first name of `names`)"
             )
-    texts = list(dict.fromkeys(t for found in built for c in found for t in (c.text, c.edited)))
-    texts = [t for t in texts if t is not None]
-    probabilities = dict(zip(texts, predict(texts) if texts else [], strict=True))
     return [
-        _result(suite, index, check, found, probabilities, labels)
+        _result(suite, index, check, found, _predicted(predict, found), labels)
         for index, (check, found) in enumerate(zip(suite.checks, built, strict=True))
     ]
+
+
+def _predicted(predict: Predict, found: list[Case]) -> dict[str, np.ndarray]:
+    """Each text of the cases (originals and edits) -> its probabilities, in one call."""
+    texts = list(dict.fromkeys(t for c in found for t in (c.text, c.edited) if t is not None))
+    return dict(zip(texts, predict(texts), strict=True))
 
 
 def _check_labels(suite: Suite, index: int, check: CheckSpec, labels: list[str]) -> None:

@@ -87,8 +87,9 @@ def test_an_overlay_merges_sections_and_replaces_mappings(tmp_path: Path) -> Non
     # train.class_weights (issue 17, imbalance), and train.max_epochs/max_minutes (issue 17,
     # epochs: auto), and train.chunk_overlap/max_chunks (issue 17, long documents), and
     # gate.max_ece (issue 19, calibration; null), and the retrain section (issue 19,
-    # drift-aware retraining), and prepare.label_issues (issue 19, the label-noise audit).
-    assert params.params_hash() == "d4f475684109f5db"
+    # drift-aware retraining), and prepare.label_issues (issue 19, the label-noise audit),
+    # and gate.behaviour_checks (issue 19, behavioural checks; auto finds no ATIS file).
+    assert params.params_hash() == "7e24b9cd1c5a7497"
     (tmp_path / "a.yaml").write_text("base: b.yaml\ntrain:\n  epochs: 2\n")
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     with pytest.raises(ConfigError, match=r"overlays itself"):
