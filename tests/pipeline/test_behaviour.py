@@ -243,6 +243,26 @@ def test_direction_up_and_down_compare_the_probability_of_the_label(tmp_path: Pa
     assert (blind.cases, blind.passed) == (2, 1)
 
 
+def test_a_checks_rate_does_not_move_when_another_check_joins_the_file(tmp_path: Path) -> None:
+    """int8 dynamic quantisation scales activations per batch: a text's label may depend on
+    the texts predicted with it. Each check is predicted on its own texts."""
+
+    def batch_relative(texts: list[str]) -> np.ndarray:
+        """positive when a text is longer than its batch's mean: a batch-dependent model."""
+        lengths = np.array([len(t) for t in texts], dtype=float)
+        positive = lengths > lengths.mean()
+        return np.stack([~positive, positive], axis=1).astype(float)
+
+    alone = "checks:\n  - name: short\n    type: mft\n    floor: 0.5\n    examples:\n"
+    alone += "      - {text: 'ok film', label: negative}\n      - {text: 'a fine film', label: positive}\n"
+    other = "  - name: long\n    type: mft\n    floor: 0.5\n    examples:\n"
+    other += "      - {text: '" + "a very long and winding film " * 4 + "', label: positive}\n"
+    (first,) = evaluate(load_suite(write(tmp_path, alone)), batch_relative, LABELS, [])
+    both = evaluate(load_suite(write(tmp_path, alone + other)), batch_relative, LABELS, [])
+    assert (first.cases, first.passed) == (2, 2)
+    assert (both[0].cases, both[0].passed) == (2, 2)
+
+
 def test_gate_reports_list_each_behavioural_check_with_its_failing_examples(
     tmp_path: Path,
 ) -> None:
