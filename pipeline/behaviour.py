@@ -296,8 +296,13 @@ def _swap_names(text: str, rng: np.random.Generator, names: tuple[str, ...]) -> 
         return text
     others = [n for n in names if n not in found]
     chosen = rng.choice(len(others), size=min(len(found), len(others)), replace=False)
-    swap = dict(zip(found, (others[int(i)] for i in chosen), strict=False))
-    return pattern.sub(lambda m: swap.get(m.group(1), m.group(1)), text)
+    swap: dict[str, str] = dict(zip(found, (others[int(i)] for i in chosen), strict=False))
+
+    def swapped(match: re.Match[str]) -> str:
+        name = str(match.group(1))
+        return swap.get(name, name)
+
+    return pattern.sub(swapped, text)
 
 
 def _punctuation(text: str) -> str:

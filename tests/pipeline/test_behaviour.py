@@ -254,7 +254,8 @@ def test_a_checks_rate_does_not_move_when_another_check_joins_the_file(tmp_path:
         return np.stack([~positive, positive], axis=1).astype(float)
 
     alone = "checks:\n  - name: short\n    type: mft\n    floor: 0.5\n    examples:\n"
-    alone += "      - {text: 'ok film', label: negative}\n      - {text: 'a fine film', label: positive}\n"
+    alone += "      - {text: 'ok film', label: negative}\n"
+    alone += "      - {text: 'a fine film', label: positive}\n"
     other = "  - name: long\n    type: mft\n    floor: 0.5\n    examples:\n"
     other += "      - {text: '" + "a very long and winding film " * 4 + "', label: positive}\n"
     (first,) = evaluate(load_suite(write(tmp_path, alone)), batch_relative, LABELS, [])
