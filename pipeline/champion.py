@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from pipeline import behaviour
 from pipeline.bootstrap import paired_bootstrap
 from pipeline.gate import ChampionComparison
 from pipeline.prepare import current_split, held_out_under, recorded_split
@@ -56,6 +57,12 @@ def compare_with_champion(
             f"{whose} predicts labels {champion.labels}, the challenger "
             f"{split.labels}: not comparable (promote by hand with --force)"
         )
+    # On the challenger's cases (sampled from the whole of `split`), before any subset.
+    rates = (
+        behaviour.rates(behaviour.run(inputs.behaviour, champion, split.texts))
+        if inputs.behaviour is not None
+        else {}
+    )
     if not all(keep):
         split, challenger_pred = split.subset(keep), split.take(challenger_pred, keep)
     champion_pred = split.rescore(champion)
@@ -78,6 +85,7 @@ def compare_with_champion(
         inputs.task.primary_metric,
         rows=len(split.texts),
         note=note,
+        behaviour=rates,
     ), None
 
 

@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel
 
+from pipeline import behaviour as behavioural
 from pipeline import quantize
 from pipeline.calibration import ECE_BINS
 from pipeline.gate import per_class_check
@@ -104,6 +105,7 @@ def export(
     card: dict[str, Any] | None = None,
     gate: GateConfig | None = None,
     reports_dir: Path | None = None,
+    behaviour: behavioural.Suite | None = None,
 ) -> ExportResult:
     """Write the bundle atomically; on a parity mismatch raise ExportParityError.
 
@@ -112,7 +114,9 @@ def export(
     only when it passes `quantize.decide`, with the gate's per-class floor when `gate`
     is given and `gate.per_class` is on. With `reports_dir`, the default model's
     reliability diagram is copied to reports_dir/reliability_diagram.png (and a stale one
-    removed when this bundle has none)."""
+    removed when this bundle has none). With `behaviour`, the default model's pass rate per
+    behavioural check goes into bundle.json and the model card (the gate judges them again,
+    beside the champion's, at registration)."""
     labels = require_candidate_labels(candidate_dir, prepared_dir)
     # Eager attention exports as plain MatMul/Softmax, which onnxruntime's optimizer
     # fuses into one Attention kernel; the SDPA graph it cannot fuse. Same weights.
@@ -176,6 +180,12 @@ def export(
         if int8["kept"]:
             meta["default_model"] = "int8"
         _write_meta(tmp, meta)
+        if behaviour is not None:
+            # on the file the gate judges on every CPU: the default_model just written
+            meta["behaviour"] = _behaviour(
+                behaviour, load_bundle(tmp, model="default"), split.texts
+            )
+            _write_meta(tmp, meta)
         diagram = _reliability_diagram(meta, tmp)
         result = ExportResult(
             export_dir=export_dir,
@@ -206,6 +216,35 @@ def export(
     if reports_dir is not None:
         result.reliability_diagram = _copy_diagram(export_dir, reports_dir, diagram)
     return result
+
+
+def _behaviour(suite: behavioural.Suite, bundle: OnnxBundle, texts: list[str]) -> dict[str, Any]:
+    """bundle.json's behaviour entry: the default model's result per check."""
+    results = behavioural.run(suite, bundle, texts)
+    return {
+        "file": suite.path.name,
+        "checks": [
+            {k: getattr(r, k) for k in ("name", "type", "cases", "passed", "pass_rate", "floor")}
+            for r in results
+        ],
+    }
+
+
+def _behaviour_card(meta: dict[str, Any]) -> str:
+    found = meta.get("behaviour")
+    if not found:
+        return ""
+    rows = "".join(
+        f"| {c['name']} | {c['type']} | {c['cases']} | {c['pass_rate']:.4f} | {c['floor']} |\n"
+        for c in found["checks"]
+    )
+    return (
+        f"## Behavioural checks ({found['file']}), the {meta['default_model']} model\n\n"
+        "CheckList-style: minimum functionality (mft), invariance (inv), direction (dir); "
+        "the gate rejects a pass rate below its floor (reports/gate.md, beside the "
+        "champion's).\n\n| check | type | cases | pass rate | floor |\n"
+        "| --- | --- | --- | --- | --- |\n" + rows + "\n"
+    )
 
 
 def _reliability_diagram(meta: dict[str, Any], bundle: Path) -> bool:
@@ -434,7 +473,7 @@ def _model_card(meta: dict[str, Any], description: str) -> str:
         if calibrated
         else ""
     )
-    facts = {k: v for k, v in meta.items() if k not in ("models", "parity")}
+    facts = {k: v for k, v in meta.items() if k not in ("models", "parity", "behaviour")}
     fact_rows = "\n".join(f"| {k} | {v} |" for k, v in facts.items())
     return (
         "# tuneops model bundle\n\n" + f"{description} Default model: {meta['default_model']}.\n\n"
@@ -448,7 +487,10 @@ def _model_card(meta: dict[str, Any], description: str) -> str:
         "| --- | --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n\n"
         f"ONNX vs PyTorch on {meta['parity']['examples']} test examples: max |logit diff| "
         f"{meta['parity']['max_abs_diff']:.2e}, label agreement "
-        f"{meta['parity']['label_agreement']:.2%}.\n\n" + calibration + "| fact | value |\n"
+        f"{meta['parity']['label_agreement']:.2%}.\n\n"
+        + calibration
+        + _behaviour_card(meta)
+        + "| fact | value |\n"
         f"| --- | --- |\n{fact_rows}\n"
     )
 

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.behaviour import CheckResult
 from tuneops.config import GateConfig
 from tuneops.errors import ConfigError
 from tuneops.paths import atomic_write_text
@@ -51,6 +52,8 @@ class ChampionComparison:
     rows: int = 0  # the test rows both were scored on
     # What was left out of the current test split, and why (its own train rows), or "".
     note: str = ""
+    # Its pass rate per behavioural check (pipeline.behaviour), on the challenger's cases.
+    behaviour: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -82,6 +85,8 @@ class GateVerdict:
     # What a reader of a passed verdict must also know: rows left out of the champion's
     # score, an interval too wide for gate.champion_tolerance.
     notes: list[str] = field(default_factory=list)
+    # The behavioural checks' results (gate.behaviour_checks), with their failing cases.
+    behaviour: list[CheckResult] = field(default_factory=list)
 
     @property
     def failed_checks(self) -> list[str]:
@@ -135,6 +140,8 @@ class GateInputs:
     # bundle.json's calibration entry of the shipped model file (pipeline.calibration:
     # temperature, test_ece, test_ece_calibrated, ...), None where it records none.
     calibration: dict[str, Any] | None = None
+    # The shipped file's behavioural check results (pipeline.behaviour); None: no checks.
+    behaviour: list[CheckResult] | None = None
 
 
 def gate(cfg: GateConfig, inputs: GateInputs) -> GateVerdict:
@@ -163,6 +170,8 @@ def gate(cfg: GateConfig, inputs: GateInputs) -> GateVerdict:
                 else "not measured",
             )
         )
+    if inputs.behaviour is not None:
+        checks += behaviour_checks(inputs.behaviour, inputs.comparison)
     comparison = inputs.comparison
     notes: list[str] = []
     best, best_version = None, None
@@ -181,6 +190,7 @@ def gate(cfg: GateConfig, inputs: GateInputs) -> GateVerdict:
         best_version=best_version,
         best_comparison=best,
         notes=notes,
+        behaviour=list(inputs.behaviour or []),
     )
 
 
@@ -253,6 +263,38 @@ def ece_check(cfg: GateConfig, calibration: dict[str, Any] | None) -> GateCheck:
         cfg.max_ece,
         f"{figures} {'within' if passed else 'above'} gate.max_ece {cfg.max_ece}",
     )
+
+
+BEHAVIOUR_CHECK = "behaviour:"  # + the check's name
+
+
+def behaviour_checks(
+    results: list[CheckResult], champion: ChampionComparison | None
+) -> list[GateCheck]:
+    """One gate check per behavioural check: its pass rate >= its floor (the file's), the
+    champion's rate on the same cases beside it, and on a failure a few failing cases and
+    the key that sets the floor."""
+    checks = []
+    for r in results:
+        passed = r.pass_rate >= r.floor
+        detail = (
+            f"{r.type}{f' ({r.what})' if r.what else ''}: {r.passed} of {r.cases} cases pass "
+            f"({r.pass_rate:.4f}) vs floor {r.floor}"
+        )
+        if champion is not None and r.name in champion.behaviour:
+            detail += f"; champion v{champion.champion_version} {champion.behaviour[r.name]:.4f}"
+        if not passed:
+            shown = "; ".join(_failure(f) for f in r.failures)
+            detail += f"; failing: {shown}; the floor is {r.file}: {r.key}"
+        checks.append(
+            GateCheck(f"{BEHAVIOUR_CHECK}{r.name}", passed, round(r.pass_rate, 4), r.floor, detail)
+        )
+    return checks
+
+
+def _failure(f: Any) -> str:
+    edit = f" -> {f.edited!r}" if f.edited is not None else ""
+    return f"{f.text!r}{edit}: {f.got}, expected {f.expected}"
 
 
 def baseline_margin(cfg: GateConfig, baseline_score: float) -> float:
@@ -418,7 +460,39 @@ def to_markdown(verdict: GateVerdict) -> str:
         f"| result | check | value | threshold | detail |\n| --- | --- | --- | --- | --- |\n"
         f"{rows}\n\n{verdict.summary()}\n"
         + ("\n" + "".join(f"- {note}\n" for note in verdict.notes) if verdict.notes else "")
+        + behaviour_markdown(verdict)
     )
+
+
+def behaviour_markdown(verdict: GateVerdict) -> str:
+    """The behavioural checks' table (pass rate, floor, the champion's rate on the same
+    cases) and each check's failing cases shown; "" without checks."""
+    if not verdict.behaviour:
+        return ""
+    champion = verdict.comparison.behaviour if verdict.comparison else {}
+    rows = "".join(
+        f"| {r.name} | {r.type} | {r.cases} | {r.pass_rate:.4f} | {r.floor} | "
+        f"{f'{champion[r.name]:.4f}' if r.name in champion else '—'} | "
+        + "<br>".join(
+            f"`{_escaped(f.edited if f.edited is not None else f.text)}` → {f.got} "
+            f"(expected {f.expected})"
+            for f in r.failures
+        )
+        + " |\n"
+        for r in verdict.behaviour
+    )
+    files = sorted({r.file for r in verdict.behaviour})
+    return (
+        f"\n## Behavioural checks\n\nfrom {', '.join(files)} (gate.behaviour_checks); champion: "
+        f"its pass rate on the same cases\n\n"
+        "| check | type | cases | pass rate | floor | champion | failing (a few) |\n"
+        "| --- | --- | --- | --- | --- | --- | --- |\n" + rows
+    )
+
+
+def _escaped(text: str) -> str:
+    """A text in a markdown table cell: a | would end the cell, a ` the code span."""
+    return text.replace("|", "\\|").replace("`", "'")
 
 
 def _cell(value: Any) -> str:

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline import behaviour
+from pipeline.behaviour import CheckResult, Suite
 from pipeline.bootstrap import paired_bootstrap
 from pipeline.champion import compare_with_champion, own_test_rows, version_tags
 from pipeline.gate import (
@@ -56,6 +58,8 @@ class RegisterInputs:
     model_name: str
     prepared_dir: Path  # the current test split: every model is judged on it
     reports_dir: Path  # test_predictions.parquet (the baselines') in; gate/registry out
+    # The behavioural checks (gate.behaviour_checks, pipeline.behaviour); None: none.
+    behaviour: Suite | None = None
 
 
 def gate_and_register(
@@ -77,6 +81,7 @@ def gate_and_register(
     latency = p95_latency_ms(challenger, split.texts, cfg.latency_samples) if cfg.latency else None
     judged = _inputs(inputs, split, challenger_pred, latency)
     judged.calibration = shipped_calibration(challenger)
+    judged.behaviour = behaviour_results(inputs, challenger, split)
     tags = tags | split_tags(current_split(inputs.prepared_dir))
     logged = log_bundle(export_dir, tracker)  # the upload, outside the lock
 
@@ -105,7 +110,7 @@ def gate_and_register(
             )
             write_registration(registered, reports_dir / "registry.json")
         # The run's record of the verdict, written with the version's: under the same lock.
-        tracker.log_metrics(_verdict_metrics(verdict, latency))
+        tracker.log_metrics(_verdict_metrics(verdict, latency) | behaviour_metrics(verdict))
         tracker.set_tags(verdict_tags)
     return verdict, registered
 
@@ -146,6 +151,28 @@ def _verdict_metrics(verdict: GateVerdict, latency: float | None) -> dict[str, f
     if latency is not None:
         metrics["gate.latency_p95_ms"] = latency
     return metrics
+
+
+def behaviour_metrics(verdict: GateVerdict) -> dict[str, float]:
+    """behaviour.<check>_pass_rate, and champion.behaviour.<check>_pass_rate for the
+    champion it was compared with on the same cases."""
+    found = behaviour.metrics(verdict.behaviour)
+    if verdict.comparison is not None:
+        found |= {
+            f"champion.behaviour.{name}_pass_rate": rate
+            for name, rate in verdict.comparison.behaviour.items()
+        }
+    return found
+
+
+def behaviour_results(
+    inputs: RegisterInputs, bundle: Any, split: TestSplit
+) -> list[CheckResult] | None:
+    """The behavioural checks on `bundle`'s default model file, their sampled cases drawn
+    from `split`'s texts; None without checks."""
+    if inputs.behaviour is None:
+        return None
+    return behaviour.run(inputs.behaviour, bundle, split.texts)
 
 
 def promote(inputs: RegisterInputs, version: str, reason: str, force: bool) -> GateVerdict | None:
@@ -256,6 +283,7 @@ def _gate_version(inputs: RegisterInputs, client: Any, version: str) -> GateVerd
     anchor = best if best not in (champion, version) else None
     judged = _inputs(inputs, split, predicted, None, keep)
     judged.calibration = shipped_calibration(bundle)
+    judged.behaviour = behaviour_results(inputs, bundle, split)
     verdict = _judge(inputs, split, predicted, judged, other, champion, anchor)
     verdict.challenger_version = version
     if note:

@@ -140,6 +140,9 @@ def tiny_overrides(model_dir: Path) -> dict[str, Any]:
         "gate.beat_baselines": False,
         "gate.vs_champion": False,
         "gate.per_class": False,
+        # data/checks/movie_sentiment.yaml's floors are the full model's; a flow test that
+        # gates on behaviour writes its own checks file.
+        "gate.behaviour_checks": None,
     }
 
 
@@ -249,6 +252,7 @@ def make_dvc_project(tmp_path: Path) -> Path:
         )
     for name in ("dvc.yaml", ".dvcignore", ".gitignore", "params.yaml"):
         shutil.copy(REPO / name, root / name)
+    shutil.copytree(REPO / "data" / "checks", root / "data" / "checks")  # a stage dep too
     run_tool(root, "git", "init", "-q")
     run_tool(root, "git", "config", "user.email", "tests@tuneops.local")
     run_tool(root, "git", "config", "user.name", "tuneops tests")

@@ -379,6 +379,12 @@ class GateConfig(_Section):
     # pipeline.calibration) is always reported; a number rejects an ECE above it. None (the
     # default) only reports: what ECE a use can bear is the model owner's call.
     max_ece: float | None = Field(None, ge=0, le=1)
+    # Behavioural checks (pipeline/behaviour.py, text classification): a YAML file of
+    # CheckList-style expectations (minimum functionality, invariance, direction), each with
+    # its floor, run on the shipped file and the champion. auto: data/checks/<data.name>.yaml
+    # when that file exists (else none); a path relative to the project root (it must
+    # exist); None: no checks.
+    behaviour_checks: str | None = Field("auto", min_length=1)
     # p95 single-example ONNX latency on this machine; off by default (machine-dependent).
     latency: bool = False
     latency_p95_ms: float = Field(50.0, gt=0)

@@ -21,6 +21,8 @@ from typing import Any
 from filelock import FileLock
 
 from pipeline import label_audit
+from pipeline.behaviour import Suite
+from pipeline.behaviour import load_for as load_behaviour
 from pipeline.evaluate import EvaluationResult, evaluate
 from pipeline.export import ExportResult, export
 from pipeline.fetch_data import FetchResult, fetch_data
@@ -298,6 +300,7 @@ def step_export(ctx: Context) -> ExportResult:
             card,
             ctx.params.gate,
             ctx.paths.reports,
+            behaviour_suite(ctx),
         )
         tracker.log_metrics(
             {
@@ -393,7 +396,15 @@ def register_inputs(ctx: Context) -> RegisterInputs:
         model_name=ctx.params.registry.model_name,
         prepared_dir=ctx.paths.data_prepared,
         reports_dir=ctx.paths.reports,
+        behaviour=behaviour_suite(ctx),
     )
+
+
+def behaviour_suite(ctx: Context) -> Suite | None:
+    """The behavioural checks gate.behaviour_checks names (auto: data/checks/<data.name>.yaml
+    when it exists), or None."""
+    gate, data = ctx.params.gate, ctx.params.data
+    return load_behaviour(gate.behaviour_checks, data.name, ctx.paths.root, ctx.task)
 
 
 @dataclass(frozen=True)
@@ -474,7 +485,8 @@ STAGES: dict[str, Stage] = {
             "export",
             step_export,
             "pipeline.export",
-            deps=("data/prepared/test.parquet", "models/candidate"),
+            # data/checks: the behavioural checks, whose pass rates the model card shows
+            deps=("data/prepared/test.parquet", "models/candidate", "data/checks"),
             # the gate's per-class floor decides, with export.int8_*, whether int8 ships
             params=(
                 "export",
@@ -500,6 +512,7 @@ STAGES: dict[str, Stage] = {
                 "models/export",
                 "data/prepared/test.parquet",
                 "reports/test_predictions.parquet",
+                "data/checks",  # the behavioural checks (gate.behaviour_checks)
             ),
             params=("registry", "gate"),
             outs={

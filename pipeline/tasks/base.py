@@ -141,6 +141,8 @@ class Task(Protocol):
     # ingest and the retrain flow compare new rows with the champion's (pipeline.drift: rows
     # of one text and one label)
     drift_checked: bool
+    # the gate runs behavioural checks (pipeline.behaviour: one label per text) on its models
+    behaviour_checked: bool
     example_inputs: tuple[str, ...]  # texts for the MLflow signature
     # The task's own modules (dotted names): what every stage runs for it, so each is a
     # dvc.yaml dependency of every stage, with everything it imports (tuneops.dvcfile).

@@ -212,6 +212,7 @@ class TextClassification:
     logits_axes: tuple[str, ...] = ("batch",)
     cross_batch_conflicts = True
     drift_checked = True
+    behaviour_checked = True
     raw_suffixes: tuple[str, ...] = SUPPORTED_SUFFIXES
     example_inputs: tuple[str, ...] = ("a great, moving film", "dull and far too long")
     modules: tuple[str, ...] = ("pipeline.tasks.text_classification", "pipeline.tasks.text_steps")

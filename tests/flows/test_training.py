@@ -51,6 +51,8 @@ REAL_SLICE = {
     # The 2-layer cut is not expected to beat TF-IDF on 800 training rows.
     "gate.beat_baselines": False,
     "gate.per_class_floor": 0.3,
+    # data/checks/movie_sentiment.yaml's floors are the full model's, not the 2-layer cut's.
+    "gate.behaviour_checks": None,
 }
 
 
