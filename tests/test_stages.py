@@ -4,6 +4,7 @@ every stage depends (in dvc.yaml) on all the code it runs, so `dvc repro` can ne
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from prefect import Task
 
 import flows.training
 from pipeline.tasks import TASKS
+from tuneops import stages
 from tuneops.cli import main
 from tuneops.dvcfile import REPO, closure, module_file, render
 from tuneops.stages import STAGES
@@ -111,3 +113,17 @@ def test_every_stage_param_is_a_key_of_params_yaml() -> None:
         name: [p for p in stage["params"] if not present(p)] for name, stage in dvc_stages().items()
     }
     assert {k: v for k, v in missing.items() if v} == {}
+
+
+def test_the_gate_params_hash_follows_the_behavioural_checks_file(tmp_path: Path) -> None:
+    # The retrain flow re-gates when the gate params hash moves (flows.retrain.decide); a
+    # checks file (gate.behaviour_checks) is part of what the gate judges by.
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    without = stages.gate_params_hash(stages.load_context(tmp_path))
+    checks = tmp_path / "data" / "checks" / "movie_sentiment.yaml"
+    checks.parent.mkdir(parents=True)
+    shutil.copy(REPO / "data" / "checks" / "movie_sentiment.yaml", checks)
+    shipped = stages.gate_params_hash(stages.load_context(tmp_path))
+    checks.write_text(checks.read_text().replace("floor: 0.90", "floor: 0.95", 1))
+    edited = stages.gate_params_hash(stages.load_context(tmp_path))
+    assert len({without, shipped, edited}) == 3

@@ -21,7 +21,7 @@ from typing import Any
 from filelock import FileLock
 
 from pipeline import label_audit
-from pipeline.behaviour import Suite
+from pipeline.behaviour import Suite, checks_path
 from pipeline.behaviour import load_for as load_behaviour
 from pipeline.evaluate import EvaluationResult, evaluate
 from pipeline.export import ExportResult, export
@@ -570,7 +570,14 @@ def _dotted(tree: dict[str, Any], key: str) -> Any:
 
 
 def gate_params_hash(ctx: Context) -> str:
-    return params_hash(ctx, STAGES["register"].params)
+    """The register stage's params and, when gate.behaviour_checks finds one, the checks
+    file's bytes: what the gate judges by (an edited floor re-gates in the retrain flow)."""
+    keys = params_hash(ctx, STAGES["register"].params)
+    gate, data = ctx.params.gate, ctx.params.data
+    checks = checks_path(gate.behaviour_checks, data.name, ctx.paths.root)
+    if checks is None:
+        return keys
+    return hashlib.sha256(keys.encode() + b"\0" + checks.read_bytes()).hexdigest()[:16]
 
 
 def code_version() -> str:
