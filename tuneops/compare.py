@@ -1,7 +1,8 @@
 """`tuneops compare`: two registered versions side by side, from the registry alone.
 
 Metrics and params come from each version's MLflow run (test metrics, the baselines'
-macro-F1 and each bundled model file's calibration, export.<model>_test_ece etc.),
+macro-F1, each bundled model file's calibration, export.<model>_test_ece etc., and the
+behavioural checks' pass rates, behaviour.<check>_pass_rate),
 per-class figures from the run's reports/classification_report.json artifact, data
 versions from the lineage tags.
 """
@@ -85,7 +86,9 @@ def compare(tracking_uri: str, model_name: str, a: str = "champion", b: str = "c
             k
             for r in runs
             for k in r.data.metrics
-            if k.startswith(("test_", "tfidf.test_macro_f1", "before_finetuning.test_macro_f1"))
+            if k.startswith(
+                ("test_", "tfidf.test_macro_f1", "before_finetuning.test_macro_f1", "behaviour.")
+            )
             or CALIBRATION.fullmatch(k)
         }
     )

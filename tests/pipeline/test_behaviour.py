@@ -362,6 +362,15 @@ def test_register_gates_the_shipped_bundle_beside_the_champion_and_logs_the_pass
     assert logged["champion.behaviour.disagrees_pass_rate"] == 0.0
     _, md_path = write_reports(verdict, reports)
     assert "| **FAIL** | behaviour:disagrees | 0.0 | 0.5 |" in md_path.read_text()
+    # `tuneops compare` shows each version's pass rates (v1's file had no `disagrees`).
+    from tuneops.compare import compare
+
+    rows = {
+        line.split()[0]: line.split()[1:]
+        for line in compare(uri, "behaved", "1", "2").splitlines()[1:]
+    }
+    assert rows["behaviour.agrees_pass_rate"] == ["1", "1"]
+    assert rows["behaviour.disagrees_pass_rate"] == ["-", "0.0000", "*"]
 
 
 def test_the_bundles_model_card_and_bundle_json_hold_the_default_models_pass_rates(
