@@ -151,10 +151,22 @@ def test_frozen_parameters_keep_their_base_values(
     assert summary["trainable_params"] < summary["total_params"]
 
 
+def assert_merged_equals_base_plus_adapter(candidate: Path, base_dir: Path) -> None:
+    """The merged candidate's logits are the base model's with the saved peft adapter."""
+    from peft import PeftModel
+
+    tokenizer = load_tokenizer(candidate)
+    plain = predict_logits(load_classifier(candidate), tokenizer, TEXTS, 32, 4)
+    with_adapter = PeftModel.from_pretrained(
+        load_classifier(base_dir, LABELS), str(candidate / "adapter")
+    )
+    peft_logits = predict_logits(with_adapter, tokenizer, TEXTS, 32, 4)  # type: ignore[arg-type]
+    np.testing.assert_allclose(plain, peft_logits, atol=1e-5)
+
+
 def test_lora_candidate_is_a_plain_model_equal_to_base_plus_adapter(
     trained: Trained, tmp_path: Path, tiny_model_dir: Path
 ) -> None:
-    from peft import PeftModel
 
     cfg = _tiny_train_config(trained, strategy="lora", lora={"r": 4})
     result = _train(trained, tmp_path, cfg)
@@ -162,12 +174,7 @@ def test_lora_candidate_is_a_plain_model_equal_to_base_plus_adapter(
     assert result.adapter_dir == candidate / "adapter"
     assert (candidate / "adapter" / "adapter_config.json").exists()
     assert not any("lora" in key for key in load_file(str(candidate / "model.safetensors")))
-    tokenizer = load_tokenizer(candidate)
-    plain = predict_logits(load_classifier(candidate), tokenizer, TEXTS, 32, 4)
-    base = load_classifier(tiny_model_dir, LABELS)
-    with_adapter = PeftModel.from_pretrained(base, str(candidate / "adapter"))
-    peft_logits = predict_logits(with_adapter, tokenizer, TEXTS, 32, 4)  # type: ignore[arg-type]
-    np.testing.assert_allclose(plain, peft_logits, atol=1e-5)
+    assert_merged_equals_base_plus_adapter(candidate, tiny_model_dir)
     assert result.trainable_params == LAYERS * 2 * 4 * 2 * HIDDEN + HEAD
 
 
@@ -354,7 +361,6 @@ def test_prompt_tuned_candidate_applies_the_prompt_as_the_peft_model_does(
 def test_adalora_candidate_is_merged_and_its_ranks_were_budgeted(
     trained: Trained, tmp_path: Path, tiny_model_dir: Path
 ) -> None:
-    from peft import PeftModel
 
     cfg = _tiny_train_config(trained, strategy="adalora", adalora={"init_r": 4, "target_r": 2})
     result = _train(trained, tmp_path, cfg)
@@ -365,31 +371,18 @@ def test_adalora_candidate_is_merged_and_its_ranks_were_budgeted(
     adapter = json.loads((candidate / "adapter" / "adapter_config.json").read_text())
     kept = [sum(mask) for mask in adapter["rank_pattern"].values()]
     assert len(kept) == LAYERS * 2 and sum(kept) == LAYERS * 2 * 2  # target_r on average
-    tokenizer = load_tokenizer(candidate)
-    plain = predict_logits(load_classifier(candidate), tokenizer, TEXTS, 32, 4)
-    with_adapter = PeftModel.from_pretrained(
-        load_classifier(tiny_model_dir, LABELS), str(candidate / "adapter")
-    )
-    peft_logits = predict_logits(with_adapter, tokenizer, TEXTS, 32, 4)  # type: ignore[arg-type]
-    np.testing.assert_allclose(plain, peft_logits, atol=1e-5)
+    assert_merged_equals_base_plus_adapter(candidate, tiny_model_dir)
 
 
 def test_ia3_candidate_is_a_plain_model_equal_to_base_plus_adapter(
     trained: Trained, tmp_path: Path, tiny_model_dir: Path
 ) -> None:
-    from peft import PeftModel
 
     result = _train(trained, tmp_path, _tiny_train_config(trained, strategy="ia3"))
     candidate = tmp_path / "candidate"
     assert result.trainable_params == IA3_VECTORS + HEAD and result.peak_memory_mb > 0
     assert not any("ia3" in key for key in load_file(str(candidate / "model.safetensors")))
-    tokenizer = load_tokenizer(candidate)
-    plain = predict_logits(load_classifier(candidate), tokenizer, TEXTS, 32, 4)
-    with_adapter = PeftModel.from_pretrained(
-        load_classifier(tiny_model_dir, LABELS), str(candidate / "adapter")
-    )
-    peft_logits = predict_logits(with_adapter, tokenizer, TEXTS, 32, 4)  # type: ignore[arg-type]
-    np.testing.assert_allclose(plain, peft_logits, atol=1e-5)
+    assert_merged_equals_base_plus_adapter(candidate, tiny_model_dir)
 
 
 def test_prompt_tuned_bundle_holds_the_prompt_in_its_graph_with_the_usual_inputs(
