@@ -196,7 +196,9 @@ def export_task(ctx: stages.Context) -> tuple[str, float, float, str]:
     )
     shipped = result.calibration.get("int8" if result.int8_kept else "fp32")
     calibrated = (
-        f"; calibration T {shipped['temperature']:.3f}, test ECE {shipped['test_ece']:.4f} -> "
+        f"; calibration T {shipped['temperature']:.3f}"
+        f"{'' if shipped['temperature_kept'] else ' (unscaled: no lower validation ECE)'}"
+        f", test ECE {shipped['test_ece']:.4f} -> "
         f"{shipped['test_ece_calibrated']:.4f} (reports/reliability_diagram.png)"
         if shipped
         else ""

@@ -11,6 +11,10 @@ of answers that are right, and a temperature that brings it closer (issue 19).
 - Temperature scaling (Guo et al., 2017): probabilities softmax(logits / T) with the one
   T > 0 that minimises the negative log-likelihood on the validation split, never on test.
   It divides every logit by the same number, so no prediction changes, only its score.
+  The fitted T is kept only where it lowers the validation split's ECE; otherwise the
+  model is served unscaled (T = 1) and bundle.json says why. Minimising NLL always lowers
+  validation NLL (T = 1 is among the candidates), but a T fitted near 1 on a model that is
+  already calibrated moves ECE by noise alone, and made test ECE worse on two bundled sets.
 """
 
 from __future__ import annotations
@@ -93,15 +97,23 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 def calibration_figures(
     validation: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]
 ) -> dict[str, Any]:
-    """The temperature fitted on `validation` (logits, label ids) and the test split's ECE
-    and Brier score before and after it, with the reliability diagram's bins before
+    """The temperature fitted on `validation` (logits, label ids), the one served (the
+    fitted one where it lowers validation ECE, else 1), and the test split's ECE and Brier
+    score before and after the served one, with the reliability diagram's bins before
     (`uncalibrated`) and after (`calibrated`) it, for bundle.json."""
-    temperature = fit_temperature(*validation)
+    fitted = fit_temperature(*validation)
+    validation_ece = expected_calibration_error(softmax(validation[0], axis=1), validation[1])
+    fitted_ece = expected_calibration_error(softmax(validation[0] / fitted, axis=1), validation[1])
+    temperature = fitted if fitted_ece < validation_ece else 1.0
     logits, labels = test
     before, after = softmax(logits, axis=1), softmax(logits / temperature, axis=1)
     return {
-        "temperature": round(temperature, 6),
+        "temperature": round(temperature, 6),  # the one served
+        "fitted_temperature": round(fitted, 6),
+        "temperature_kept": temperature == fitted,
         "validation_rows": len(validation[1]),
+        "validation_ece": validation_ece,
+        "validation_ece_fitted": fitted_ece,
         "test_ece": expected_calibration_error(before, labels),
         "test_ece_calibrated": expected_calibration_error(after, labels),
         "test_brier": brier_score(before, labels),

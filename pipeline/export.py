@@ -442,6 +442,17 @@ def _export_onnx(
     onnx.checker.check_model(str(path))
 
 
+def _temperature_source(c: dict[str, Any]) -> str:
+    """Where a model file's served temperature comes from, for its card line."""
+    fitted = f"fitted on {c['validation_rows']} validation rows"
+    if c.get("temperature_kept", True):  # bundles from before the rule kept every fit
+        return fitted
+    return (
+        f"unscaled: T {c['fitted_temperature']:.3f} {fitted} did not lower their ECE, "
+        f"{c['validation_ece']:.4f} -> {c['validation_ece_fitted']:.4f}"
+    )
+
+
 def _model_card(meta: dict[str, Any], description: str) -> str:
     models = meta["models"]
     rows = [
@@ -453,8 +464,8 @@ def _model_card(meta: dict[str, Any], description: str) -> str:
         for name, m in models.items()
     ]
     calibrated = [
-        f"- {name}: temperature {c['temperature']:.3f} (fitted on {c['validation_rows']} "
-        f"validation rows); test ECE {c['test_ece']:.4f} -> {c['test_ece_calibrated']:.4f}, "
+        f"- {name}: temperature {c['temperature']:.3f} ({_temperature_source(c)}); test ECE "
+        f"{c['test_ece']:.4f} -> {c['test_ece_calibrated']:.4f}, "
         f"Brier {c['test_brier']:.4f} -> {c['test_brier_calibrated']:.4f}\n"
         for name, m in models.items()
         if (c := m.get("calibration"))

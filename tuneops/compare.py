@@ -28,8 +28,8 @@ TAGS_SHOWN = (
 )
 # The export stage's calibration metrics (tuneops.stages.CALIBRATION_METRICS), per model file.
 CALIBRATION = re.compile(
-    r"export\.\w+?_(calibration_temperature|test_ece|test_ece_calibrated|test_brier"
-    r"|test_brier_calibrated)"
+    r"export\.\w+?_(calibration_temperature|calibration_fitted_temperature|validation_ece"
+    r"|validation_ece_fitted|test_ece|test_ece_calibrated|test_brier|test_brier_calibrated)"
 )
 
 

@@ -321,7 +321,10 @@ def step_export(ctx: Context) -> ExportResult:
 
 # bundle.json's calibration figures logged per model file, as export.<model>_<name>.
 CALIBRATION_METRICS = {
-    "temperature": "calibration_temperature",
+    "temperature": "calibration_temperature",  # the served one
+    "fitted_temperature": "calibration_fitted_temperature",
+    "validation_ece": "validation_ece",
+    "validation_ece_fitted": "validation_ece_fitted",
     "test_ece": "test_ece",
     "test_ece_calibrated": "test_ece_calibrated",
     "test_brier": "test_brier",
@@ -487,11 +490,13 @@ STAGES: dict[str, Stage] = {
             "pipeline.export",
             # data/checks: the behavioural checks, whose pass rates the model card shows
             deps=("data/prepared/test.parquet", "models/candidate", "data/checks"),
-            # the gate's per-class floor decides, with export.int8_*, whether int8 ships
+            # the gate's per-class floor decides, with export.int8_*, whether int8 ships;
+            # gate.behaviour_checks picks the checks file the card's pass rates come from
             params=(
                 "export",
                 "train.max_length",
                 "validate.max_text_chars",
+                "gate.behaviour_checks",
                 "gate.per_class",
                 "gate.per_class_metric",
                 "gate.per_class_floor",
@@ -551,9 +556,15 @@ BUILD_STAGES = ("validate", "prepare", "train", "evaluate", "export")
 GATE_KEY = "params.gate_hash"  # tagged on each version by register (and by a re-gate)
 
 
+# Export params that only change what the model card reports, not the model files: the
+# gate judges them (register's params, in the gate hash), so a change re-gates, not rebuilds.
+CARD_ONLY_PARAMS = ("gate.behaviour_checks",)
+
+
 def build_params() -> tuple[str, ...]:
     """The params.yaml keys the model file is built from (dotted, as dvc.yaml lists them)."""
-    return tuple(sorted({"task", *(p for s in BUILD_STAGES for p in STAGES[s].params)}))
+    listed = {"task", *(p for s in BUILD_STAGES for p in STAGES[s].params)}
+    return tuple(sorted(listed - set(CARD_ONLY_PARAMS)))
 
 
 def params_hash(ctx: Context, keys: Sequence[str]) -> str:

@@ -15,6 +15,7 @@ from scipy.special import softmax
 
 from pipeline.calibration import (
     brier_score,
+    calibration_figures,
     expected_calibration_error,
     fit_temperature,
     nll,
@@ -71,6 +72,38 @@ def test_the_fitted_temperature_is_the_one_the_labels_were_drawn_with() -> None:
     assert fit_temperature(logits * 2, labels) == pytest.approx(
         2 * fit_temperature(logits, labels), rel=1e-3
     )
+
+
+def _drawn(seed: int, temperature: float, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels drawn from softmax(logits / temperature): calibrated at that T."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 3, size=(rows, 3))
+    return logits, np.array([rng.choice(3, p=p) for p in softmax(logits / temperature, axis=1)])
+
+
+def test_a_fitted_temperature_that_does_not_lower_validation_ece_is_not_served() -> None:
+    # Labels drawn at T = 1: the model is calibrated, the NLL fit lands near 1 by noise, and
+    # for this draw that fit makes validation ECE worse. The model is then served unscaled.
+    validation, test = _drawn(2, 1.0, 2000), _drawn(12, 1.0, 2000)
+    fitted = fit_temperature(*validation)
+    assert fitted != 1.0
+    ece = [
+        expected_calibration_error(softmax(validation[0] / t, axis=1), validation[1])
+        for t in (1.0, fitted)
+    ]
+    assert ece[1] > ece[0]  # the premise of this case
+    figures = calibration_figures(validation, test)
+    assert figures["temperature"] == 1.0
+    assert figures["temperature_kept"] is False
+    assert figures["fitted_temperature"] == pytest.approx(fitted, abs=1e-6)
+    assert (figures["validation_ece"], figures["validation_ece_fitted"]) == tuple(ece)
+    assert figures["test_ece_calibrated"] == figures["test_ece"]  # nothing was scaled
+    # An over-confident model (labels drawn at T = 2.5) keeps its fit, which lowers ECE.
+    over = calibration_figures(_drawn(0, 2.5, 2000), _drawn(1, 2.5, 2000))
+    assert over["temperature_kept"] is True
+    assert over["temperature"] == over["fitted_temperature"] == pytest.approx(2.5, abs=0.2)
+    assert over["validation_ece_fitted"] < over["validation_ece"]
+    assert over["test_ece_calibrated"] < over["test_ece"]
 
 
 def test_each_model_file_records_its_validation_fitted_temperature_and_serves_with_it(
