@@ -72,6 +72,7 @@ def compare_with_champion(
         cfg.bootstrap_resamples,
         cfg.bootstrap_confidence,
         cfg.bootstrap_seed,
+        split.strata,
     )
     metrics, _ = split.report(champion_pred)
     return ChampionComparison(

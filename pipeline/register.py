@@ -363,6 +363,7 @@ def compare_with_baselines(
             cfg.bootstrap_resamples,
             cfg.bootstrap_confidence,
             cfg.bootstrap_seed,
+            split.strata,
         )
         found[name] = BaselineComparison(
             name,

@@ -109,6 +109,11 @@ class TestSplit(Protocol):
 
     def row_counts(self, predicted: Any) -> np.ndarray: ...
 
+    @property
+    def strata(self) -> np.ndarray | None:
+        """One value per row that the paired bootstrap resamples within (the gold class of
+        a single-label row), or None: resample all rows alike (pipeline.bootstrap)."""
+
     def recorded(self, column: list[Any]) -> Any:
         """A predictions column the evaluate hook wrote (one entry per test row: a label,
         a tag list), in rescore's form: what `report` and `row_counts` take."""

@@ -419,6 +419,11 @@ class TextTestSplit:
     def row_counts(self, predicted: Any) -> np.ndarray:
         return row_counts(self.label_ids, predicted, len(self.labels))
 
+    @property
+    def strata(self) -> np.ndarray:
+        """Each row's gold label: resamples keep every class's test count."""
+        return np.asarray(self.label_ids)
+
     def recorded(self, column: list[Any]) -> np.ndarray:
         """Predicted label names (reports/test_predictions.parquet) as our label ids."""
         return np.array([self.labels.index(str(label)) for label in column], dtype=np.int64)

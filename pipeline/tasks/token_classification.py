@@ -335,6 +335,11 @@ class TokenTestSplit:
     def row_counts(self, predicted: Any) -> np.ndarray:
         return row_counts(self.tags, predicted)
 
+    @property
+    def strata(self) -> None:
+        """None: a sentence holds entities of several types, so it has no one class."""
+        return None
+
     def recorded(self, column: list[Any]) -> list[list[str]]:
         """Tag lists (reports/test_predictions.parquet) as rescore's lists of lists."""
         return [[str(tag) for tag in tags] for tags in column]
