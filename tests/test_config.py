@@ -15,6 +15,16 @@ def test_repository_params_file_loads_with_its_documented_defaults() -> None:
     assert params.experiment_name == "text-classification/movie_sentiment"
 
 
+def test_the_registered_model_is_named_after_the_users_dataset() -> None:
+    # Only data.* keys set, as "Bring your own data" says: the versions are registered
+    # under the dataset's own name, not the bundled movie data's.
+    assert load_params(REPO / "params.yaml").registry.model_name == "tuneops-movie-sentiment"
+    own = load_params(REPO / "params.yaml", {"data.name": "bbc_news"})
+    assert own.registry.model_name == "tuneops-bbc-news"
+    named = load_params(REPO / "params.yaml", {"data.name": "x", "registry.model_name": "mine"})
+    assert named.registry.model_name == "mine"
+
+
 def test_unknown_key_is_an_error_naming_the_key(tmp_path: Path) -> None:
     path = tmp_path / "params.yaml"
     path.write_text("train:\n  learning_rat: 0.1\n")

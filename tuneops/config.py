@@ -339,7 +339,9 @@ class ExportConfig(_Section):
 
 
 class RegistryConfig(_Section):
-    model_name: str = "tuneops-movie-sentiment"
+    # auto: "tuneops-" + data.name with "_" as "-" (Params resolves it), so a user's own
+    # dataset is registered under its own name, not the bundled movie data's.
+    model_name: str = Field("auto", pattern=r"^[A-Za-z0-9_.-]+$")
 
 
 class GateConfig(_Section):
@@ -492,6 +494,16 @@ class Params(_Section):
     tune: TuneConfig = TuneConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _model_name_from_data(self) -> Params:
+        if self.registry.model_name == "auto":
+            named = "tuneops-" + self.data.name.replace("_", "-")
+            # frozen: the resolved name is set once, here, as the validated value
+            object.__setattr__(
+                self, "registry", self.registry.model_copy(update={"model_name": named})
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_fractions(self) -> Params:

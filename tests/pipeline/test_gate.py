@@ -166,7 +166,7 @@ def _equally_good(rows: int) -> ChampionComparison:
     champion[tenth : 2 * tenth] = 1 - champion[tenth : 2 * tenth]
     split = TextTestSplit([f"row {i}" for i in range(rows)], gold, LABELS)
     observed, low, high = paired_bootstrap(
-        split.row_counts(challenger), split.row_counts(champion), 1000, 0.95, 0
+        split.row_counts(challenger), split.row_counts(champion), 1000, 0.95, 0, split.strata
     )
     return ChampionComparison("3", {}, observed, low, high, 0.95, 1000, rows=rows)
 

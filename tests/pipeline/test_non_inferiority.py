@@ -68,6 +68,7 @@ def compared(gold: np.ndarray, challenger: np.ndarray, champion: np.ndarray, ver
         CFG.bootstrap_resamples,
         CFG.bootstrap_confidence,
         CFG.bootstrap_seed,
+        strata=gold,  # text classification draws within gold classes
     )
     champion_f1 = f1_score(gold, champion, average="macro")
     return ChampionComparison(

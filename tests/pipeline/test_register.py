@@ -120,7 +120,7 @@ def test_a_model_that_removes_a_sixth_of_a_097_baselines_errors_beats_it(tmp_pat
     assert isinstance(found, BaselineComparison)
     assert (found.model_score, found.baseline_score) == (0.975, 0.97)
     observed, low, high = paired_bootstrap(
-        split.row_counts(model), split.row_counts(baseline), 1000, 0.95, 0
+        split.row_counts(model), split.row_counts(baseline), 1000, 0.95, 0, split.strata
     )
     assert (found.observed_diff, found.ci_low, found.ci_high) == (observed, low, high)
     assert observed == pytest.approx(0.005, abs=1e-12)
