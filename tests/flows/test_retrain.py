@@ -35,6 +35,7 @@ from tests.pipeline.test_ingest import batch
 pytestmark = pytest.mark.integration
 
 MODEL = "tuneops-movie-sentiment"
+REVIEWS_MODEL = "tuneops-reviews"  # registry.model_name auto, data.name reviews
 DEPLOYMENT = "tuneops-retrain/weekly-retrain"
 
 
@@ -233,7 +234,7 @@ def test_retraining_keys_on_the_prepared_data_build_params_and_code(
     first = retrain(root)
     assert first.is_completed(), first.message
     assert first.message.endswith("; no model is registered yet: training")
-    v1 = client.get_model_version(MODEL, "1")
+    v1 = client.get_model_version(REVIEWS_MODEL, "1")
     fingerprint = v1.tags["data.fingerprint"]
     built = (
         f"v1 was built from this data (prepared fingerprint {fingerprint[:12]}), these build "
@@ -267,19 +268,21 @@ def test_retraining_keys_on_the_prepared_data_build_params_and_code(
     old_gate = v1.tags["params.gate_hash"]
     strict = {"gate.floors": {"test_macro_f1": 0.99}}
     regated = retrain(root, **strict)
-    new_gate = client.get_model_version(MODEL, "1").tags["params.gate_hash"]
+    new_gate = client.get_model_version(REVIEWS_MODEL, "1").tags["params.gate_hash"]
     assert regated.is_failed()
     assert regated.message.startswith(
         f"{built}; only the gate params changed (params.gate_hash {old_gate[:12]} -> "
         f"{new_gate[:12]}): re-gating v1 without training; gate rejected challenger v1 vs "
         f"champion v1: floor:test_macro_f1: "
     ), regated.message
-    assert client.get_model_version(MODEL, "1").tags["gate.verdict"] == "failed"
+    assert client.get_model_version(REVIEWS_MODEL, "1").tags["gate.verdict"] == "failed"
     assert retrain(root, **strict).message == skip.replace("gate passed", "gate failed")
     passed = retrain(root)  # the gate params v1 was first judged with: judged again, passes
     assert passed.is_completed(), passed.message
     assert "re-gating v1 without training; gate passed: challenger v1" in passed.message
-    assert [str(v.version) for v in client.search_model_versions(f"name='{MODEL}'")] == ["1"]
+    assert [str(v.version) for v in client.search_model_versions(f"name='{REVIEWS_MODEL}'")] == [
+        "1"
+    ]
 
     # A code change (here a comment in the copy of pipeline/train.py the run imports).
     with (root / "pipeline" / "train.py").open("a", encoding="utf-8") as code:
@@ -296,7 +299,7 @@ def test_retraining_keys_on_the_prepared_data_build_params_and_code(
         timeout=900,
     )
     assert changed.returncode == 0, changed.stderr[-3000:]
-    v2 = client.get_model_version(MODEL, "2")
+    v2 = client.get_model_version(REVIEWS_MODEL, "2")
     assert v2.tags["code.version"] != v1.tags["code.version"]
     (verdict,) = [line for line in changed.stdout.splitlines() if line.startswith("retrain: ")]
     assert verdict.startswith("retrain: gate passed: challenger v2 vs champion v1")
