@@ -29,6 +29,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -150,7 +151,7 @@ def _edit(
         return TokenCase(words, edited=[*words, "."], edit=(n, n, 1))
     if check.perturbation == "typos":
         inside = {i for _, start, end in gold for i in range(start, end)}
-        spots = [i for i, w in enumerate(words) if i not in inside and typo(w, rng) != w]
+        spots = [i for i, w in enumerate(words) if i not in inside and _typable(w)]
         if not spots:
             return None
         i = spots[int(rng.integers(len(spots)))]
@@ -170,6 +171,11 @@ def _edit(
     value = others[int(rng.integers(len(others)))].split()
     edited = [*words[:start], *value, *words[end:]]
     return TokenCase(words, edited=edited, edit=(start, end, len(value)), keep=True)
+
+
+def _typable(word: str) -> bool:
+    """The word has two adjacent, different letters for `typo` to swap."""
+    return any(a.isalpha() and b.isalpha() and a != b for a, b in pairwise(word))
 
 
 def evaluate(suite: Suite, tag: Tagger, split: Any) -> list[CheckResult]:

@@ -682,3 +682,124 @@ def test_the_stages_that_run_checks_and_only_those_depend_on_each_tasks_checker(
     for name in ("prepare", "train", "evaluate"):
         assert "pipeline/tasks/token_behaviour.py" not in code_deps(STAGES[name])
         assert "pipeline/behaviour.py" not in code_deps(STAGES[name])
+
+
+@pytest.fixture(scope="module")
+def token_bundle(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The tiny BERT with an (untrained) token-classification head over the gazetteer's
+    tags, a prepared test split of token_split's sentences, and its exported bundle."""
+    import pandas as pd
+    from transformers import AutoModelForTokenClassification
+
+    from pipeline import tasks
+    from pipeline.export import export
+    from pipeline.prepare import split_record
+    from pipeline.training.modeling import load_classifier, load_tokenizer
+    from tuneops.config import DataConfig, ExportConfig, PrepareConfig
+
+    root = tmp_path_factory.mktemp("token-bundle")
+    split = token_split()
+    labels = ["O", *[t for t in split.labels if t != "O"]]
+    candidate, prepared = root / "candidate", root / "prepared"
+    model = load_classifier(
+        tiny_model_dir, tuple(labels), auto_class=AutoModelForTokenClassification
+    )
+    model.save_pretrained(candidate)
+    load_tokenizer(tiny_model_dir).save_pretrained(candidate)
+    (candidate / "labels.json").write_text(json.dumps(labels))
+    prepared.mkdir()
+    record = split_record(DataConfig(), PrepareConfig(), official_test=True)
+    (prepared / "manifest.json").write_text(json.dumps({"labels": labels, "split": record}))
+    pd.DataFrame(
+        {
+            "text": [" ".join(s) for s in split.sentences],
+            "tokens": split.sentences,
+            "tags": split.tags,
+            "tag_ids": [[labels.index(t) for t in row] for row in split.tags],
+        }
+    ).to_parquet(prepared / "test.parquet")
+    task = tasks.get(TOKEN)
+    out = root / "export"
+    export(task, ExportConfig(parity_examples=12), 32, candidate, prepared, out)
+    return task, prepared, out, candidate
+
+
+def _own_entities_suite(tmp_path: Path, bundle: Any, with_disagreeing: bool) -> Suite:
+    """`agrees` lists the entities the bundle finds itself (it passes whatever the head
+    does), `disagrees` one entity more in each sentence (it fails)."""
+    from pipeline import tasks
+    from tuneops.runtime import iob2_entities
+
+    sentences = [s.split() for s in ("flights from boston to denver", "a flight on monday")]
+    own = [
+        [{"type": k, "text": " ".join(words[a:b])} for k, a, b in iob2_entities(tags)]
+        for words, tags in zip(sentences, bundle.predict_words(sentences), strict=True)
+    ]
+    checks: list[dict[str, Any]] = [
+        {"name": name, "type": "mft", "floor": 1.0 if name == "agrees" else 0.5, "examples": []}
+        for name in ("agrees", "disagrees")
+    ]
+    for words, found in zip(sentences, own, strict=True):
+        checks[0]["examples"].append({"text": " ".join(words), "entities": found})
+        extra = {"type": "not_a_type", "text": words[0]}
+        checks[1]["examples"].append({"text": " ".join(words), "entities": [*found, extra]})
+    path = tmp_path / f"token-checks-{with_disagreeing}.yaml"
+    path.write_text(json.dumps({"checks": checks if with_disagreeing else checks[:1]}))
+    suite = behaviour.load_for(str(path), "atis_slots", tmp_path, tasks.get(TOKEN))
+    assert suite is not None
+    return suite
+
+
+def test_register_rejects_a_token_bundle_below_a_token_checks_floor(
+    token_bundle: Any, tmp_path: Path
+) -> None:
+    from pipeline.register import RegisterInputs, gate_and_register
+    from tuneops.runtime import OnnxTokenClassifier
+    from tuneops.tracking import MlflowTracker
+
+    task, prepared, export_dir, _ = token_bundle
+    bundle = OnnxTokenClassifier(export_dir)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    cfg = GateConfig(floors={}, beat_baselines=False, per_class=False, bootstrap_resamples=200)
+
+    def register(with_disagreeing: bool) -> Any:
+        suite = _own_entities_suite(tmp_path, bundle, with_disagreeing)
+        tracker = MlflowTracker.start(uri, "tests", (tmp_path / "art").as_uri(), "run", {})
+        inputs = RegisterInputs(task, cfg, uri, "tagged", prepared, reports, suite)
+        return gate_and_register(inputs, tracker, export_dir, {})
+
+    first, registered = register(with_disagreeing=False)
+    assert first.passed, first.summary()
+    assert registered.aliases == ["best", "challenger", "champion"]
+    verdict, registered = register(with_disagreeing=True)
+    assert verdict.failed_checks == ["behaviour:disagrees"]
+    assert registered.aliases == ["challenger"]  # v1 stays the champion
+    (found,) = [c for c in verdict.checks if c.name == "behaviour:disagrees"]
+    assert (found.value, found.threshold) == (0.0, 0.5)
+    assert "not_a_type 'flights'" in found.detail
+    assert "champion v1 0.0000" in found.detail  # the champion on the same cases
+
+
+def test_a_token_bundles_card_and_bundle_json_hold_its_entity_check_rates(
+    token_bundle: Any, tmp_path: Path
+) -> None:
+    from pipeline.export import export
+    from pipeline.tasks import token_behaviour
+    from tuneops.config import ExportConfig
+    from tuneops.runtime import OnnxTokenClassifier
+
+    task, prepared, export_dir, candidate = token_bundle
+    suite = _own_entities_suite(tmp_path, OnnxTokenClassifier(export_dir), True)
+    out = tmp_path / "bundle"
+    export(task, ExportConfig(parity_examples=12), 32, candidate, prepared, out, behaviour=suite)
+    meta = json.loads((out / "bundle.json").read_text())
+    assert [(c["name"], c["cases"], c["passed"]) for c in meta["behaviour"]["checks"]] == [
+        ("agrees", 2, 2),
+        ("disagrees", 2, 0),
+    ]
+    assert "| disagrees | mft | 2 | 0.0000 | 0.5 |" in (out / "README.md").read_text()
+    shipped = OnnxTokenClassifier(out)
+    tagged = token_behaviour.evaluate(suite, shipped.predict_words, task.test_split(prepared, []))
+    assert [r.passed for r in tagged] == [2, 0]
