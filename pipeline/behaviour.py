@@ -136,7 +136,7 @@ class CheckSpec(_Spec):
             if self.perturbation not in INVARIANT:
                 raise ValueError(f"an inv check needs `perturbation`, one of {list(INVARIANT)}")
             if not self.texts and not self.examples and self.sample is None:
-                raise ValueError("an inv check needs `texts` or `sample` (test rows)")
+                raise ValueError("an inv check needs `texts`, `examples` or `sample` (test rows)")
         if self.type == "dir":
             if self.expect is None:
                 raise ValueError("a dir check needs `expect` (flip, up:<label> or down:<label>)")
