@@ -17,6 +17,11 @@ A perturbation that leaves a text as it was is not a case (a name swap of a text
 name). The predictions are the runtime's (`bundle_predict`: tuneops.runtime, the file the
 gate judges), so the candidate and the champion are scored the same way.
 
+Which check types, perturbations and example keys apply is the task's: its
+`behaviour_module` names a module whose CHECKER (a `Checker`) validates a suite and runs it
+on a bundle. This module's LABEL_CHECKS are the checks above, for tasks with one label per
+text; pipeline/tasks/token_behaviour.py has the entity checks of token classification.
+
 The perturbations are written here by hand, a few seeded lines each: the `checklist`
 package (0.0.11, 2021) needs spaCy and a spaCy English model, which is not on PyPI (it is
 downloaded at run time, which these machines cannot), and pins old dependencies; nlpaug's
@@ -31,8 +36,9 @@ import re
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import import_module
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import yaml
@@ -50,7 +56,7 @@ from tuneops.errors import ConfigError
 # Probabilities [len(texts), len(labels)], each row in `labels`' order.
 Predict = Callable[[list[str]], np.ndarray]
 
-INVARIANT = ("typos", "names", "punctuation")
+INVARIANT = ("typos", "names", "punctuation", "swap_entity")
 DIRECTED = ("negate",)
 FAILURES_SHOWN = 3  # failing cases kept per check for the reports
 KEY = "gate.behaviour_checks"
@@ -67,9 +73,20 @@ class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Example(_Spec):
+class EntitySpec(_Spec):
+    """An entity an mft example expects: its type and its words, as the text has them."""
+
+    type: str = Field(min_length=1)
     text: str = Field(min_length=1)
-    label: str
+
+
+class Example(_Spec):
+    """{text, label} for label checks, {text, entities} for entity checks (the task's
+    checker says which)."""
+
+    text: str = Field(min_length=1)
+    label: str | None = None
+    entities: tuple[EntitySpec, ...] | None = None  # [] : a text with no entity
 
 
 class Pair(_Spec):
@@ -88,7 +105,8 @@ class CheckSpec(_Spec):
     texts: tuple[str, ...] = ()
     sample: int | None = Field(None, ge=1)
     pairs: tuple[Pair, ...] = ()
-    perturbation: Literal["typos", "names", "punctuation", "negate"] | None = None
+    perturbation: Literal["typos", "names", "punctuation", "negate", "swap_entity"] | None = None
+    types: tuple[str, ...] = ()  # swap_entity: the entity types it swaps (none: every type)
     expect: str | None = None
     seed: int = 0
 
@@ -103,21 +121,22 @@ class CheckSpec(_Spec):
     def _shape(self) -> CheckSpec:
         allowed = {
             "mft": {"examples"},
-            "inv": {"texts", "sample", "perturbation"},
+            # examples and types: entity checks' (the task's checker refuses what it cannot run)
+            "inv": {"texts", "sample", "perturbation", "examples", "types"},
             "dir": {"texts", "pairs", "perturbation", "expect"},
         }[self.type]
-        keys = ("examples", "texts", "sample", "pairs", "perturbation", "expect")
+        keys = ("examples", "texts", "sample", "pairs", "perturbation", "expect", "types")
         given = {k for k in keys if getattr(self, k) not in ((), None)}
         if given - allowed:
             article = "a" if self.type == "dir" else "an"
             raise ValueError(f"{article} {self.type} check takes no {sorted(given - allowed)}")
         if self.type == "mft" and not self.examples:
-            raise ValueError("an mft check needs `examples` ({text, label} each)")
+            raise ValueError("an mft check needs `examples` ({text, label} or {text, entities})")
         if self.type == "inv":
             if self.perturbation not in INVARIANT:
                 raise ValueError(f"an inv check needs `perturbation`, one of {list(INVARIANT)}")
-            if not self.texts and self.sample is None:
-                raise ValueError("an inv check needs `texts` or `sample` (test rows)")
+            if not self.texts and not self.examples and self.sample is None:
+                raise ValueError("an inv check needs `texts`, `examples` or `sample` (test rows)")
         if self.type == "dir":
             if self.expect is None:
                 raise ValueError("a dir check needs `expect` (flip, up:<label> or down:<label>)")
@@ -152,15 +171,43 @@ class SuiteSpec(_Spec):
 
 @dataclass(frozen=True)
 class Suite:
-    """A loaded checks file: where it is (messages name it) and its checks."""
+    """A loaded checks file: where it is (messages name it), its checks, and the task's
+    checker that runs them (LABEL_CHECKS when none is given)."""
 
     path: Path
     names: tuple[str, ...]
     checks: tuple[CheckSpec, ...]
+    checker: Checker | None = None
 
     def key(self, index: int, name: str = "") -> str:
         """How messages name a check's key: checks[2] (inv_typos)."""
         return f"checks[{index}]" + (f" ({name})" if name else "")
+
+    def refuse(self, index: int, key: str, message: str) -> ConfigError:
+        """The ConfigError for one check's key: <file>: checks[2] (inv_typos).key: message."""
+        where = self.key(index, self.checks[index].name) + (f".{key}" if key else "")
+        return ConfigError(f"{self.path}: {where}: {message} ({KEY}; docs/configuration.md)")
+
+
+class Checker(Protocol):
+    """What a task's behavioural checks are: the check types and perturbations that apply
+    to it, what an mft example names, what else it refuses, and how a suite runs."""
+
+    @property
+    def types(self) -> tuple[str, ...]: ...
+
+    @property
+    def perturbations(self) -> tuple[str, ...]: ...
+
+    @property
+    def example_key(self) -> str:
+        """What an mft example names: "label" or "entities"."""
+
+    def refuse(self, suite: Suite, task: str) -> None:
+        """ConfigError for a check of `suite` that the task cannot run, beyond the above."""
+
+    def run(self, suite: Suite, bundle: Any, split: Any) -> list[CheckResult]:
+        """Every check on one bundle, the sampled cases drawn from `split` (TestSplit)."""
 
 
 @dataclass(frozen=True)
@@ -215,20 +262,22 @@ def checks_path(setting: str | None, data_name: str, root: Path) -> Path | None:
 
 def load_for(setting: str | None, data_name: str, root: Path, task: Any) -> Suite | None:
     """The suite gate.behaviour_checks names for `task`, or None; ConfigError for a task
-    that has no behavioural checks (token classification)."""
+    that has no behavioural checks, or a check that does not apply to it."""
     path = checks_path(setting, data_name, root)
     if path is None:
         return None
-    if not task.behaviour_checked:
+    if task.behaviour_module is None:
         raise ConfigError(
-            f"{KEY}: {path}: behavioural checks are for text classification; {task.name} has "
-            f"none (remove the file or set {KEY} to null)"
+            f"{KEY}: {path}: behavioural checks are for tasks that have a checker; "
+            f"{task.name} has none (remove the file or set {KEY} to null)"
         )
-    return load_suite(path)
+    checker = import_module(task.behaviour_module).CHECKER
+    return load_suite(path, checker, task.name)
 
 
-def load_suite(path: Path) -> Suite:
-    """Read and validate a checks file; ConfigError naming the file and the key."""
+def load_suite(path: Path, checker: Checker | None = None, task: str = "this task") -> Suite:
+    """Read and validate a checks file for `checker` (LABEL_CHECKS by default; `task` is
+    the name messages give it); ConfigError naming the file and the key."""
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -238,7 +287,38 @@ def load_suite(path: Path) -> Suite:
     except ValidationError as exc:
         problems = "; ".join(f"{_where(raw, e['loc'])}: {_message(e)}" for e in exc.errors())
         raise ConfigError(f"{path}: {problems} ({KEY}; docs/configuration.md)") from exc
-    return Suite(path, spec.names, spec.checks)
+    suite = Suite(path, spec.names, spec.checks, checker)
+    applies(suite, checker or LABEL_CHECKS, task)
+    return suite
+
+
+def applies(suite: Suite, checker: Checker, task: str) -> None:
+    """ConfigError for the first check of `suite` that `checker` cannot run: its type,
+    its perturbation, its examples' key, then the checker's own refusals."""
+    for index, check in enumerate(suite.checks):
+        if check.type not in checker.types:
+            raise suite.refuse(
+                index,
+                "type",
+                f"{'an' if check.type[0] in 'aeiou' else 'a'} {check.type} check does not apply "
+                f"to {task} (its checks: {', '.join(checker.types)}); remove the check",
+            )
+        if check.perturbation is not None and check.perturbation not in checker.perturbations:
+            raise suite.refuse(
+                index,
+                "perturbation",
+                f"{check.perturbation} does not apply to {task} (its perturbations: "
+                f"{', '.join(checker.perturbations)})",
+            )
+        for i, example in enumerate(check.examples):
+            key = checker.example_key
+            given = {k for k in ("label", "entities") if getattr(example, k) is not None}
+            if given != {key}:
+                shape = "{type, text} each, [] for none" if key == "entities" else "a label"
+                raise suite.refuse(
+                    index, f"examples[{i}]", f"{task}'s mft examples name `{key}` ({shape})"
+                )
+    checker.refuse(suite, task)
 
 
 def _where(raw: Any, loc: tuple[Any, ...]) -> str:
@@ -264,7 +344,7 @@ def perturb(kind: str, text: str, seed: int, names: tuple[str, ...] = NAMES) -> 
     order); the text unchanged where the perturbation finds nothing to edit."""
     rng = np.random.default_rng([seed, zlib.crc32(text.encode("utf-8"))])
     if kind == "typos":
-        return _typo(text, rng)
+        return typo(text, rng)
     if kind == "names":
         return _swap_names(text, rng, names)
     if kind == "punctuation":
@@ -274,7 +354,7 @@ def perturb(kind: str, text: str, seed: int, names: tuple[str, ...] = NAMES) -> 
     raise ValueError(f"unknown perturbation {kind!r}")
 
 
-def _typo(text: str, rng: np.random.Generator) -> str:
+def typo(text: str, rng: np.random.Generator) -> str:
     """Two adjacent letters of one word swapped (CheckList's Perturb.add_typos, one typo)."""
     spots = [
         i
@@ -324,14 +404,19 @@ def cases(suite: Suite, check: CheckSpec, test_texts: list[str]) -> list[Case]:
         return [Case(e.text, label=e.label) for e in check.examples]
     if check.pairs:
         return [Case(p.text, edited=p.edited) for p in check.pairs]
-    texts = list(check.texts)
-    if check.sample is not None and test_texts:
-        rng = np.random.default_rng(check.seed)
-        picked = rng.choice(len(test_texts), size=min(check.sample, len(test_texts)), replace=False)
-        texts += [test_texts[int(i)] for i in sorted(picked)]
+    texts = list(check.texts) + [test_texts[i] for i in sampled(check, len(test_texts))]
     assert check.perturbation is not None  # _shape: inv and dir-with-texts have one
     edited = [(t, perturb(check.perturbation, t, check.seed, suite.names)) for t in texts]
     return [Case(t, edited=e) for t, e in edited if e != t]
+
+
+def sampled(check: CheckSpec, rows: int) -> list[int]:
+    """The test rows (indices, ascending) an inv check's `sample` draws with its seed."""
+    if check.sample is None or not rows:
+        return []
+    rng = np.random.default_rng(check.seed)
+    picked = rng.choice(rows, size=min(check.sample, rows), replace=False)
+    return [int(i) for i in sorted(picked)]
 
 
 def evaluate(
@@ -434,9 +519,32 @@ def bundle_predict(bundle: Any) -> Predict:
     return predict
 
 
-def run(suite: Suite, bundle: Any, test_texts: list[str]) -> list[CheckResult]:
-    """Every check on one bundle (its default model file)."""
-    return evaluate(suite, bundle_predict(bundle), list(bundle.labels), test_texts)
+@dataclass(frozen=True)
+class LabelChecks:
+    """The checks of a task with one label per text (text classification)."""
+
+    types: tuple[str, ...] = ("mft", "inv", "dir")
+    perturbations: tuple[str, ...] = ("typos", "names", "punctuation", "negate")
+    example_key: str = "label"
+
+    def refuse(self, suite: Suite, task: str) -> None:
+        for index, check in enumerate(suite.checks):
+            extra = [k for k in ("examples", "types") if check.type == "inv" and getattr(check, k)]
+            if extra:
+                raise suite.refuse(index, "", f"an inv check takes no {extra}")
+
+    def run(self, suite: Suite, bundle: Any, split: Any) -> list[CheckResult]:
+        return evaluate(suite, bundle_predict(bundle), list(bundle.labels), split.texts)
+
+
+LABEL_CHECKS = LabelChecks()
+CHECKER = LABEL_CHECKS  # a task's behaviour_module names the module whose CHECKER it runs
+
+
+def run(suite: Suite, bundle: Any, split: Any) -> list[CheckResult]:
+    """Every check on one bundle (its default model file), by the suite's checker; the
+    sampled cases are drawn from `split` (the current TestSplit)."""
+    return (suite.checker or LABEL_CHECKS).run(suite, bundle, split)
 
 
 def rates(results: list[CheckResult]) -> dict[str, float]:

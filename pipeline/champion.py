@@ -59,7 +59,7 @@ def compare_with_champion(
         )
     # On the challenger's cases (sampled from the whole of `split`), before any subset.
     rates = (
-        behaviour.rates(behaviour.run(inputs.behaviour, champion, split.texts))
+        behaviour.rates(behaviour.run(inputs.behaviour, champion, split))
         if inputs.behaviour is not None
         else {}
     )

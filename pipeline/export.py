@@ -182,9 +182,7 @@ def export(
         _write_meta(tmp, meta)
         if behaviour is not None:
             # on the file the gate judges on every CPU: the default_model just written
-            meta["behaviour"] = _behaviour(
-                behaviour, load_bundle(tmp, model="default"), split.texts
-            )
+            meta["behaviour"] = _behaviour(behaviour, load_bundle(tmp, model="default"), split)
             _write_meta(tmp, meta)
         diagram = _reliability_diagram(meta, tmp)
         result = ExportResult(
@@ -218,9 +216,10 @@ def export(
     return result
 
 
-def _behaviour(suite: behavioural.Suite, bundle: OnnxBundle, texts: list[str]) -> dict[str, Any]:
-    """bundle.json's behaviour entry: the default model's result per check."""
-    results = behavioural.run(suite, bundle, texts)
+def _behaviour(suite: behavioural.Suite, bundle: OnnxBundle, split: Any) -> dict[str, Any]:
+    """bundle.json's behaviour entry: the default model's result per check (the sampled
+    cases drawn from `split`, the test split)."""
+    results = behavioural.run(suite, bundle, split)
     return {
         "file": suite.path.name,
         "checks": [

@@ -172,7 +172,7 @@ def behaviour_results(
     from `split`'s texts; None without checks."""
     if inputs.behaviour is None:
         return None
-    return behaviour.run(inputs.behaviour, bundle, split.texts)
+    return behaviour.run(inputs.behaviour, bundle, split)
 
 
 def promote(inputs: RegisterInputs, version: str, reason: str, force: bool) -> GateVerdict | None:

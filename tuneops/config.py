@@ -381,8 +381,9 @@ class GateConfig(_Section):
     # pipeline.calibration) is always reported; a number rejects an ECE above it. None (the
     # default) only reports: what ECE a use can bear is the model owner's call.
     max_ece: float | None = Field(None, ge=0, le=1)
-    # Behavioural checks (pipeline/behaviour.py, text classification): a YAML file of
-    # CheckList-style expectations (minimum functionality, invariance, direction), each with
+    # Behavioural checks (pipeline/behaviour.py; the task's checker: labels for text
+    # classification, entities for token classification): a YAML file of CheckList-style
+    # expectations (minimum functionality, invariance, direction), each with
     # its floor, run on the shipped file and the champion. auto: data/checks/<data.name>.yaml
     # when that file exists (else none); a path relative to the project root (it must
     # exist); None: no checks.

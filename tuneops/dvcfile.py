@@ -72,12 +72,18 @@ def code_deps(stage: Any, root: Path = REPO) -> list[str]:
     """A stage's code deps as dvc.yaml paths: the closure of its module, of every task and
     of tuneops/context.py (how params are read), and tuneops/stages.py itself (the adapter
     that calls the step with its arguments; the other stages' modules it imports are not
-    followed, or every stage would depend on every module)."""
+    followed, or every stage would depend on every module); a stage that runs behavioural
+    checks also depends on each task's checker module."""
     from pipeline.tasks import TASKS
 
     modules = [stage.module, "pipeline.tasks", "tuneops.context"]
     modules += [m for t in TASKS.values() for m in t.modules]
     files = closure(modules, root) | {root / "tuneops" / "stages.py"}
+    if root / "pipeline" / "behaviour.py" in files:
+        # a stage that runs behavioural checks runs each task's checker, which
+        # pipeline.behaviour imports by name (Task.behaviour_module), out of the ast's sight
+        checkers = [t.behaviour_module for t in TASKS.values() if t.behaviour_module]
+        files |= closure(checkers, root)
     return sorted(str(p.relative_to(root)) for p in files)
 
 

@@ -146,8 +146,10 @@ class Task(Protocol):
     # ingest and the retrain flow compare new rows with the champion's (pipeline.drift: rows
     # of one text and one label)
     drift_checked: bool
-    # the gate runs behavioural checks (pipeline.behaviour: one label per text) on its models
-    behaviour_checked: bool
+    # The module whose CHECKER (pipeline.behaviour.Checker) runs the gate's behavioural checks
+    # on its models (imported by name: only the stages that run checks depend on it,
+    # tuneops.dvcfile.code_deps); None: the task has no behavioural checks.
+    behaviour_module: str | None
     example_inputs: tuple[str, ...]  # texts for the MLflow signature
     # The task's own modules (dotted names): what every stage runs for it, so each is a
     # dvc.yaml dependency of every stage, with everything it imports (tuneops.dvcfile).

@@ -212,7 +212,7 @@ class TextClassification:
     logits_axes: tuple[str, ...] = ("batch",)
     cross_batch_conflicts = True
     drift_checked = True
-    behaviour_checked = True
+    behaviour_module: str | None = "pipeline.behaviour"  # label checks (LABEL_CHECKS)
     raw_suffixes: tuple[str, ...] = SUPPORTED_SUFFIXES
     example_inputs: tuple[str, ...] = ("a great, moving film", "dull and far too long")
     modules: tuple[str, ...] = ("pipeline.tasks.text_classification", "pipeline.tasks.text_steps")

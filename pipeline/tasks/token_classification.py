@@ -120,7 +120,7 @@ class TokenClassification:
     logits_axes: tuple[str, ...] = ("batch", "sequence")
     cross_batch_conflicts = False
     drift_checked = False
-    behaviour_checked = False
+    behaviour_module: str | None = "pipeline.tasks.token_behaviour"  # entity checks
     example_inputs: tuple[str, ...] = (
         "show me flights from boston to denver",
         "a morning flight to dallas",
@@ -160,11 +160,6 @@ class TokenClassification:
             raise ConfigError(
                 f"gate.max_ece: {params.gate.max_ece} is for text classification; {self.name}'s "
                 "entity scores are not calibrated, so there is no ECE to judge (set it to null)"
-            )
-        if params.gate.behaviour_checks not in (None, "auto"):
-            raise ConfigError(
-                f"gate.behaviour_checks: {params.gate.behaviour_checks!r} is for text "
-                f"classification; {self.name} has no behavioural checks (set it to auto or null)"
             )
 
     def validation_input(

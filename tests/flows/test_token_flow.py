@@ -65,6 +65,9 @@ def test_the_ner_flow_registers_a_gated_version_with_entity_metrics(
     assert version.tags["gate.verdict"] == "passed"
     gate = json.loads((root / "reports/gate.json").read_text())
     assert "floor:test_entity_f1" in {c["name"] for c in gate["checks"]}
+    # gate.behaviour_checks: auto finds data/checks/atis_slots.yaml: its entity checks gate too
+    behaved = {c["name"]: c["passed"] for c in gate["checks"] if c["name"].startswith("behaviour:")}
+    assert set(behaved) >= {"behaviour:mft_cities", "behaviour:inv_swap_cities"}
     # What `tuneops reproduce` compares for this task is on the run, each one of them
     # (before the task registry it compared text metrics only: none of these).
     run = store_client(f"sqlite:///{root / 'mlflow.db'}").get_run(version.run_id)

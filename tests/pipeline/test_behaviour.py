@@ -299,10 +299,18 @@ def test_a_task_without_behavioural_checks_refuses_a_checks_file(tmp_path: Path)
 
     token = tasks.get("token-classification")
     found = write(tmp_path, NEGATION)
-    with pytest.raises(ConfigError, match=r"gate\.behaviour_checks: .* text classification"):
+    # The token task has checks, but not label ones: the file is refused naming the key.
+    with pytest.raises(ConfigError, match=r"checks\[0\] \(mft_plain\)\.examples\[0\]: token-"):
         behaviour.load_for(str(found), "atis_slots", tmp_path, token)
     suite = behaviour.load_for(str(found), "movie_sentiment", tmp_path, TEXT)
     assert isinstance(suite, Suite)
+
+    class Unchecked:
+        name = "other-task"
+        behaviour_module = None
+
+    with pytest.raises(ConfigError, match=r"gate\.behaviour_checks: .* other-task has none"):
+        behaviour.load_for(str(found), "x", tmp_path, Unchecked())
 
 
 def _own_labels_suite(tmp_path: Path, bundle: Any, with_disagreeing: bool) -> Path:
@@ -401,3 +409,397 @@ def test_the_bundles_model_card_and_bundle_json_hold_the_default_models_pass_rat
     card = (out / "README.md").read_text()
     assert f"## Behavioural checks ({suite.path.name}), the {meta['default_model']} model" in card
     assert f"| disagrees | mft | 4 | {expected[1].pass_rate:.4f} | 0.5 |" in card
+
+
+# --- token classification: entity checks through the token task's checker ---------------
+
+TOKEN = "token-classification"
+CITIES = {"boston", "denver", "dallas", "atlanta", "seattle", "miami"}
+DAYS = {"monday", "tuesday", "friday"}
+
+
+def gazetteer(known: set[str] = CITIES) -> Any:
+    """IOB2 tags per word: a known city after "from" is fromloc.city_name, after "to"
+    toloc.city_name, a day after "on" depart_date.day_name; a typo in "from" blinds it."""
+
+    def tag(sentences: list[list[str]]) -> list[list[str]]:
+        rows = []
+        for words in sentences:
+            tags = ["O"] * len(words)
+            for i in range(1, len(words)):
+                before, word = words[i - 1], words[i]
+                if word in known and before in ("from", "to"):
+                    tags[i] = "B-fromloc.city_name" if before == "from" else "B-toloc.city_name"
+                elif word in DAYS and before == "on":
+                    tags[i] = "B-depart_date.day_name"
+            rows.append(tags)
+        return rows
+
+    return tag
+
+
+def token_suite(tmp_path: Path, text: str) -> Suite:
+    from pipeline import tasks
+
+    return behaviour.load_for(str(write(tmp_path, text)), "atis_slots", tmp_path, tasks.get(TOKEN))
+
+
+def token_split() -> Any:
+    """A test split of 12 sentences with gold IOB2 tags (the gazetteer's own)."""
+    from pipeline.tasks.token_classification import TokenTestSplit
+
+    cities = sorted(CITIES)
+    sentences = [
+        f"show me flights from {cities[i % 6]} to {cities[(i + 1) % 6]} on monday".split()
+        for i in range(12)
+    ]
+    tags = gazetteer()(sentences)
+    return TokenTestSplit(sentences, tags, sorted({t for row in tags for t in row}))
+
+
+TOKEN_MFT = """
+checks:
+  - name: mft_slots
+    type: mft
+    floor: 1.0
+    examples:
+      - text: flights from boston to denver
+        entities: [{type: fromloc.city_name, text: boston}, {type: toloc.city_name, text: denver}]
+      - text: show me flights on monday
+        entities: [{type: depart_date.day_name, text: monday}]
+      - {text: list all flights, entities: []}
+"""
+
+
+def test_a_token_mft_case_passes_on_exactly_the_expected_entities(tmp_path: Path) -> None:
+    from pipeline.tasks import token_behaviour
+
+    suite = token_suite(tmp_path, TOKEN_MFT)
+    (found,) = token_behaviour.evaluate(suite, gazetteer(), token_split())
+    assert (found.type, found.cases, found.passed) == ("mft", 3, 3)
+
+    def noisy(sentences: list[list[str]]) -> list[list[str]]:
+        """the gazetteer, and "all" tagged flight_mod: one entity more than expected"""
+        rows = gazetteer()(sentences)
+        return [
+            [("B-flight_mod" if w == "all" else t) for w, t in zip(s, r, strict=True)]
+            for s, r in zip(sentences, rows, strict=True)
+        ]
+
+    (extra,) = token_behaviour.evaluate(suite, noisy, token_split())
+    assert (extra.cases, extra.passed) == (3, 2)  # containing the expected is not enough
+    assert [(f.text, f.expected, f.got) for f in extra.failures] == [
+        ("list all flights", "no entity", "flight_mod 'all'")
+    ]
+
+    def blind_to_days(sentences: list[list[str]]) -> list[list[str]]:
+        return [[t if "day" not in t else "O" for t in r] for r in gazetteer()(sentences)]
+
+    (missing,) = token_behaviour.evaluate(suite, blind_to_days, token_split())
+    assert (missing.cases, missing.passed) == (3, 2)
+    assert missing.failures[0].expected == "depart_date.day_name 'monday'"
+    assert missing.failures[0].got == "no entity"
+
+
+SWAP_CITIES = """\
+  - name: inv_swap_cities
+    type: inv
+    floor: 0.9
+    perturbation: swap_entity
+    types: [fromloc.city_name, toloc.city_name]
+    sample: 12
+"""
+TOKEN_INV = (
+    """
+checks:
+  - {name: inv_punctuation, type: inv, floor: 1.0, perturbation: punctuation, sample: 12}
+  - {name: inv_typos, type: inv, floor: 0.9, perturbation: typos, sample: 12, seed: 3}
+"""
+    + SWAP_CITIES
+)
+
+
+def test_token_invariance_edits_outside_the_entities_or_swaps_one_for_its_type(
+    tmp_path: Path,
+) -> None:
+    from pipeline.tasks import token_behaviour
+    from tuneops.runtime import iob2_entities
+
+    suite = token_suite(tmp_path, TOKEN_INV)
+    split = token_split()
+    punctuation, typos, swaps = (
+        token_behaviour.cases(suite, check, split) for check in suite.checks
+    )
+    assert [c.edited for c in punctuation] == [[*s, "."] for s in split.sentences]
+    gold = {" ".join(s): t for s, t in zip(split.sentences, split.tags, strict=True)}
+    for case in typos:  # one word changed, never a word of a gold entity
+        (changed,) = [
+            i for i, (a, b) in enumerate(zip(case.words, case.edited or [], strict=True)) if a != b
+        ]
+        assert gold[" ".join(case.words)][changed] == "O"
+        assert sorted(case.edited[changed]) == sorted(case.words[changed])
+    for case in swaps:  # one city for another of the same type, seen in the split
+        (changed,) = [
+            i for i, (a, b) in enumerate(zip(case.words, case.edited or [], strict=True)) if a != b
+        ]
+        assert gold[" ".join(case.words)][changed] in ("B-fromloc.city_name", "B-toloc.city_name")
+        assert case.edited[changed] in CITIES
+    assert token_behaviour.cases(suite, suite.checks[1], split) == typos  # seeded
+
+    results = token_behaviour.evaluate(suite, gazetteer(), split)
+    # The gazetteer loses the entity after a typo in "from", "to" or "on", and only then.
+    broken = sum(
+        any(
+            a != b and a in ("from", "to", "on")
+            for a, b in zip(c.words, c.edited or [], strict=True)
+        )
+        for c in typos
+    )
+    assert 0 < broken < 12
+    assert [(r.name, r.cases, r.passed) for r in results] == [
+        ("inv_punctuation", 12, 12),
+        ("inv_typos", 12, 12 - broken),
+        ("inv_swap_cities", 12, 12),
+    ]
+    # A tagger that does not know atlanta fails each swap to atlanta, and only those.
+    without = gazetteer(CITIES - {"atlanta"})
+    (swapped,) = token_behaviour.evaluate(
+        Suite(suite.path, suite.names, suite.checks[2:], suite.checker), without, split
+    )
+    # (before: not found, after: found, or the other way round; the other city is as it was)
+    hit = sum(
+        "atlanta" in {a, b} for c in swaps for a, b in zip(c.words, c.edited, strict=True) if a != b
+    )
+    assert 0 < hit < 12
+    assert (swapped.cases, swapped.passed) == (12, 12 - hit)
+    assert iob2_entities(gazetteer()([swaps[0].edited])[0])  # the edit is tagged
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "checks:\n  - {name: d, type: dir, floor: 0.5, expect: flip, pairs: [{text: a, "
+            "edited: b}]}\n",
+            r"checks\[0\] \(d\)\.type: a dir check does not apply to token-classification "
+            r"\(its checks: mft, inv\)",
+        ),
+        (
+            "checks:\n  - {name: n, type: inv, floor: 0.5, perturbation: names, sample: 5}\n",
+            r"checks\[0\] \(n\)\.perturbation: names does not apply to token-classification "
+            r"\(its perturbations: punctuation, typos, swap_entity\)",
+        ),
+        (
+            "checks:\n  - {name: m, type: mft, floor: 0.5, examples: [{text: a b, label: x}]}\n",
+            r"checks\[0\] \(m\)\.examples\[0\]: token-classification's mft examples name "
+            r"`entities`",
+        ),
+        (
+            "checks:\n  - {name: m, type: mft, floor: 0.5, examples: [{text: from boston, "
+            "entities: [{type: city, text: dallas}]}]}\n",
+            r"checks\[0\] \(m\)\.examples\[0\]\.entities\[0\]: 'dallas' is not a run of words "
+            r"of 'from boston'",
+        ),
+        (
+            "checks:\n  - {name: t, type: inv, floor: 0.5, perturbation: typos, texts: [a b]}\n",
+            r"checks\[0\] \(t\)\.texts: a typos check of token-classification needs the "
+            r"entities: `sample` \(test rows\) or `examples`",
+        ),
+    ],
+)
+def test_a_check_the_token_task_cannot_run_is_refused_naming_the_key(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=r"checks\.yaml: " + message):
+        token_suite(tmp_path, text)
+
+
+def test_the_text_task_refuses_entity_examples_and_swaps(tmp_path: Path) -> None:
+    entities = (
+        "checks:\n  - {name: m, type: mft, floor: 0.5, examples: [{text: a, entities: []}]}\n"
+    )
+    with pytest.raises(ConfigError, match=r"examples\[0\]: text-classification's mft examples"):
+        behaviour.load_for(str(write(tmp_path, entities)), "x", tmp_path, TEXT)
+    swap = "checks:\n  - {name: s, type: inv, floor: 0.5, perturbation: swap_entity, sample: 3}\n"
+    with pytest.raises(ConfigError, match=r"perturbation: swap_entity does not apply to text-"):
+        behaviour.load_for(str(write(tmp_path, swap)), "x", tmp_path, TEXT)
+
+
+def test_the_gate_rejects_a_tagger_below_a_token_checks_floor(tmp_path: Path) -> None:
+    from pipeline.tasks import token_behaviour
+
+    suite = token_suite(tmp_path, TOKEN_MFT + SWAP_CITIES)
+    blind = token_behaviour.evaluate(suite, gazetteer(CITIES - {"atlanta"}), token_split())
+    verdict = verdict_for(blind, champion={r.name: 1.0 for r in blind})
+    assert verdict.failed_checks == ["behaviour:inv_swap_cities"]
+    (found,) = [c for c in verdict.checks if c.name == "behaviour:inv_swap_cities"]
+    assert found.detail.startswith("inv (swap_entity): ")
+    assert "'show me flights from" in found.detail and "toloc.city_name" in found.detail
+
+
+def test_the_shipped_atis_slots_checks_load_for_the_token_task(tmp_path: Path) -> None:
+    from pipeline import tasks
+    from pipeline.tasks import token_behaviour
+
+    suite = behaviour.load_for("auto", "atis_slots", REPO, tasks.get(TOKEN))
+    assert suite is not None and suite.path == REPO / "data" / "checks" / "atis_slots.yaml"
+    assert {c.type for c in suite.checks} == {"mft", "inv"}
+    assert {c.perturbation for c in suite.checks} == {None, "punctuation", "typos", "swap_entity"}
+    nothing = token_behaviour.evaluate(suite, lambda s: [["O"] * len(w) for w in s], token_split())
+    mft = [c for c in suite.checks if c.type == "mft"]
+    # A tagger that finds nothing passes only the examples that have no entity.
+    assert [r.passed for r in nothing if r.type == "mft"] == [
+        sum(not e.entities for e in c.examples) for c in mft
+    ]
+
+
+def test_a_token_task_accepts_a_checks_file_path() -> None:
+    from pipeline import tasks
+    from tuneops.config import validate_params
+
+    params = validate_params(
+        {
+            "task": TOKEN,
+            "train": {"max_length": 64, "metric_for_best_model": "entity_f1"},
+            "gate": {
+                "behaviour_checks": "data/checks/atis_slots.yaml",
+                "baselines": ["before_finetuning"],
+                "floors": {"test_entity_f1": 0.5},
+            },
+        },
+        "params.yaml",
+    )
+    tasks.get(TOKEN).check(params)  # no ConfigError
+
+
+def test_the_stages_that_run_checks_and_only_those_depend_on_each_tasks_checker() -> None:
+    """pipeline.behaviour imports a task's checker by name: dvc.yaml must still list it."""
+    from tuneops.dvcfile import code_deps
+    from tuneops.stages import STAGES
+
+    for name in ("export", "register"):
+        assert "pipeline/tasks/token_behaviour.py" in code_deps(STAGES[name])
+    for name in ("prepare", "train", "evaluate"):
+        assert "pipeline/tasks/token_behaviour.py" not in code_deps(STAGES[name])
+        assert "pipeline/behaviour.py" not in code_deps(STAGES[name])
+
+
+@pytest.fixture(scope="module")
+def token_bundle(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The tiny BERT with an (untrained) token-classification head over the gazetteer's
+    tags, a prepared test split of token_split's sentences, and its exported bundle."""
+    import pandas as pd
+    from transformers import AutoModelForTokenClassification
+
+    from pipeline import tasks
+    from pipeline.export import export
+    from pipeline.prepare import split_record
+    from pipeline.training.modeling import load_classifier, load_tokenizer
+    from tuneops.config import DataConfig, ExportConfig, PrepareConfig
+
+    root = tmp_path_factory.mktemp("token-bundle")
+    split = token_split()
+    labels = ["O", *[t for t in split.labels if t != "O"]]
+    candidate, prepared = root / "candidate", root / "prepared"
+    model = load_classifier(
+        tiny_model_dir, tuple(labels), auto_class=AutoModelForTokenClassification
+    )
+    model.save_pretrained(candidate)
+    load_tokenizer(tiny_model_dir).save_pretrained(candidate)
+    (candidate / "labels.json").write_text(json.dumps(labels))
+    prepared.mkdir()
+    record = split_record(DataConfig(), PrepareConfig(), official_test=True)
+    (prepared / "manifest.json").write_text(json.dumps({"labels": labels, "split": record}))
+    pd.DataFrame(
+        {
+            "text": [" ".join(s) for s in split.sentences],
+            "tokens": split.sentences,
+            "tags": split.tags,
+            "tag_ids": [[labels.index(t) for t in row] for row in split.tags],
+        }
+    ).to_parquet(prepared / "test.parquet")
+    task = tasks.get(TOKEN)
+    out = root / "export"
+    export(task, ExportConfig(parity_examples=12), 32, candidate, prepared, out)
+    return task, prepared, out, candidate
+
+
+def _own_entities_suite(tmp_path: Path, bundle: Any, with_disagreeing: bool) -> Suite:
+    """`agrees` lists the entities the bundle finds itself (it passes whatever the head
+    does), `disagrees` one entity more in each sentence (it fails)."""
+    from pipeline import tasks
+    from tuneops.runtime import iob2_entities
+
+    sentences = [s.split() for s in ("flights from boston to denver", "a flight on monday")]
+    own = [
+        [{"type": k, "text": " ".join(words[a:b])} for k, a, b in iob2_entities(tags)]
+        for words, tags in zip(sentences, bundle.predict_words(sentences), strict=True)
+    ]
+    checks: list[dict[str, Any]] = [
+        {"name": name, "type": "mft", "floor": 1.0 if name == "agrees" else 0.5, "examples": []}
+        for name in ("agrees", "disagrees")
+    ]
+    for words, found in zip(sentences, own, strict=True):
+        checks[0]["examples"].append({"text": " ".join(words), "entities": found})
+        extra = {"type": "not_a_type", "text": words[0]}
+        checks[1]["examples"].append({"text": " ".join(words), "entities": [*found, extra]})
+    path = tmp_path / f"token-checks-{with_disagreeing}.yaml"
+    path.write_text(json.dumps({"checks": checks if with_disagreeing else checks[:1]}))
+    suite = behaviour.load_for(str(path), "atis_slots", tmp_path, tasks.get(TOKEN))
+    assert suite is not None
+    return suite
+
+
+def test_register_rejects_a_token_bundle_below_a_token_checks_floor(
+    token_bundle: Any, tmp_path: Path
+) -> None:
+    from pipeline.register import RegisterInputs, gate_and_register
+    from tuneops.runtime import OnnxTokenClassifier
+    from tuneops.tracking import MlflowTracker
+
+    task, prepared, export_dir, _ = token_bundle
+    bundle = OnnxTokenClassifier(export_dir)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    cfg = GateConfig(floors={}, beat_baselines=False, per_class=False, bootstrap_resamples=200)
+
+    def register(with_disagreeing: bool) -> Any:
+        suite = _own_entities_suite(tmp_path, bundle, with_disagreeing)
+        tracker = MlflowTracker.start(uri, "tests", (tmp_path / "art").as_uri(), "run", {})
+        inputs = RegisterInputs(task, cfg, uri, "tagged", prepared, reports, suite)
+        return gate_and_register(inputs, tracker, export_dir, {})
+
+    first, registered = register(with_disagreeing=False)
+    assert first.passed, first.summary()
+    assert registered.aliases == ["best", "challenger", "champion"]
+    verdict, registered = register(with_disagreeing=True)
+    assert verdict.failed_checks == ["behaviour:disagrees"]
+    assert registered.aliases == ["challenger"]  # v1 stays the champion
+    (found,) = [c for c in verdict.checks if c.name == "behaviour:disagrees"]
+    assert (found.value, found.threshold) == (0.0, 0.5)
+    assert "not_a_type 'flights'" in found.detail
+    assert "champion v1 0.0000" in found.detail  # the champion on the same cases
+
+
+def test_a_token_bundles_card_and_bundle_json_hold_its_entity_check_rates(
+    token_bundle: Any, tmp_path: Path
+) -> None:
+    from pipeline.export import export
+    from pipeline.tasks import token_behaviour
+    from tuneops.config import ExportConfig
+    from tuneops.runtime import OnnxTokenClassifier
+
+    task, prepared, export_dir, candidate = token_bundle
+    suite = _own_entities_suite(tmp_path, OnnxTokenClassifier(export_dir), True)
+    out = tmp_path / "bundle"
+    export(task, ExportConfig(parity_examples=12), 32, candidate, prepared, out, behaviour=suite)
+    meta = json.loads((out / "bundle.json").read_text())
+    assert [(c["name"], c["cases"], c["passed"]) for c in meta["behaviour"]["checks"]] == [
+        ("agrees", 2, 2),
+        ("disagrees", 2, 0),
+    ]
+    assert "| disagrees | mft | 2 | 0.0000 | 0.5 |" in (out / "README.md").read_text()
+    shipped = OnnxTokenClassifier(out)
+    tagged = token_behaviour.evaluate(suite, shipped.predict_words, task.test_split(prepared, []))
+    assert [r.passed for r in tagged] == [2, 0]
