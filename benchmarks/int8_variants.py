@@ -38,8 +38,7 @@ from cpu import machine  # benchmarks/cpu.py (the script's folder is on sys.path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline import quantize  # noqa: E402
-from pipeline import tasks  # noqa: E402
+from pipeline import quantize, tasks  # noqa: E402
 from tuneops.runtime import OnnxClassifier, cpu_flags, load_bundle  # noqa: E402
 
 
@@ -91,9 +90,7 @@ def requantize(bundle: Path, per_channel: bool) -> list[dict[str, Any]]:
     return built
 
 
-def measure(
-    bundle: Path, name: str, texts: list[str], rows: int, threads: int
-) -> dict[str, Any]:
+def measure(bundle: Path, name: str, texts: list[str], rows: int, threads: int) -> dict[str, Any]:
     """Size and (rows > 0) batch-1 and batch-32 speed of one model file of `bundle`."""
     classifier = OnnxClassifier(bundle, threads=threads, model=name)
     figures: dict[str, Any] = {
@@ -196,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         print(
             f"{r['file']:24} {r.get('weight_type') or 'fp32':7} "
-            f"{str(r.get('per_channel', '')):6} {str(r.get('reduce_range', '')):6} "
+            f"{r.get('per_channel', '')!s:6} {r.get('reduce_range', '')!s:6} "
             f"{r['mb']:5.1f} {r['label_agreement_with_fp32']:6.2%}  {r[metric]:.4f}",
             end="",
         )

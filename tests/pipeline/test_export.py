@@ -78,7 +78,13 @@ def test_each_int8_variant_is_scored_on_the_whole_test_split_and_shipped_when_ke
     cfg = ExportConfig(int8_max_f1_drop=1.0, int8_min_label_agreement=0.0)  # always kept
     out = tmp_path / "bundle"
     result = export(
-        TEXT, cfg, p.train.max_length, trained.paths.candidate, trained.paths.data_prepared, out
+        TEXT,
+        cfg,
+        p.train.max_length,
+        trained.paths.candidate,
+        trained.paths.data_prepared,
+        out,
+        cpu_flags=frozenset({"avx2", "avx512_vnni"}),  # 8-bit weights per tensor (auto)
     )
     meta = json.loads((out / "bundle.json").read_text())
     test = pd.read_parquet(trained.paths.data_prepared / "test.parquet")
@@ -236,15 +242,14 @@ def test_bundle_records_each_file_s_per_class_report_and_int8_fails_the_per_clas
     )
 
 
-def _weight_range(path: Path) -> tuple[int, int]:
-    """The smallest and largest stored value of the file's quantised weights (its 8-bit
-    initializers: int8 or uint8 tensors, zero points aside)."""
+def _weight_range(path: Path, data_type: int) -> tuple[int, int]:
+    """The smallest and largest stored value of the file's quantised weight matrices of
+    `data_type` (onnxruntime stores the embedding tables as uint8 whatever the weight type)."""
     model = onnx.load(str(path))
     values = [
         onnx.numpy_helper.to_array(t)
         for t in model.graph.initializer
-        if t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) and t.dims
-        and int(np.prod(t.dims)) > 1024  # weight matrices, not zero points
+        if t.data_type == data_type and len(t.dims) == 2  # matrices: not zero points, scales
     ]
     return int(min(v.min() for v in values)), int(max(v.max() for v in values))
 
@@ -277,34 +282,35 @@ def test_signed_weights_exported_on_a_cpu_without_vnni_are_7_bit_and_bundle_json
     out, meta = runs["avx2"]
     assert meta["export_cpu_flags"] == ["avx2", "fma"]  # the flags the int8 kernels depend on
     s8 = meta["models"]["int8_s8"]
-    assert (s8["kept"], s8["reduce_range"]) == (True, True)
+    # per channel: export.int8_per_channel auto pairs it with 7-bit weights
+    assert (s8["kept"], s8["reduce_range"], s8["per_channel"]) == (True, True, True)
     assert s8["reduce_range_reason"] == (
         "export.int8_reduce_range=auto: the exporting CPU has none of avx512_vnni, avx_vnni, "
         "amx_int8, and its u8s8 kernel saturates with 8-bit signed weights; 7-bit weights "
         "do not saturate, so the figures scored here are those a VNNI CPU computes"
     )
-    assert _weight_range(out / "model.int8s8.onnx") == (-64, 64)
+    assert _weight_range(out / "model.int8s8.onnx", onnx.TensorProto.INT8) == (-64, 64)
     u8 = meta["models"]["int8"]
-    assert (u8["reduce_range"], u8["reduce_range_reason"]) == (
+    assert (u8["reduce_range"], u8["per_channel"], u8["reduce_range_reason"]) == (
         False,
-        "export.int8_reduce_range=auto: uint8 weights run the u8u8 kernel, which does not "
-        "saturate",
+        False,
+        "export.int8_reduce_range=auto: uint8 weights run the u8u8 kernel, which does not saturate",
     )
-    assert _weight_range(out / "model.int8.onnx") == (0, 255)
+    assert _weight_range(out / "model.int8.onnx", onnx.TensorProto.UINT8) == (0, 255)
     card = (out / "README.md").read_text()
-    assert "| int8_s8 | int8 | False | True (7-bit) | " + s8["reduce_range_reason"] in card
+    assert "| int8_s8 | int8 | True | True (7-bit) | " + s8["reduce_range_reason"] in card
     assert "| export_cpu_flags | ['avx2', 'fma'] |" in card
 
     out, meta = runs["vnni"]
     assert meta["export_cpu_flags"] == ["avx2", "avx512_vnni"]
     s8 = meta["models"]["int8_s8"]
-    assert (s8["kept"], s8["reduce_range"]) == (True, False)
+    assert (s8["kept"], s8["reduce_range"], s8["per_channel"]) == (True, False, False)
     assert s8["reduce_range_reason"] == (
         "export.int8_reduce_range=auto: the exporting CPU has avx512_vnni, whose kernel "
         "accumulates in 32 bits without saturating"
     )
-    low, high = _weight_range(out / "model.int8s8.onnx")
-    assert low < -64 and high == 127  # symmetric 8-bit: the largest weight maps to 127
+    low, high = _weight_range(out / "model.int8s8.onnx", onnx.TensorProto.INT8)
+    assert max(-low, high) == 127  # symmetric 8-bit: each matrix's largest |weight| -> 127
 
 
 @pytest.mark.parametrize(
@@ -320,7 +326,11 @@ def test_signed_weights_exported_on_a_cpu_without_vnni_are_7_bit_and_bundle_json
 def test_int8_reduce_range_true_or_false_overrides_the_cpu(
     setting: bool | str, weight_type: str, flags: set[str], reduced: bool, why: str
 ) -> None:
-    from pipeline.quantize import reduce_range_for
+    from pipeline.quantize import per_channel_for, reduce_range_for
 
-    got, reason = reduce_range_for(weight_type, ExportConfig(int8_reduce_range=setting), frozenset(flags))
+    cfg = ExportConfig(int8_reduce_range=setting)
+    got, reason = reduce_range_for(weight_type, cfg, frozenset(flags))
     assert got is reduced and why in reason
+    assert per_channel_for(cfg, got) is reduced  # auto: per channel with 7-bit weights
+    for fixed in (True, False):
+        assert per_channel_for(ExportConfig(int8_per_channel=fixed), got) is fixed
