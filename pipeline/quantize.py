@@ -74,7 +74,7 @@ def reduce_range_for(
     8-bit weights (255 * 127 * 2 > 32767) but not with 7-bit ones (255 * 64 * 2 < 32767),
     onnxruntime's documented remedy. Without saturation the integer sums are exact on both
     kernels, so the figures export scores here are those of the VNNI CPUs the variant is
-    meant for; with 8-bit weights export left it out on 95.99% agreement (issue 20). On a
+    meant for (up to float rounding outside the integer products); with 8-bit weights export left it out on 95.99% agreement (issue 20). On a
     VNNI CPU the kernel sums in 32 bits and full 8-bit weights are scored as they run.
     Unsigned weights run the u8u8 kernel (16-bit operands, 32-bit sums): no saturation.
     """
