@@ -6,9 +6,16 @@ with the file the runtime would pick here and why (issue 20).
         [--texts data/prepared/test.parquet] [--rows 200] [--quantize-missing]
         [--out benchmarks/results/int8_variants.json]
 
+    python benchmarks/int8_variants.py --requantize [--per-channel] [--rows 0] ...
+
 --quantize-missing copies the bundle to a temporary folder and builds the int8 variants
 it lacks from its model.onnx (pipeline.quantize, as export does), so a bundle from before
-the variants can be measured; those files are not scored on the test split here.
+the variants can be measured. --requantize builds every variant of quantize.VARIANTS from
+model.onnx twice, with and without reduce_range (7-bit weights, onnxruntime's remedy for
+the u8s8 saturation of CPUs without VNNI), and with --per-channel also per channel, each
+a row of its own (issue 20). Every file is scored as export scores it: label agreement
+with fp32 and the task's primary metric (macro-F1) on the --texts split (the task's test
+split, batches of 64). --rows 0 skips the timing.
 Speeds are ratios to fp32 measured in the same run: absolute times drift on shared machines.
 """
 
@@ -31,8 +38,8 @@ from cpu import machine  # benchmarks/cpu.py (the script's folder is on sys.path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline import quantize  # noqa: E402
-from tuneops.runtime import OnnxClassifier, cpu_flags  # noqa: E402
+from pipeline import quantize, tasks  # noqa: E402
+from tuneops.runtime import OnnxClassifier, cpu_flags, load_bundle  # noqa: E402
 
 
 def add_missing_variants(bundle: Path) -> list[str]:
@@ -58,10 +65,40 @@ def add_missing_variants(bundle: Path) -> list[str]:
     return built
 
 
-def measure(
-    bundle: Path, name: str, texts: list[str], rows: int, threads: int
-) -> tuple[dict[str, Any], np.ndarray]:
+def requantize(bundle: Path, per_channel: bool) -> list[dict[str, Any]]:
+    """Every variant of quantize.VARIANTS rebuilt from `bundle`'s model.onnx with and
+    without reduce_range (and per channel with `per_channel`): one file each in `bundle`,
+    named by its settings; their rows (model, file, weight_type, per_channel, reduce_range)."""
+    built = []
+    for variant in quantize.VARIANTS:
+        for channel in (False, True) if per_channel else (False,):
+            for reduced in (False, True):
+                stem = variant.file.removesuffix(".onnx")
+                file = f"{stem}{'.pc' if channel else ''}{'.rr' if reduced else ''}.onnx"
+                quantize.quantize_int8(
+                    bundle / "model.onnx", bundle / file, variant.weight_type, channel, reduced
+                )
+                built.append(
+                    {
+                        "model": variant.name,
+                        "file": file,
+                        "weight_type": variant.weight_type,
+                        "per_channel": channel,
+                        "reduce_range": reduced,
+                    }
+                )
+    return built
+
+
+def measure(bundle: Path, name: str, texts: list[str], rows: int, threads: int) -> dict[str, Any]:
+    """Size and (rows > 0) batch-1 and batch-32 speed of one model file of `bundle`."""
     classifier = OnnxClassifier(bundle, threads=threads, model=name)
+    figures: dict[str, Any] = {
+        "file": classifier.model_file,
+        "mb": (bundle / classifier.model_file).stat().st_size / 2**20,
+    }
+    if rows <= 0:
+        return figures
     for text in texts[:10]:
         classifier.logits([text])  # warm-up
     timings = []
@@ -74,16 +111,12 @@ def measure(
     for i in range(0, len(batch), 32):
         classifier.logits(batch[i : i + 32], batch_size=32)
     batch32_s = time.perf_counter() - started
-    labels = classifier.logits(texts, batch_size=32).argmax(1)
-    return {
-        "model": name,
-        "file": classifier.model_file,
-        "mb": (bundle / classifier.model_file).stat().st_size / 2**20,
+    return figures | {
         "batch1_p50_ms": float(np.percentile(timings, 50) * 1000),
         "batch1_p95_ms": float(np.percentile(timings, 95) * 1000),
         "batch1_texts_per_s": len(timings) / sum(timings),
         "batch32_texts_per_s": len(batch) / batch32_s,
-    }, labels
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,34 +125,52 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--texts", type=Path, default=REPO / "data/prepared/test.parquet")
     parser.add_argument("--rows", type=int, default=200, help="texts timed per batch size")
     parser.add_argument("--quantize-missing", action="store_true")
+    parser.add_argument("--requantize", action="store_true", help="with/without reduce_range")
+    parser.add_argument("--per-channel", action="store_true", help="with --requantize")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/int8_variants.json")
     args = parser.parse_args(argv)
+    if args.texts.name != "test.parquet":
+        parser.error("--texts: a prepared test.parquet (its folder's split is scored)")
     threads = os.cpu_count() or 1
     texts = pd.read_parquet(args.texts)["text"].astype(str).tolist()
     with tempfile.TemporaryDirectory(prefix="int8-variants-") as scratch:
         bundle, built = args.bundle, []
-        if args.quantize_missing:
+        if args.quantize_missing or args.requantize:
             bundle = Path(scratch) / "bundle"
             shutil.copytree(args.bundle, bundle)
+        if args.quantize_missing:
             built = add_missing_variants(bundle)
         meta = json.loads((bundle / "bundle.json").read_text())
-        names = [
-            n for n in ("fp32", "int8", "int8_s8") if (meta["models"].get(n) or {}).get("file")
-        ]
-        names = ["fp32", *[n for n in names if n != "fp32"]]
-        results, labels = [], {}
-        for name in names:
-            figures, labels[name] = measure(bundle, name, texts, args.rows, threads)
+        if args.requantize:
+            rows = requantize(bundle, args.per_channel)
+            built = [r["file"] for r in rows]
+        else:
+            names = [n for n in ("int8", "int8_s8") if (meta["models"].get(n) or {}).get("file")]
+            rows = [{"model": n, "file": meta["models"][n]["file"]} for n in names]
+            for r in rows:
+                found = meta["models"][r["model"]]
+                r |= {k: found.get(k) for k in ("weight_type", "per_channel", "reduce_range")}
+        rows = [{"model": "fp32", "file": "model.onnx"}, *rows]
+        # Scored as export scores a file (pipeline.export._int8): the task's test split.
+        task = tasks.get(meta.get("task", "text-classification"))
+        labels = json.loads((bundle / "labels.json").read_text())
+        split = task.test_split(args.texts.parent, labels)
+        results, predicted = [], {}
+        for row in rows:
+            figures = row | measure(bundle, row["file"], texts, args.rows, threads)
+            predicted[row["file"]] = split.rescore(load_bundle(bundle, model=row["file"]))
+            metrics, _ = split.report(predicted[row["file"]])
+            figures[task.primary_metric] = float(metrics[task.primary_metric])
+            figures["label_agreement_with_fp32"] = split.agreement(
+                predicted[row["file"]], predicted["model.onnx"]
+            )
             results.append(figures)
-        for figures in results:
-            fp32 = results[0]
-            figures["batch1_vs_fp32"] = figures["batch1_texts_per_s"] / fp32["batch1_texts_per_s"]
-            figures["batch32_vs_fp32"] = (
-                figures["batch32_texts_per_s"] / fp32["batch32_texts_per_s"]
-            )
-            figures["label_agreement_with_fp32"] = float(
-                (labels[figures["model"]] == labels["fp32"]).mean()
-            )
+        fp32 = results[0]
+        for figures in results[1:] if args.rows > 0 else []:
+            for batch in ("batch1", "batch32"):
+                figures[f"{batch}_vs_fp32"] = (
+                    figures[f"{batch}_texts_per_s"] / fp32[f"{batch}_texts_per_s"]
+                )
         choice = OnnxClassifier(bundle, threads=threads).choice
     report = {
         "machine": machine(),
@@ -136,14 +187,23 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report["machine"]))
     print(f"runtime pick here: {choice.model} ({choice.reason})")
-    print("model     MB    b1 p50 ms  b1 texts/s  b32 texts/s  b1 vs fp32  b32 vs fp32  agree")
+    metric = task.primary_metric
+    print(f"file                     weights per_ch reduce   MB  agree  {metric}", end="")
+    print("  b1 p50 ms  b1 vs fp32  b32 vs fp32" if args.rows > 0 else "")
     for r in results:
         print(
-            f"{r['model']:8} {r['mb']:5.1f} {r['batch1_p50_ms']:10.2f} "
-            f"{r['batch1_texts_per_s']:11.1f} {r['batch32_texts_per_s']:12.1f} "
-            f"{r['batch1_vs_fp32']:10.2f}x {r['batch32_vs_fp32']:11.2f}x "
-            f"{r['label_agreement_with_fp32']:6.1%}"
+            f"{r['file']:24} {r.get('weight_type') or 'fp32':7} "
+            f"{r.get('per_channel', '')!s:6} {r.get('reduce_range', '')!s:6} "
+            f"{r['mb']:5.1f} {r['label_agreement_with_fp32']:6.2%}  {r[metric]:.4f}",
+            end="",
         )
+        if args.rows > 0:
+            print(
+                f"  {r['batch1_p50_ms']:9.2f}  {r.get('batch1_vs_fp32', 1.0):9.2f}x "
+                f"{r.get('batch32_vs_fp32', 1.0):10.2f}x",
+                end="",
+            )
+        print()
     return 0
 
 

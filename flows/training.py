@@ -191,6 +191,7 @@ def export_task(ctx: stages.Context) -> tuple[str, float, float, str]:
     s8 = result.variants.get("int8_s8", {})
     int8 += "; int8_s8 (int8 weights, picked on VNNI/AMX CPUs): " + (
         f"model.int8s8.onnx, test F1 {s8['f1']:.4f}, label agreement {s8['label_agreement']:.1%}"
+        + (", 7-bit weights (export.int8_reduce_range)" if s8.get("reduce_range") else "")
         if s8.get("kept")
         else s8.get("reason", "not built")
     )

@@ -106,6 +106,7 @@ def export(
     gate: GateConfig | None = None,
     reports_dir: Path | None = None,
     behaviour: behavioural.Suite | None = None,
+    cpu_flags: frozenset[str] | None = None,
 ) -> ExportResult:
     """Write the bundle atomically; on a parity mismatch raise ExportParityError.
 
@@ -116,7 +117,8 @@ def export(
     reliability diagram is copied to reports_dir/reliability_diagram.png (and a stale one
     removed when this bundle has none). With `behaviour`, the default model's pass rate per
     behavioural check goes into bundle.json and the model card (the gate judges them again,
-    beside the champion's, at registration)."""
+    beside the champion's, at registration). `cpu_flags`: the exporting CPU's flags, which
+    decide export.int8_reduce_range auto (None: this CPU's, from /proc/cpuinfo)."""
     labels = require_candidate_labels(candidate_dir, prepared_dir)
     # Eager attention exports as plain MatMul/Softmax, which onnxruntime's optimizer
     # fuses into one Attention kernel; the SDPA graph it cannot fuse. Same weights.
@@ -128,6 +130,7 @@ def export(
         if n in tokenizer.model_input_names
     ]
     test = pd.read_parquet(prepared_dir / "test.parquet")
+    flags = runtime.cpu_flags() if cpu_flags is None else cpu_flags
 
     with atomic_dir(export_dir) as tmp:
         raw = tmp.parent / f".{tmp.name}.raw.onnx"
@@ -153,6 +156,8 @@ def export(
             "pad_token_id": tokenizer.pad_token_id,
             "models": {"fp32": {"file": FP32_FILE, "graph_optimized": optimized}},
             "default_model": "fp32",
+            # What scored the int8 variants here (and decides reduce_range auto).
+            "export_cpu_flags": sorted(flags & set(quantize.KERNEL_FLAGS)),
         } | (card or {})
         _write_meta(tmp, meta)
 
@@ -168,7 +173,9 @@ def export(
         meta["test_examples"] = len(test)
 
         scored = (split, fp32_pred, fp32_scores)
-        variants = {v.name: _int8(cfg, gate, task, tmp, scored, v) for v in quantize.VARIANTS}
+        variants = {
+            v.name: _int8(cfg, gate, task, tmp, scored, v, flags) for v in quantize.VARIANTS
+        }
         for variant in quantize.VARIANTS:
             entry = meta["models"][variant.name] = variants[variant.name][0]
             if entry["kept"]:
@@ -333,14 +340,21 @@ def _int8(
     bundle: Path,
     fp32: tuple[TestSplit, Any, Scores],
     variant: quantize.Variant,
+    flags: frozenset[str],
 ) -> tuple[dict[str, Any], Scores | None]:
     """Quantise one variant, score it on the whole test split, keep or remove its file.
 
     Each variant costs one quantisation and one pass over the test split (and, when kept,
-    one over the validation split for its temperature); fp32's predictions are reused."""
+    one over the validation split for its temperature); fp32's predictions are reused.
+    Its weights are 7-bit when quantize.reduce_range_for says so for the CPU's `flags`, and
+    per channel when quantize.per_channel_for says so."""
+    reduce_range, why = quantize.reduce_range_for(variant.weight_type, cfg, flags)
+    per_channel = quantize.per_channel_for(cfg, reduce_range)
     facts = {
         "weight_type": variant.weight_type,
-        "per_channel": cfg.int8_per_channel,
+        "per_channel": per_channel,
+        "reduce_range": reduce_range,
+        "reduce_range_reason": why,
         "cpu_flags": list(variant.cpu_flags),  # the runtime's pick reads these
         "meant_for": variant.meant_for,
     }
@@ -351,7 +365,7 @@ def _int8(
         return {"kept": False, "reason": reason} | facts, None
     split, fp32_pred, fp32_scores = fp32
     path = bundle / variant.file
-    quantize.quantize_int8(bundle / FP32_FILE, path, variant.weight_type, cfg.int8_per_channel)
+    quantize.quantize_int8(bundle / FP32_FILE, path, variant.weight_type, per_channel, reduce_range)
     int8_pred = split.rescore(load_bundle(bundle, model=variant.file))
     int8_scores = _scores(task, split, int8_pred)
     agreement = split.agreement(int8_pred, fp32_pred)
@@ -386,7 +400,11 @@ def _int8(
 
 def _summary(entry: dict[str, Any]) -> dict[str, Any]:
     """ExportResult.variants' figures of one int8 entry of bundle.json."""
-    found = {"kept": entry["kept"], "reason": entry["reason"]}
+    found = {
+        "kept": entry["kept"],
+        "reason": entry["reason"],
+        "reduce_range": entry["reduce_range"],
+    }
     if "bytes" in entry:
         found |= {
             "bytes": entry["bytes"],
@@ -483,6 +501,21 @@ def _model_card(meta: dict[str, Any], description: str) -> str:
         if calibrated
         else ""
     )
+    quantised = [
+        f"| {name} | {m['weight_type']} | {m['per_channel']} | "
+        f"{'True (7-bit)' if m['reduce_range'] else 'False (8-bit)'} | "
+        f"{m['reduce_range_reason']} |"
+        for name, m in models.items()
+        if "reduce_range" in m and "bytes" in m  # built (bundles from before: no key)
+    ]
+    quantisation = (
+        "## int8 quantisation, on a CPU with "
+        f"{', '.join(meta.get('export_cpu_flags') or []) or 'no listed flags'}\n\n"
+        "| model | weights | per channel | reduce_range | why |\n"
+        "| --- | --- | --- | --- | --- |\n" + "\n".join(quantised) + "\n\n"
+        if quantised
+        else ""
+    )
     facts = {k: v for k, v in meta.items() if k not in ("models", "parity", "behaviour")}
     fact_rows = "\n".join(f"| {k} | {v} |" for k, v in facts.items())
     return (
@@ -498,6 +531,7 @@ def _model_card(meta: dict[str, Any], description: str) -> str:
         f"ONNX vs PyTorch on {meta['parity']['examples']} test examples: max |logit diff| "
         f"{meta['parity']['max_abs_diff']:.2e}, label agreement "
         f"{meta['parity']['label_agreement']:.2%}.\n\n"
+        + quantisation
         + calibration
         + _behaviour_card(meta)
         + "| fact | value |\n"

@@ -354,6 +354,7 @@ def _int8_metrics(result: ExportResult) -> dict[str, float]:
             ("label_agreement", v["label_agreement"]),
             ("mb", v["bytes"] / 2**20),
             ("kept", v["kept"]),
+            ("reduce_range", v["reduce_range"]),  # 7-bit weights (export.int8_reduce_range)
         )
     }
 

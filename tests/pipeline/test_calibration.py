@@ -222,6 +222,9 @@ def test_the_export_stage_logs_calibration_metrics_and_the_diagram_and_compare_s
         assert metrics[f"export.{name}_test_ece_calibrated"] == c["test_ece_calibrated"]
         assert metrics[f"export.{name}_test_brier"] == c["test_brier"]
         assert metrics[f"export.{name}_test_brier_calibrated"] == c["test_brier_calibrated"]
+    for name in ("int8", "int8_s8"):  # 7-bit weights or not, as bundle.json says (issue 20)
+        reduced = meta["models"][name]["reduce_range"]
+        assert metrics[f"export.{name}_reduce_range"] == float(reduced)
     copied = ctx.paths.reports / "reliability_diagram.png"
     assert copied.read_bytes() == (result.export_dir / "reliability_diagram.png").read_bytes()
     logged = [f.path for f in client.list_artifacts(tracker.run_id, "reports")]

@@ -2,6 +2,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pandas as pd
 import pytest
 from sklearn.metrics import classification_report
@@ -77,7 +78,13 @@ def test_each_int8_variant_is_scored_on_the_whole_test_split_and_shipped_when_ke
     cfg = ExportConfig(int8_max_f1_drop=1.0, int8_min_label_agreement=0.0)  # always kept
     out = tmp_path / "bundle"
     result = export(
-        TEXT, cfg, p.train.max_length, trained.paths.candidate, trained.paths.data_prepared, out
+        TEXT,
+        cfg,
+        p.train.max_length,
+        trained.paths.candidate,
+        trained.paths.data_prepared,
+        out,
+        cpu_flags=frozenset({"avx2", "avx512_vnni"}),  # 8-bit weights per tensor (auto)
     )
     meta = json.loads((out / "bundle.json").read_text())
     test = pd.read_parquet(trained.paths.data_prepared / "test.parquet")
@@ -233,3 +240,97 @@ def test_bundle_records_each_file_s_per_class_report_and_int8_fails_the_per_clas
         "no int8 variant in this bundle (int8: not built: export.int8_weight_types does "
         f"not list uint8; int8_s8: {why})"
     )
+
+
+def _weight_range(path: Path, data_type: int) -> tuple[int, int]:
+    """The smallest and largest stored value of the file's quantised weight matrices of
+    `data_type` (onnxruntime stores the embedding tables as uint8 whatever the weight type)."""
+    model = onnx.load(str(path))
+    values = [
+        onnx.numpy_helper.to_array(t)
+        for t in model.graph.initializer
+        if t.data_type == data_type and len(t.dims) == 2  # matrices: not zero points, scales
+    ]
+    return int(min(v.min() for v in values)), int(max(v.max() for v in values))
+
+
+@pytest.mark.audit("M2")
+def test_signed_weights_exported_on_a_cpu_without_vnni_are_7_bit_and_bundle_json_says_why(
+    trained: Trained, tmp_path: Path
+) -> None:
+    """On an AVX2-only CPU onnxruntime's u8s8 kernel saturates with 8-bit signed weights,
+    so export would score the VNNI variant by a kernel it is not meant for and leave it out
+    (issue 20: 95.99% agreement on the default model). With export.int8_reduce_range auto
+    the signed weights are stored in 7 bits ([-64, 64], onnxruntime's remedy) when the
+    exporting CPU has no VNNI or AMX, and in the full 8 bits when it has; uint8 weights run
+    the u8u8 kernel, which does not saturate, and keep 8 bits either way."""
+    p = trained.params
+    cfg = ExportConfig(int8_max_f1_drop=1.0, int8_min_label_agreement=0.0)  # always kept
+    runs = {}
+    for cpu, flags in {"avx2": {"avx2", "fma", "sse4_2"}, "vnni": {"avx2", "avx512_vnni"}}.items():
+        out = tmp_path / cpu
+        export(
+            TEXT,
+            cfg,
+            p.train.max_length,
+            trained.paths.candidate,
+            trained.paths.data_prepared,
+            out,
+            cpu_flags=frozenset(flags),
+        )
+        runs[cpu] = (out, json.loads((out / "bundle.json").read_text()))
+    out, meta = runs["avx2"]
+    assert meta["export_cpu_flags"] == ["avx2", "fma"]  # the flags the int8 kernels depend on
+    s8 = meta["models"]["int8_s8"]
+    # per channel: export.int8_per_channel auto pairs it with 7-bit weights
+    assert (s8["kept"], s8["reduce_range"], s8["per_channel"]) == (True, True, True)
+    assert s8["reduce_range_reason"] == (
+        "export.int8_reduce_range=auto: the exporting CPU has none of avx512_vnni, avx_vnni, "
+        "amx_int8, and its u8s8 kernel saturates with 8-bit signed weights; 7-bit weights "
+        "do not saturate, so the figures scored here are those a VNNI CPU computes"
+    )
+    assert _weight_range(out / "model.int8s8.onnx", onnx.TensorProto.INT8) == (-64, 64)
+    u8 = meta["models"]["int8"]
+    assert (u8["reduce_range"], u8["per_channel"], u8["reduce_range_reason"]) == (
+        False,
+        False,
+        "export.int8_reduce_range=auto: uint8 weights run the u8u8 kernel, which does not saturate",
+    )
+    assert _weight_range(out / "model.int8.onnx", onnx.TensorProto.UINT8) == (0, 255)
+    card = (out / "README.md").read_text()
+    assert "| int8_s8 | int8 | True | True (7-bit) | " + s8["reduce_range_reason"] in card
+    assert "| export_cpu_flags | ['avx2', 'fma'] |" in card
+
+    out, meta = runs["vnni"]
+    assert meta["export_cpu_flags"] == ["avx2", "avx512_vnni"]
+    s8 = meta["models"]["int8_s8"]
+    assert (s8["kept"], s8["reduce_range"], s8["per_channel"]) == (True, False, False)
+    assert s8["reduce_range_reason"] == (
+        "export.int8_reduce_range=auto: the exporting CPU has avx512_vnni, whose kernel "
+        "accumulates in 32 bits without saturating"
+    )
+    low, high = _weight_range(out / "model.int8s8.onnx", onnx.TensorProto.INT8)
+    assert max(-low, high) == 127  # symmetric 8-bit: each matrix's largest |weight| -> 127
+
+
+@pytest.mark.parametrize(
+    ("setting", "weight_type", "flags", "reduced", "why"),
+    [
+        (True, "uint8", {"avx512_vnni"}, True, "export.int8_reduce_range is true"),
+        (True, "int8", {"amx_int8"}, True, "export.int8_reduce_range is true"),
+        (False, "int8", {"avx2"}, False, "export.int8_reduce_range is false"),
+        ("auto", "int8", set(), True, "has none of avx512_vnni"),  # no /proc/cpuinfo flags
+        ("auto", "int8", {"avx_vnni", "amx_int8"}, False, "has amx_int8, avx_vnni, whose"),
+    ],
+)
+def test_int8_reduce_range_true_or_false_overrides_the_cpu(
+    setting: bool | str, weight_type: str, flags: set[str], reduced: bool, why: str
+) -> None:
+    from pipeline.quantize import per_channel_for, reduce_range_for
+
+    cfg = ExportConfig(int8_reduce_range=setting)
+    got, reason = reduce_range_for(weight_type, cfg, frozenset(flags))
+    assert got is reduced and why in reason
+    assert per_channel_for(cfg, got) is reduced  # auto: per channel with 7-bit weights
+    for fixed in (True, False):
+        assert per_channel_for(ExportConfig(int8_per_channel=fixed), got) is fixed
