@@ -79,8 +79,9 @@ def test_repro_runs_all_then_nothing_then_only_what_a_param_touches_or_code_a_st
     assert json.loads((root / "reports" / "registry.json").read_text())["version"] == "3"
 
     # Which checks file gate.behaviour_checks picks changes the pass rates the model card
-    # shows, so export is stale too, not only register.
+    # shows, so export is stale too, not only register (the tiny model's params have none).
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params.setdefault("gate", {})["behaviour_checks"] = None
+    assert params["gate"]["behaviour_checks"] is None
+    params["gate"]["behaviour_checks"] = "data/checks/movie_sentiment.yaml"
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert "gate.behaviour_checks" in dvc(root, "status", "export")
