@@ -241,6 +241,33 @@ class CheckResult:
     description: str = ""
     failures: list[Failure] = field(default_factory=list)
 
+    @classmethod
+    def of(
+        cls,
+        suite: Suite,
+        index: int,
+        check: CheckSpec,
+        cases: int,
+        failures: list[Failure],
+        what: str,
+    ) -> CheckResult:
+        """The result of `suite`'s check `index` over `cases` cases of which `failures`
+        failed (the first FAILURES_SHOWN kept), for every task's checker."""
+        passed = cases - len(failures)
+        return cls(
+            check.name,
+            check.type,
+            check.floor,
+            cases,
+            passed,
+            passed / cases,
+            f"{suite.key(index)}.floor",
+            str(suite.path),
+            what,
+            check.description,
+            failures[:FAILURES_SHOWN],
+        )
+
 
 def checks_path(setting: str | None, data_name: str, root: Path) -> Path | None:
     """The checks file gate.behaviour_checks names: auto is data/checks/<data.name>.yaml
@@ -481,23 +508,10 @@ def _result(
             ok, expected = _direction(str(check.expect), before, after, labels), str(check.expect)
         if not ok:
             failures.append(Failure(case.text, case.edited, expected, got))
-    passed = len(found) - len(failures)
     what = ", ".join(
         p for p in (check.perturbation, f"expect {check.expect}" if check.expect else None) if p
     )
-    return CheckResult(
-        check.name,
-        check.type,
-        check.floor,
-        len(found),
-        passed,
-        passed / len(found),
-        f"{suite.key(index)}.floor",
-        str(suite.path),
-        what,
-        check.description,
-        failures[:FAILURES_SHOWN],
-    )
+    return CheckResult.of(suite, index, check, len(found), failures, what)
 
 
 def _direction(expect: str, before: np.ndarray, after: np.ndarray, labels: list[str]) -> bool:

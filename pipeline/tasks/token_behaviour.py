@@ -41,7 +41,6 @@ from tuneops.errors import ConfigError
 # IOB2 tags per word of each sentence (OnnxTokenClassifier.predict_words).
 Tagger = Callable[[list[list[str]]], list[list[str]]]
 Span = tuple[str, int, int]  # (type, first word, last word + 1)
-FAILURES_SHOWN = 3
 
 
 @dataclass(frozen=True)
@@ -232,20 +231,7 @@ def _result(
                     _described(after, case.edited),
                 )
             )
-    passed = len(found) - len(failures)
-    return CheckResult(
-        check.name,
-        check.type,
-        check.floor,
-        len(found),
-        passed,
-        passed / len(found),
-        f"{suite.key(index)}.floor",
-        str(suite.path),
-        check.perturbation or "",
-        check.description,
-        failures[:FAILURES_SHOWN],
-    )
+    return CheckResult.of(suite, index, check, len(found), failures, check.perturbation or "")
 
 
 def _outside(spans: list[Span], case: TokenCase, edited: bool) -> set[tuple[str, str, int, int]]:
