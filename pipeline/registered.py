@@ -94,15 +94,19 @@ def download_bundle(tracking_uri: str, model_name: str, version: str, dst: Path)
 
 
 def open_version(
-    tracking_uri: str, model_name: str, version: str, tags: dict[str, str] | None = None
+    tracking_uri: str,
+    model_name: str,
+    version: str,
+    tags: dict[str, str] | None = None,
+    model: str = "default",
 ) -> OnnxClassifier | OnnxTokenClassifier:
-    """The runtime bundle (bundle.json's default model) of a registered version, its files
-    checked against the checksums recorded on the version (`tags`: the version's, read
-    from the registry when not given)."""
+    """The runtime bundle of a registered version (`model`: bundle.json's default model, or
+    a model file's name), its files checked against the checksums recorded on the version
+    (`tags`: the version's, read from the registry when not given)."""
     if tags is None:
         tags = dict(store_client(tracking_uri).get_model_version(model_name, version).tags)
     with tempfile.TemporaryDirectory(prefix="tuneops-version-") as scratch:
         bundle_dir = download_bundle(tracking_uri, model_name, version, Path(scratch))
         verify_bundle(bundle_dir, tags, f"{model_name} v{version}")
         # onnxruntime and tokenizers read their files whole here; the folder can go after.
-        return load_bundle(bundle_dir, model="default")
+        return load_bundle(bundle_dir, model=model)

@@ -26,7 +26,7 @@ from transformers import (
 )
 
 from pipeline.tasks.base import Task
-from pipeline.training import checkpoints
+from pipeline.training import checkpoints, distill
 from pipeline.training.adversarial import trainer_class
 from pipeline.training.devices import resolve_precision, trainer_options, world_size
 from pipeline.training.memory import peak_memory
@@ -93,6 +93,7 @@ def train(
     extra_summary: dict[str, Any] | None = None,
     callbacks: Sequence[TrainerCallback] = (),
     log: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+    teacher: distill.Teacher | None = None,
 ) -> TrainResult:
     """Fine-tune on train, select on validation (early stopping, best checkpoint kept).
 
@@ -103,7 +104,8 @@ def train(
     writes checkpoints and the candidate (pass it the tracker, the others none).
     An interrupted run with the same config and data resumes from its last checkpoint
     (on CPU it ends with the same weights as an uninterrupted run). Progress lines go to
-    `log` (default: stderr; the flow passes Prefect's run logger).
+    `log` (default: stderr; the flow passes Prefect's run logger). With `teacher`
+    (train.distill), the student also learns the teacher's logits (distill.py).
     """
     tracker = tracker or NullTracker()
     set_seed(cfg.seed)
@@ -123,6 +125,17 @@ def train(
             prepared_dir, cache_dir, task.tokenise(tokenizer, cfg), cfg.max_length
         )
     splits, task_summary = task.after_tokenise(splits, cfg)
+    log = log or stderr_logger()
+    if teacher is not None:
+        splits["train"], found = distill.attach(
+            splits, teacher, prepared_dir, labels, cache_dir, log
+        )
+        scores = distill.teacher_test_scores(teacher, task, prepared_dir)
+        task_summary |= {
+            "distill": found
+            | {"alpha": cfg.distill.alpha, "temperature": cfg.distill.temperature}
+            | {f"teacher_{k}": round(v, 6) for k, v in scores.items()}
+        }
     args.max_steps = step_budget(cfg, len(splits["train"]), processes)
     class_weights = task.class_weights(splits, cfg, labels)
     if class_weights is not None:
@@ -153,7 +166,6 @@ def train(
         callbacks = [checkpoints.StepCheckpoints(cfg.checkpoint_steps), *callbacks]
     early = EarlyStoppingCallback(cfg.early_stopping_patience)
     budget = TimeBudget(cfg.max_minutes) if cfg.max_minutes else None
-    log = log or stderr_logger()
     progress = ProgressLog(
         cfg.logging_steps, planned_epochs(cfg), budget.budget_s if budget else None, log
     )

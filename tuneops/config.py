@@ -204,6 +204,20 @@ class AdversarialConfig(_Section):
     alpha: float = Field(0.3, gt=0)
 
 
+class DistillConfig(_Section):
+    """Knowledge distillation from a larger teacher (pipeline.training.distill)."""
+
+    # The teacher: a registered version ("models:/<name>/<version>" or
+    # "models:/<name>@<alias>", in this project's tracking store) or an exported bundle
+    # folder (bundle.json). None: no distillation. Its logits on the train split are
+    # computed once with onnxruntime and cached (data/cache/teacher_logits/).
+    teacher: str | None = None
+    # loss = (1 - alpha) * CE(labels) + alpha * T^2 * KL(softmax(t / T) || softmax(s / T))
+    # (Hinton et al. 2015; T^2 keeps the soft part's gradients on the hard part's scale).
+    alpha: float = Field(0.5, ge=0, le=1)
+    temperature: float = Field(2.0, gt=0)
+
+
 class TrainConfig(_Section):
     seed: int = 42
     # A number of epochs, or auto: up to max_epochs, stopped early when the validation
@@ -238,6 +252,7 @@ class TrainConfig(_Section):
     ia3: IA3Config = IA3Config()
     prompt_tuning: PromptTuningConfig = PromptTuningConfig()
     adversarial: AdversarialConfig = AdversarialConfig()
+    distill: DistillConfig = DistillConfig()
     # The model's window in tokens; auto (text classification): the train split's 95th
     # percentile token length rounded up to a multiple of 16, at most the model's limit
     # (max_position_embeddings); the choice is printed and recorded with the candidate.

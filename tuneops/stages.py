@@ -33,11 +33,13 @@ from pipeline.prepare import PrepareResult, prepare
 from pipeline.register import RegisterInputs, gate_and_register
 from pipeline.registry import RegistrationResult
 from pipeline.train import TrainResult, train
+from pipeline.training import distill
 from pipeline.training.devices import process_rank
 from pipeline.validate import ValidationResult, validate
 from pipeline.version_data import DataVersion, version_data
 from tuneops import recording
 from tuneops.context import Context, load_context, tracking_uri_for
+from tuneops.errors import ConfigError
 from tuneops.lineage import library_versions
 from tuneops.runlock import project_lock
 from tuneops.tracking import MlflowTracker, NullTracker, Tracker, check_tracking_server
@@ -171,6 +173,15 @@ def step_train(
         summary = recording.training_summary(ctx)
         if ctx.params.train.max_length == "auto":  # what auto chose, beside "auto"
             tracker.log_params({"train.max_length.chosen": summary["max_length"]})
+        if "distill" in summary:  # the teacher, and what it scored (train.distill)
+            tracker.set_tags({"distill.teacher": summary["distill"]["teacher_source"]})
+            tracker.log_metrics(
+                {
+                    f"distill.{k}": float(v)
+                    for k, v in summary["distill"].items()
+                    if k.startswith("teacher_") and isinstance(v, int | float)
+                }
+            )
         # Text classification: per split, texts, windows and texts not read whole.
         tracker.log_metrics(
             {
@@ -216,6 +227,17 @@ def _train(
     callbacks: Sequence[Any],
     log: Any = None,
 ) -> TrainResult:
+    teacher = None
+    if ctx.params.train.distill.teacher:
+        teacher = distill.open_teacher(
+            ctx.params.train.distill.teacher, ctx.tracking_uri, ctx.paths.root
+        )
+        found = teacher.bundle.meta.get("task", "text-classification")
+        if found != ctx.task.name:
+            raise ConfigError(
+                f"train.distill.teacher: {teacher.source} is a {found} bundle, but this "
+                f"run's task is {ctx.task.name}; name a teacher of the same task"
+            )
     return train(
         ctx.task,
         ctx.params.model,
@@ -228,6 +250,7 @@ def _train(
         extra_summary=extra_summary,
         callbacks=callbacks,
         log=log,
+        teacher=teacher,
     )
 
 
@@ -288,7 +311,7 @@ def step_export(ctx: Context) -> ExportResult:
         "base_model": ctx.params.model.name_or_path,
         # What validation let through: `tuneops serve`'s default --max-chars.
         "max_text_chars": ctx.params.validate_.max_text_chars,
-    }
+    } | {f"distill_{k}": v for k, v in summary.get("distill", {}).items() if k != "teacher"}
     with recording.run_scope(tracker, finish=False):
         result = export(
             ctx.task,
@@ -371,6 +394,8 @@ def step_register(ctx: Context) -> tuple[GateVerdict, RegistrationResult]:
     tags |= {"mlflow_run_id": tracker.run_id, GATE_KEY: gate_params_hash(ctx)}
     with recording.run_scope(tracker, finish=True):
         verdict, result = gate_and_register(register_inputs(ctx), tracker, ctx.paths.export, tags)
+        if "distill" in summary:
+            verdict.notes.append(distill.gate_note(summary["distill"], ctx.task))
         for path in write_reports(verdict, ctx.paths.reports):
             tracker.log_artifact(path, "reports")
         tracker.set_tags(

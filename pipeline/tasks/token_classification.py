@@ -149,6 +149,11 @@ class TokenClassification:
                 f"classification; {self.name} trains on the model's unweighted per-token "
                 "loss (set it to none)"
             )
+        if params.train.distill.teacher:
+            raise ConfigError(
+                f"train.distill.teacher: distillation is for text classification; {self.name} "
+                "would need the teacher's logits per word (set it to null)"
+            )
         if params.train.strategy == "prompt_tuning":
             raise ConfigError(
                 f"train.strategy: prompt_tuning is for text classification; {self.name} "

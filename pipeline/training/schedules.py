@@ -7,7 +7,8 @@
   counts from the top (head and pooler 0, last encoder layer 1, …, embeddings L + 1).
 Both hook into the Trainer through `ScheduledTrainer`'s create_optimizer/create_scheduler.
 `ScheduledTrainer` also takes per-class loss weights (train.class_weights): its
-compute_loss is then torch's weighted cross-entropy, sum(w_y * nll) / sum(w_y) per batch.
+compute_loss is then torch's weighted cross-entropy, sum(w_y * nll) / sum(w_y) per batch;
+under train.distill it mixes in the teacher's soft targets (pipeline.training.distill).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer
 
+from pipeline.training.distill import TEACHER_COLUMN, distillation_loss
 from pipeline.training.strategies import encoder_depth
 from tuneops.config import TrainConfig
 
@@ -74,12 +76,13 @@ def layerwise_param_groups(
 
 
 def weighted_loss(
-    model: nn.Module, inputs: dict[str, Any], class_weights: torch.Tensor
+    model: nn.Module, inputs: dict[str, Any], class_weights: torch.Tensor | None
 ) -> tuple[torch.Tensor, Any]:
-    """The class-weighted cross-entropy of `inputs`' labels (train.class_weights), and the
-    model's outputs. AdaLoRA's orthogonality penalty, which peft adds only to the model's
-    own (unweighted) loss, is kept: the labels go in and the penalty is that loss minus the
-    plain cross-entropy. Other models get no labels, so their numbers are unchanged."""
+    """The class-weighted cross-entropy of `inputs`' labels (train.class_weights; None:
+    unweighted), and the model's outputs. AdaLoRA's orthogonality penalty, which peft adds
+    only to the model's own (unweighted) loss, is kept: the labels go in and the penalty is
+    that loss minus the plain cross-entropy. Other models get no labels, so their numbers
+    are unchanged."""
     from peft import AdaLoraModel
 
     adalora = isinstance(getattr(getattr(model, "module", model), "base_model", None), AdaLoraModel)
@@ -87,7 +90,9 @@ def weighted_loss(
     outputs = model(**(inputs if adalora else {k: v for k, v in inputs.items() if k != "labels"}))
     logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
     flat_logits, flat_labels = logits.view(-1, logits.shape[-1]), labels.view(-1)
-    weight = class_weights.to(device=logits.device, dtype=logits.dtype)
+    weight = None
+    if class_weights is not None:
+        weight = class_weights.to(device=logits.device, dtype=logits.dtype)
     loss = nn.functional.cross_entropy(flat_logits, flat_labels, weight=weight)
     if adalora:
         loss = loss + outputs["loss"] - nn.functional.cross_entropy(flat_logits, flat_labels)
@@ -108,9 +113,18 @@ class ScheduledTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.train_cfg = train_cfg
         self.class_weights = None if class_weights is None else torch.tensor(class_weights)
-        if self.class_weights is not None:
+        self.distill = train_cfg.distill if train_cfg.distill.teacher else None
+        if self.class_weights is not None or self.distill is not None:
             # a per-batch mean: the Trainer divides it by the accumulation steps
             self.loss_is_scaled_for_ga = False
+
+    def _set_signature_columns_if_needed(self) -> None:
+        # The Trainer drops every dataset column the model's forward does not take; the
+        # teacher's logits (train.distill) are the loss's, not the model's, and must stay.
+        super()._set_signature_columns_if_needed()
+        columns = self._signature_columns
+        if self.distill is not None and columns is not None and TEACHER_COLUMN not in columns:
+            columns.append(TEACHER_COLUMN)
 
     def compute_loss(
         self,
@@ -119,9 +133,16 @@ class ScheduledTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> Any:
-        if self.class_weights is None or "labels" not in inputs:
+        teacher = inputs.get(TEACHER_COLUMN)
+        if teacher is not None:  # a train batch under train.distill (validation has none)
+            inputs = {k: v for k, v in inputs.items() if k != TEACHER_COLUMN}
+        if teacher is None and (self.class_weights is None or "labels" not in inputs):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         loss, outputs = weighted_loss(model, inputs, self.class_weights)
+        if teacher is not None and self.distill is not None:
+            logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+            soft = distillation_loss(logits, teacher, self.distill.temperature)
+            loss = (1 - self.distill.alpha) * loss + self.distill.alpha * soft
         return (loss, outputs) if return_outputs else loss
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:

