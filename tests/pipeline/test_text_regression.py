@@ -258,3 +258,76 @@ def test_after_tokenise_standardises_on_train_and_metrics_are_in_target_units(
     found = compute((predicted_z, np.asarray(ready["validation"]["labels"])))
     assert found["mae"] == pytest.approx(0.5, abs=1e-5)  # |1 - 2| and |-2 - -2|, halved
     assert found["rmse"] == pytest.approx(np.sqrt(0.5), abs=1e-5)
+
+
+# --- training: strategies and the loss ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def prepared_ratings(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
+    from pipeline.prepare import prepare
+
+    root = tmp_path_factory.mktemp("ratings")
+    words = ["great", "awful", "fine", "dull", "moving", "boring"]
+    marks = {"great": 3.0, "awful": -3.0, "fine": 0.5, "dull": -1.5, "moving": 2.5, "boring": -2.0}
+    rows = [
+        (f"a {words[i % 6]} film, take {i}", marks[words[i % 6]] + (i % 3) / 10) for i in range(90)
+    ]
+    folder = write_ratings(root / "raw" / "ratings", rows)
+    params = regression_params(root)
+    prepare(TASK, params.data, params.prepare, ("stars",), folder, root / "prepared")
+    return params, root
+
+
+@pytest.mark.parametrize(
+    ("strategy", "loss"),
+    [("full", "huber"), ("freeze", "mse"), ("lora", "mse"), ("bitfit", "mse")],
+)
+def test_each_strategy_trains_a_candidate_whose_validation_loss_is_the_chosen_loss(
+    prepared_ratings: tuple[Any, Path],
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    strategy: str,
+    loss: str,
+) -> None:
+    """One epoch per strategy: the recorded validation loss is MSE, or Huber, of the raw
+    candidate's outputs against the standardised validation targets, and the candidate
+    loaded through the task predicts those outputs x std + mean."""
+    import torch
+
+    from pipeline.train import train
+    from pipeline.training.modeling import load_classifier, load_tokenizer, predict_logits
+
+    params, root = prepared_ratings
+    cfg = params.train.model_copy(
+        update={
+            "strategy": strategy,
+            "regression_loss": loss,
+            "epochs": 1.0,
+            "max_length": 16,
+            "batch_size": 16,
+            "learning_rate": 5e-3,
+            "max_steps": -1,
+        }
+    )
+    model_cfg = params.model.model_copy(update={"name_or_path": str(tiny_model_dir)})
+    candidate = tmp_path / "candidate"
+    result = train(
+        TASK, model_cfg, cfg, root / "prepared", candidate, tmp_path / "ck", tmp_path / "cache"
+    )
+    scale = json.loads((candidate / "training_summary.json").read_text())["target_scale"]
+    train_targets = pd.read_parquet(root / "prepared" / "train.parquet")["target"]
+    assert scale["mean"] == pytest.approx(float(train_targets.mean()))
+    assert scale["std"] == pytest.approx(float(train_targets.std(ddof=0)))
+    validation = pd.read_parquet(root / "prepared" / "validation.parquet")
+    texts, tokenizer = validation["text"].tolist(), load_tokenizer(candidate)
+    raw = predict_logits(load_classifier(candidate), tokenizer, texts, 16, 64)[:, 0]
+    z = (validation["target"].to_numpy() - scale["mean"]) / scale["std"]
+    function = torch.nn.functional.huber_loss if loss == "huber" else torch.nn.functional.mse_loss
+    expected = float(function(torch.tensor(raw), torch.tensor(z, dtype=torch.float32)))
+    assert result.best_validation["loss"] == pytest.approx(expected, rel=1e-4)
+    values = predict_logits(TASK.load_model(candidate), tokenizer, texts, 16, 64)[:, 0]
+    assert values == pytest.approx(raw * scale["std"] + scale["mean"], abs=1e-4)
+    assert result.best_validation["mae"] == pytest.approx(
+        float(np.abs(values - validation["target"].to_numpy()).mean()), abs=1e-4
+    )
