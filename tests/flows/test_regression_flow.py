@@ -20,12 +20,12 @@ from tuneops.cli import main as cli_main
 pytestmark = pytest.mark.integration
 
 REGRESSION_SLICE = {
-    "data.max_rows": 900,
+    "data.max_rows": 1200,
     "data.hold_back_rows": 0,
     "model.num_hidden_layers": 2,
     "train.epochs": 3,
     "train.learning_rate": 2.0e-4,
-    "train.max_length": 40,
+    "train.max_length": 48,
     "train.batch_size": 16,
     "evaluate.frozen_baseline_train_rows": 200,
     "export.parity_examples": 64,
