@@ -534,8 +534,8 @@ def _model_card(meta: dict[str, Any], description: str) -> str:
         "Runs with onnxruntime + tokenizers + numpy only (no torch, no tuneops):\n\n"
         "```bash\npip install onnxruntime tokenizers numpy\n"
         'python tuneops_runtime.py --bundle . "some text"\n```\n\n'
-        "```python\nfrom tuneops_runtime import OnnxClassifier\n"
-        "OnnxClassifier('path/to/bundle').predict(['some text'])\n```\n\n"
+        "```python\nfrom tuneops_runtime import load_bundle  # the runtime of the bundle's task\n"
+        "load_bundle('path/to/bundle').predict(['some text'])\n```\n\n"
         f"## Models, scored on the {meta['test_examples']} test examples\n\n"
         "| model | file | size | accuracy | F1 | agreement with fp32 | kept |\n"
         "| --- | --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n\n"
