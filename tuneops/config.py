@@ -274,6 +274,10 @@ class TrainConfig(_Section):
     # or {label: weight}, a label left out weighing 1. The validation loss is weighted too.
     # params.yaml sets balanced (text classification); token classification takes none only.
     class_weights: Literal["none", "balanced"] | dict[str, Annotated[float, Field(gt=0)]] = "none"
+    # Text regression: the loss on the target standardised on the train split. mse: the
+    # model's own mean squared error; huber: torch's Huber loss with delta 1 (one train
+    # standard deviation): squared below it, linear beyond, so outlying targets pull less.
+    regression_loss: Literal["mse", "huber"] = "mse"
     # Every N optimiser steps: a progress line (console and Prefect log: step/total, loss,
     # tokens/s, elapsed, ETA) and the train_loss point in MLflow.
     logging_steps: int = Field(20, ge=1)

@@ -34,6 +34,15 @@ class Prediction:
 
 
 @dataclass(frozen=True)
+class Value:
+    """A text regression's prediction, in the target's units."""
+
+    value: float
+    target: str  # the target column it predicts (bundle.json target.name)
+    truncated: bool = False
+
+
+@dataclass(frozen=True)
 class Entity:
     type: str
     start: int  # character offsets in the original text: text[start:end]
@@ -306,6 +315,10 @@ class OnnxBundle:
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise BundleError(f"{model_path}: cannot be loaded by onnxruntime: {exc}") from exc
 
+    # Texts are read as windows (encode_windows: train.long_text), not by a tokenizer set
+    # to truncate and pad (token models).
+    reads_windows = False
+
     def _choose(self, model: str | None, flags: frozenset[str] | None) -> ModelChoice:
         """The model argument, else $TUNEOPS_MODEL (unless "auto"), else by this CPU."""
         env = os.environ.get(MODEL_ENV, "")
@@ -350,7 +363,7 @@ class OnnxBundle:
             tokenizer = Tokenizer.from_file(str(path))
         except Exception as exc:
             raise BundleError(f"{path}: cannot be loaded as a tokenizers file: {exc}") from exc
-        if self.meta.get("task", "text-classification") == "text-classification":
+        if self.reads_windows:
             return tokenizer  # cut and padded by encode_windows and padded
         tokenizer.enable_truncation(max_length=self.max_length)
         tokenizer.enable_padding(
@@ -386,6 +399,8 @@ class OnnxClassifier(OnnxBundle):
     """A text classifier: one label per text. Its probabilities are softmax(logits / T),
     T the temperature bundle.json records for the model file (fitted on the validation
     split at export, pipeline.calibration; 1 for a bundle from before calibration)."""
+
+    reads_windows = True
 
     def __init__(
         self,
@@ -467,6 +482,42 @@ class OnnxClassifier(OnnxBundle):
             | {f"p_{k}": v for k, v in record["probabilities"].items()}
             | {"truncated": record["truncated"]}
         )
+
+
+class OnnxRegressor(OnnxClassifier):
+    """A text regression: one value per text, in the target's units (the training scale
+    is folded into the exported output layer; bundle.json `target` records it, and the
+    target's train-split range, as `target`)."""
+
+    def __init__(
+        self,
+        bundle_dir: str | Path,
+        threads: int | None = None,
+        model: str | None = None,
+        flags: frozenset[str] | None = None,
+    ) -> None:
+        super().__init__(bundle_dir, threads, model, flags)
+        self.target: dict[str, Any] = dict(self.meta.get("target") or {"name": self.labels[0]})
+
+    def values(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        """One value per text, in input order (a chunked text's: its windows' mean)."""
+        return self.logits(texts, batch_size)[:, 0]
+
+    def predict(self, texts: list[str], batch_size: int = 32) -> list[Value]:  # type: ignore[override]
+        values, truncated = self.read(texts, batch_size)
+        name = str(self.target.get("name", self.labels[0]))
+        return [Value(float(row[0]), name, cut) for row, cut in zip(values, truncated, strict=True)]
+
+    def record(self, prediction: Value) -> dict[str, Any]:  # type: ignore[override]
+        return {
+            "value": round(prediction.value, 6),
+            "target": prediction.target,
+            "truncated": prediction.truncated,
+        }
+
+    def frame_row(self, prediction: Value) -> dict[str, Any]:  # type: ignore[override]
+        """value, target, truncated."""
+        return self.record(prediction)
 
 
 class OnnxTokenClassifier(OnnxBundle):
@@ -565,6 +616,7 @@ def iob2_entities(tags: list[str]) -> list[tuple[str, int, int]]:
 RUNTIMES: dict[str, type[OnnxClassifier] | type[OnnxTokenClassifier]] = {
     "text-classification": OnnxClassifier,
     "token-classification": OnnxTokenClassifier,
+    "text-regression": OnnxRegressor,
 }
 
 

@@ -136,7 +136,10 @@ def tune(ctx: Context, trials: int) -> TuneResult:
     check_tracking_server(ctx.tracking_uri)
     _ensure_prepared(ctx)
     storage = storage_url(cfg.storage, paths.root)
+    from pipeline.tasks.base import lower_is_better_metrics
+
     metric = ctx.params.train.metric_for_best_model
+    lower = lower_is_better_metrics(ctx.task)  # text regression's mae, rmse: minimised too
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with FileLock(paths.root / ".tune.lock", timeout=600):  # one parent run per study
         study = optuna.create_study(
@@ -147,7 +150,7 @@ def tune(ctx: Context, trials: int) -> TuneResult:
                 n_startup_trials=cfg.pruner_startup_trials,
                 n_warmup_steps=cfg.pruner_warmup_epochs,
             ),
-            direction="minimize" if metric == "loss" else "maximize",
+            direction="minimize" if metric == "loss" or metric in lower else "maximize",
             load_if_exists=True,
         )
         parent = _parent_run(ctx, study, storage)

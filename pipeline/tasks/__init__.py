@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from pipeline.tasks.base import Task
 from pipeline.tasks.text_classification import TextClassification
+from pipeline.tasks.text_regression import TextRegression
 from pipeline.tasks.token_classification import TokenClassification
 from tuneops.errors import ConfigError
 
 TASKS: dict[str, Task] = {
     "text-classification": TextClassification(),
     "token-classification": TokenClassification(),
+    "text-regression": TextRegression(),
 }
 
 

@@ -91,6 +91,9 @@ class Scores:
     primary: float  # the task's primary metric (macro-F1, entity-F1)
     accuracy: float  # accuracy, or token accuracy
     per_class: dict[str, Any] = field(default_factory=dict)  # TestSplit.report's per class
+    # The primary metric is one where lower is better (MAE): int8's drop is its rise.
+    lower_is_better: bool = False
+    label: str = "F1"  # the primary metric's name in the int8 decision's reasons
 
 
 class TestSplit(Protocol):
@@ -233,6 +236,27 @@ class Task(Protocol):
 
     def dataset_frame(self, split: pd.DataFrame) -> pd.DataFrame:
         """The split as MLflow logs it: a text column and a scalar target column."""
+
+
+def lower_is_better_metrics(task: Task) -> tuple[str, ...]:
+    """The task's metrics (names without test_/eval_) where lower is better: its optional
+    attribute `lower_is_better` (text regression: mae, rmse); () for a task without one,
+    whose every metric is higher-is-better (F1, accuracy)."""
+    return tuple(getattr(task, "lower_is_better", ()))
+
+
+def loss_function(task: Task, cfg: TrainConfig) -> Callable[..., Any] | None:
+    """The Trainer's compute_loss_func for this task and train config: its optional hook
+    `loss_function(cfg)` (text regression's Huber loss), None for the model's own loss."""
+    hook = getattr(task, "loss_function", None)
+    return hook(cfg) if hook is not None else None
+
+
+def bundle_meta(task: Task, candidate_dir: Path, prepared_dir: Path) -> dict[str, Any]:
+    """Task-specific bundle.json keys: its optional hook `bundle_meta(candidate_dir,
+    prepared_dir)` (text regression: the target's name and scale), {} without one."""
+    hook = getattr(task, "bundle_meta", None)
+    return dict(hook(candidate_dir, prepared_dir)) if hook is not None else {}
 
 
 def baseline_column(name: str) -> str:

