@@ -103,8 +103,9 @@ def test_an_overlay_merges_sections_and_replaces_mappings(tmp_path: Path) -> Non
     # per weight type, picked by the CPU), and gate.behaviour_checks (issue 19,
     # behavioural checks; auto finds no ATIS file), and export.int8_reduce_range (auto)
     # with export.int8_per_channel's default false -> auto (issue 20, 7-bit signed weights
-    # where the exporting CPU lacks VNNI).
-    assert params.params_hash() == "4fc3a372d5f44b95"
+    # where the exporting CPU lacks VNNI), and train.slot_loss_weight (issue 18,
+    # intent-and-slots' loss weighting; 1.0).
+    assert params.params_hash() == "823153ac30bf0329"
     (tmp_path / "a.yaml").write_text("base: b.yaml\ntrain:\n  epochs: 2\n")
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     with pytest.raises(ConfigError, match=r"overlays itself"):
