@@ -245,10 +245,14 @@ def evaluate(
         metrics[name] = joint_scores(gold, pairs)
         frame[baseline_column(name)] = as_column(pairs)
     metrics["before_finetuning"]["train_rows"] = min(cfg.frozen_baseline_train_rows, len(train))
+    flat_gold = [t for _, tags in gold for t in tags]
+    flat_predicted = [t for _, tags in predicted for t in tags]
     return Evaluation(
         metrics=metrics,
         per_class=joint_report(gold, predicted),
         predictions=frame,
+        # the token task's word-level confusion over entity types
+        plot=lambda path: token_steps._plot_type_confusion(flat_gold, flat_predicted, path),
     )
 
 

@@ -248,6 +248,7 @@ def test_evaluate_scores_the_model_and_each_baseline_on_both_heads(chain: Chain)
         float(np.mean(frame["intent"] == majority)), abs=1e-6
     )
     assert set(metrics) >= {"tfidf", "before_finetuning"}
+    assert (chain.root / "reports" / "confusion_matrix.png").stat().st_size > 0  # the flow logs it
 
 
 def test_the_bundle_has_two_outputs_in_parity_and_answers_intents_and_spans(chain: Chain) -> None:
@@ -277,3 +278,68 @@ def test_the_bundle_has_two_outputs_in_parity_and_answers_intents_and_spans(chai
     assert meta["models"]["fp32"]["intent_accuracy"] == pytest.approx(
         split.report(predicted)[0]["test_intent_accuracy"]
     )
+
+
+# --- the gate judges both metrics ----------------------------------------------------
+
+
+def test_the_gate_rejects_a_challenger_worse_on_intent_accuracy_alone() -> None:
+    """Slot F1 as good as the champion's, intent accuracy clearly worse: before the gate
+    bootstrapped each judged metric it compared slot F1 only, and this one passed."""
+    from pipeline.gate import ChampionComparison, GateInputs, gate
+    from tuneops.config import GateConfig
+
+    def compared(metric: str, low: float) -> ChampionComparison:
+        return ChampionComparison("3", {}, low + 0.01, low, low + 0.02, 0.95, 1000, metric)
+
+    champion = compared("test_slot_f1", -0.005)
+    inputs = GateInputs(
+        metrics={"test_slot_f1": 0.95, "test_intent_accuracy": 0.96},
+        per_class={},
+        labels=[],
+        primary_metric="test_slot_f1",
+        primary_metric_label="slot F1",
+        comparison=champion,
+    )
+    cfg = GateConfig(floors={}, beat_baselines=False, per_class=False, latency=False)
+    assert gate(cfg, inputs).passed
+    champion.others = [compared("test_intent_accuracy", -0.04)]
+    verdict = gate(cfg, inputs)
+    assert verdict.failed_checks == ["no_regression_vs_champion:test_intent_accuracy"]
+    (failed,) = [c for c in verdict.checks if not c.passed]
+    assert failed.detail.startswith("intent accuracy diff vs champion v3 -0.0300")
+
+
+def test_register_bootstraps_each_baseline_on_slot_f1_and_on_intent_accuracy(
+    chain: Chain,
+) -> None:
+    from pipeline.bootstrap import paired_bootstrap
+    from pipeline.gate import gate
+    from pipeline.register import RegisterInputs, compare_with_baselines
+    from tuneops.config import GateConfig
+
+    cfg = GateConfig(floors={}, baselines=["most_frequent"], per_class=False, latency=False)
+    prepared = chain.root / "data" / "prepared"
+    inputs = RegisterInputs(TASK, cfg, "", "m", prepared, chain.root / "reports")
+    split = TASK.test_split(prepared, list(chain.labels))
+    predicted = split.rescore(load_bundle(chain.root / "models" / "export", model="default"))
+    (found,) = compare_with_baselines(inputs, split, predicted).values()
+    assert not isinstance(found, str)
+    assert [found.metric, *(o.metric for o in found.others)] == ["", "test_intent_accuracy"]
+    frame = pd.read_parquet(chain.root / "reports" / "test_predictions.parquet")
+    theirs = split.recorded(frame["most_frequent_predicted"].tolist())
+    counts = (split.metric_counts(p)["test_intent_accuracy"] for p in (predicted, theirs))
+    expected = paired_bootstrap(*counts, cfg.bootstrap_resamples, 0.95, cfg.bootstrap_seed)
+    intent = found.others[0]
+    assert (intent.observed_diff, intent.ci_low, intent.ci_high) == expected
+    assert intent.baseline_score == split.report(theirs)[0]["test_intent_accuracy"]
+    from pipeline.gate import GateInputs
+
+    verdict = gate(
+        cfg,
+        GateInputs({}, {}, [], TASK.primary_metric, "slot F1", baselines={"most_frequent": found}),
+    )
+    assert [c.name for c in verdict.checks][:2] == [
+        "beats:most_frequent",
+        "beats:most_frequent:test_intent_accuracy",
+    ]
