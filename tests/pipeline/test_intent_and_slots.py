@@ -343,3 +343,34 @@ def test_register_bootstraps_each_baseline_on_slot_f1_and_on_intent_accuracy(
         "beats:most_frequent",
         "beats:most_frequent:test_intent_accuracy",
     ]
+
+
+@pytest.mark.parametrize("strategy", ["lora", "ia3", "bitfit"])
+def test_peft_and_bitfit_train_the_heads_and_merge_back_to_a_joint_model(
+    tiny_model_dir: Path, strategy: str
+) -> None:
+    """peft's TOKEN_CLS wrapper passes the packed labels through: the loss backpropagates
+    into the adapters and both heads, and the merged model answers as the adapted one."""
+    from pipeline.training.strategies import apply_strategy, merged
+    from tuneops.config import TrainConfig
+
+    labels = (f"{INTENT_PREFIX}a", f"{INTENT_PREFIX}b", "O", "B-x")
+    model = TASK.load_model(tiny_model_dir, labels)
+    adapted = apply_strategy(model, TrainConfig(strategy=strategy), TASK.peft_task_type, 10)
+    ids = torch.tensor([[101, 2000, 2001, 102]])
+    mask = torch.ones_like(ids)
+    adapted.train()
+    adapted(
+        input_ids=ids, attention_mask=mask, labels=torch.tensor([[1, 0, 1, -100]])
+    ).loss.backward()
+    trained = {n for n, p in adapted.named_parameters() if p.requires_grad and p.grad is not None}
+    assert any("intent_head" in n for n in trained) and any("tag_head" in n for n in trained)
+    assert len(trained) > 4  # more than the two heads' weights and biases
+    adapted.eval()
+    with torch.no_grad():
+        before = adapted(input_ids=ids, attention_mask=mask)
+        plain = merged(adapted)
+        after = plain(input_ids=ids, attention_mask=mask)
+    assert isinstance(plain, JointIntentSlotModel)
+    torch.testing.assert_close(after.intent_logits, before.intent_logits)
+    torch.testing.assert_close(after.tag_logits, before.tag_logits)
