@@ -34,6 +34,11 @@ run-ner: setup
 run-regression: setup
 	$(BIN)/tuneops --params params.regression.yaml run
 
+# Joint intent classification + slot filling on the bundled ATIS data (params.joint.yaml).
+.PHONY: run-joint
+run-joint: setup
+	$(BIN)/tuneops --params params.joint.yaml run
+
 lint: setup
 	$(BIN)/ruff check tuneops pipeline flows tests benchmarks
 	$(BIN)/ruff format --check tuneops pipeline flows tests benchmarks

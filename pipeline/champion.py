@@ -11,6 +11,7 @@ one now, a version from before the tags), the model is not scored at all.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from pipeline import behaviour
@@ -18,7 +19,7 @@ from pipeline.bootstrap import paired_bootstrap
 from pipeline.gate import ChampionComparison
 from pipeline.prepare import current_split, held_out_under, recorded_split
 from pipeline.registered import open_version, recorded_checksums
-from pipeline.tasks.base import TestSplit
+from pipeline.tasks.base import TestSplit, metric_counts
 from tuneops.errors import ConfigError
 from tuneops.tracking import store_client
 
@@ -66,28 +67,34 @@ def compare_with_champion(
     if not all(keep):
         split, challenger_pred = split.subset(keep), split.take(challenger_pred, keep)
     champion_pred = split.rescore(champion)
-    observed, low, high = paired_bootstrap(
-        split.row_counts(challenger_pred),
-        split.row_counts(champion_pred),
-        cfg.bootstrap_resamples,
-        cfg.bootstrap_confidence,
-        cfg.bootstrap_seed,
-        split.strata,
-    )
     metrics, _ = split.report(champion_pred)
-    return ChampionComparison(
-        version,
-        metrics,
-        observed,
-        low,
-        high,
-        cfg.bootstrap_confidence,
-        cfg.bootstrap_resamples,
-        inputs.task.primary_metric,
-        rows=len(split.texts),
-        note=note,
-        behaviour=rates,
-    ), None
+    ours, theirs = (metric_counts(inputs.task, split, p) for p in (challenger_pred, champion_pred))
+    compared = []
+    for metric in ours:  # the primary metric first, then any other the task judges
+        observed, low, high = paired_bootstrap(
+            ours[metric],
+            theirs[metric],
+            cfg.bootstrap_resamples,
+            cfg.bootstrap_confidence,
+            cfg.bootstrap_seed,
+            split.strata,
+        )
+        compared.append(
+            ChampionComparison(
+                version,
+                metrics,
+                observed,
+                low,
+                high,
+                cfg.bootstrap_confidence,
+                cfg.bootstrap_resamples,
+                metric,
+                rows=len(split.texts),
+                note=note,
+                behaviour=rates,
+            )
+        )
+    return replace(compared[0], others=compared[1:]), None
 
 
 def own_test_rows(

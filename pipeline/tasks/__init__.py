@@ -7,6 +7,7 @@ module here and one line in TASKS (docs/architecture.md, "How to add a task").
 from __future__ import annotations
 
 from pipeline.tasks.base import Task
+from pipeline.tasks.intent_and_slots import IntentAndSlots
 from pipeline.tasks.text_classification import TextClassification
 from pipeline.tasks.text_regression import TextRegression
 from pipeline.tasks.token_classification import TokenClassification
@@ -16,6 +17,7 @@ TASKS: dict[str, Task] = {
     "text-classification": TextClassification(),
     "token-classification": TokenClassification(),
     "text-regression": TextRegression(),
+    "intent-and-slots": IntentAndSlots(),
 }
 
 

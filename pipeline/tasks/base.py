@@ -259,6 +259,28 @@ def bundle_meta(task: Task, candidate_dir: Path, prepared_dir: Path) -> dict[str
     return dict(hook(candidate_dir, prepared_dir)) if hook is not None else {}
 
 
+def onnx_outputs(task: Task) -> dict[str, tuple[str, ...]]:
+    """The ONNX graph's outputs (model output attribute = graph output name) and their
+    dynamic axes: a task's `onnx_outputs` when it has one (two heads), else one "logits"
+    output with its `logits_axes`."""
+    return dict(getattr(task, "onnx_outputs", None) or {"logits": task.logits_axes})
+
+
+def judged_metrics(task: Task) -> tuple[str, ...]:
+    """The test metrics the gate bootstraps, each on its own, the primary first: a task's
+    `judged_metrics` when it has one, else its primary metric alone."""
+    return tuple(getattr(task, "judged_metrics", None) or (task.primary_metric,))
+
+
+def metric_counts(task: Task, split: TestSplit, predicted: Any) -> dict[str, np.ndarray]:
+    """The bootstrap's per-row counts of each judged metric: a split's `metric_counts`
+    when its task judges several, else {primary: row_counts}."""
+    if len(judged_metrics(task)) == 1:
+        return {task.primary_metric: split.row_counts(predicted)}
+    counts: dict[str, np.ndarray] = split.metric_counts(predicted)  # type: ignore[attr-defined]
+    return {name: counts[name] for name in judged_metrics(task)}
+
+
 def baseline_column(name: str) -> str:
     """The column of reports/test_predictions.parquet that holds a baseline's predictions."""
     return f"{name}_predicted"

@@ -15,6 +15,7 @@ from tuneops.errors import DataValidationError
 from tuneops.runtime import iob2_entities as entities  # noqa: F401  (one implementation)
 
 OUTSIDE = "O"
+INTENT_KEY = "intent"  # a JSONL sentence's intent (read when present, written when set)
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class Sentence:
     tags: list[str]
     source: str  # "file:line" of the sentence's first line, for error messages
     split: str | None = None  # "test" when the dataset ships its own test split
+    intent: str | None = None  # the sentence's intent (JSONL "intent"; intent-and-slots)
 
 
 def read_conll(path: Path, split: str | None = None, encoding: str = "utf-8") -> list[Sentence]:
@@ -76,9 +78,14 @@ def read_token_jsonl(
                 raise DataValidationError(
                     f"{path}:{number}: field {key!r} must be a list of strings, found {value!r}"
                 )
+        intent = record.get(INTENT_KEY)
         sentences.append(
             Sentence(
-                record[tokens_key], record[tags_key], f"{path.name}:{number}", record.get("split")
+                record[tokens_key],
+                record[tags_key],
+                f"{path.name}:{number}",
+                record.get("split"),
+                None if intent is None else str(intent),
             )
         )
     return sentences
@@ -123,7 +130,11 @@ def read_raw_sentences(
 
 def write_jsonl(path: Path, sentences: list[Sentence]) -> None:
     lines = (
-        json.dumps({"tokens": s.tokens, "tags": s.tags, "split": s.split}, ensure_ascii=False)
+        json.dumps(
+            {"tokens": s.tokens, "tags": s.tags, "split": s.split}
+            | ({INTENT_KEY: s.intent} if s.intent is not None else {}),
+            ensure_ascii=False,
+        )
         for s in sentences
     )
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
