@@ -39,7 +39,6 @@ from pipeline.validate import ValidationResult, validate
 from pipeline.version_data import DataVersion, version_data
 from tuneops import recording
 from tuneops.context import Context, load_context, tracking_uri_for
-from tuneops.errors import ConfigError
 from tuneops.lineage import library_versions
 from tuneops.runlock import project_lock
 from tuneops.tracking import MlflowTracker, NullTracker, Tracker, check_tracking_server
@@ -230,14 +229,8 @@ def _train(
     teacher = None
     if ctx.params.train.distill.teacher:
         teacher = distill.open_teacher(
-            ctx.params.train.distill.teacher, ctx.tracking_uri, ctx.paths.root
+            ctx.params.train.distill.teacher, ctx.tracking_uri, ctx.paths.root, ctx.task.name
         )
-        found = teacher.bundle.meta.get("task", "text-classification")
-        if found != ctx.task.name:
-            raise ConfigError(
-                f"train.distill.teacher: {teacher.source} is a {found} bundle, but this "
-                f"run's task is {ctx.task.name}; name a teacher of the same task"
-            )
     return train(
         ctx.task,
         ctx.params.model,

@@ -65,19 +65,22 @@ def distillation_loss(
     return kl * t * t
 
 
-def open_teacher(spec: str, tracking_uri: str, root: Path) -> Teacher:
-    """The teacher `spec` names (see the module docstring); ConfigError saying what to set
-    when it names nothing that can be opened."""
-    from tuneops.runtime import OnnxClassifier
+def open_teacher(spec: str, tracking_uri: str, root: Path, task: str | None = None) -> Teacher:
+    """The teacher `spec` names (see the module docstring), a text classifier whose bundle
+    runtime is the one of `task` (the student's; None: not checked); ConfigError saying what
+    to set when it names nothing that can be opened or another task's bundle."""
+    from tuneops.runtime import RUNTIMES, OnnxClassifier
 
     if spec.startswith(MODELS_PREFIX):
         teacher = _registered(spec, tracking_uri)
     else:
         teacher = _folder(spec, root)
-    if not isinstance(teacher.bundle, OnnxClassifier):
+    runtime = type(teacher.bundle)
+    if runtime is not OnnxClassifier or (task is not None and RUNTIMES.get(task) is not runtime):
         raise ConfigError(
-            f"{KEY}: {teacher.source} is a {teacher.bundle.meta.get('task')} bundle; a "
-            "teacher must classify texts (one label per text), as the student does"
+            f"{KEY}: {teacher.source} is a {teacher.bundle.meta.get('task')} bundle "
+            f"({runtime.__name__}); a teacher must classify texts (one label per text), as "
+            f"the student does{f' ({task})' if task else ''}"
         )
     return teacher
 
